@@ -1,0 +1,340 @@
+"""The experiment schema: every key, its default, its help and its validation, in one place.
+
+A config is a tree of dataclasses. The YAML file and ``--set a.b=value`` overrides are
+merged into the defaults, type-checked, and validated; unknown keys are rejected with the
+nearest valid key suggested. The original study's key names (``logs``, ``data_root``,
+``prune_iterations``, ``labels_for_tcav``, ...) stay top-level so its users recognise them;
+the newer settings are grouped by concern.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "BB_synthetic.yaml"
+
+
+def opt(default, help: str, choices=None, minimum=None, maximum=None, pattern=None):
+    """Declare a config field: default, one-line help, and what values are allowed."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "pattern": pattern}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: list(d) if isinstance(d, list) else dict(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = opt(64, "training batch size (per process under torchrun)", minimum=1)
+    eval_batch_size: int = opt(128, "batch size for evaluation and explanation passes", minimum=1)
+    num_workers: int = opt(0, "data-loader worker processes (0 = load in the main process)", minimum=0)
+    augment: bool = opt(True, "random resized crop + horizontal flip on the training split")
+    min_classes: int = opt(10, "dataset preparation: keep attributes that are on in at least this many classes", minimum=1)
+    val_fraction: float = opt(0.1, "dataset preparation: share of the training split held out for validation", minimum=0.0, maximum=0.9)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(10, "epochs of training in every round (epochs_per_round)", minimum=1)
+    optimizer: str = opt("sgd", "optimizer", choices=["sgd", "adam"])
+    lr: float = opt(0.05, "learning rate at the start of every round", minimum=0.0)
+    momentum: float = opt(0.9, "SGD momentum", minimum=0.0, maximum=1.0)
+    weight_decay: float = opt(5e-4, "L2 weight decay", minimum=0.0)
+    lr_schedule: str = opt("cosine", "learning-rate schedule within a round", choices=["none", "step", "cosine"])
+    lr_step_epochs: int = opt(30, "step schedule: epochs between decays", minimum=1)
+    lr_gamma: float = opt(0.1, "step schedule: decay factor", minimum=0.0, maximum=1.0)
+    label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss", minimum=0.0, maximum=1.0)
+    amp: bool = opt(True, "bfloat16 automatic mixed precision (CUDA only; ignored on the CPU)")
+    channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on the CPU)")
+
+
+@dataclass
+class PruningConfig:
+    scope: str = opt("global", "one magnitude threshold over all prunable tensors, or the same fraction per tensor", choices=["global", "layerwise"])
+    method: str = opt("magnitude", "which alive weights go: smallest |w|, or a random subset (control)", choices=["magnitude", "random"])
+    rewind: str = opt("init", "what survivors restart from: init | epoch:K | iter:K | finetune | reinit", pattern=r"^(init|finetune|reinit|epoch:\d+|iter:\d+)$")
+    schedule: str = opt("iterative", "prune prune_percent of alive weights per round, or follow compression_rates", choices=["iterative", "compression_rates"])
+    compression_rates: list = opt([2, 4, 8, 16, 32, 64], "compression_rates schedule: round r keeps 1/rate of the prunable weights")
+    prune_fc_rate: float = opt(0.5, "the final classifier is pruned at this multiple of the rate (LTH convention)", minimum=0.0, maximum=1.0)
+    prune_bn: bool = opt(False, "also prune BatchNorm weights (gamma), as the CUB study did")
+    reinit_masks_from: str = opt("init", "reinit control: take masks from the run with this rewind value (same settings otherwise), or 'self'", pattern=r"^(self|init|finetune|epoch:\d+|iter:\d+)$")
+
+
+@dataclass
+class TestConfig:
+    checkpoint: str = opt("best", "which checkpoint of a round later steps use: best validation accuracy or last epoch", choices=["best", "last"])
+
+
+@dataclass
+class ActivationsConfig:
+    dtype: str = opt("float32", "storage type of the activation .npy files", choices=["float32", "float16"])
+    splits: list = opt(["train", "val", "test"], "splits whose activations are saved")
+
+
+@dataclass
+class CAVConfig:
+    classifier: str = opt("logistic", "linear classifier whose normal is the CAV", choices=["logistic", "svm", "sgd"])
+    negatives: str = opt("rest", "negatives: images without the concept, or random images (TCAV paper)", choices=["rest", "random"])
+    n_random: int = opt(10, "repeated CAV runs per concept and random-vs-random CAVs (null distribution)", minimum=2)
+    test_fraction: float = opt(0.33, "held-out share for CAV accuracy", minimum=0.05, maximum=0.9)
+    C: float = opt(1.0, "inverse regularisation strength of the linear classifier", minimum=0.0)
+    splits: list = opt(["train", "val"], "splits whose activations train the CAVs")
+    n_jobs: int = opt(-1, "parallel CAV fits (-1 = all cores)")
+
+
+@dataclass
+class TCAVConfig:
+    alpha: float = opt(0.05, "significance level before Bonferroni correction over concepts", minimum=0.0, maximum=1.0)
+    splits: list = opt(["val", "test"], "splits whose class images are scored (never the CAV training images)")
+    max_images_per_class: int = opt(0, "cap on scored images per class (0 = all)", minimum=0)
+
+
+@dataclass
+class HeatmapConfig:
+    methods: list = opt(["gradcam", "gradcam_pp", "grad_x_act", "saliency", "integrated_gradients", "occlusion", "random"], "attribution methods to compute")
+    layer: str = opt("", "layer for CAM methods (empty = the architecture's last conv block)")
+    images_per_class: int = opt(4, "test images per class in labels_for_tcav (the same images every round)", minimum=1)
+    target: str = opt("predicted", "class explained: the model's prediction or the true class", choices=["predicted", "true"])
+    normalize: str = opt("max", "per-image normalisation of stored maps", choices=["max", "none"])
+    ig_steps: int = opt(32, "integrated gradients: interpolation steps", minimum=2)
+    occlusion_patch: int = opt(0, "occlusion patch size in pixels (0 = 16 px at 224, scaled)", minimum=0)
+    batch_size: int = opt(64, "copies per forward for perturbation methods", minimum=1)
+    grid_images: int = opt(6, "images shown in each round-by-round grid figure", minimum=1)
+
+
+@dataclass
+class Config:
+    experiment_name: str = opt("", "run folder name under logs (empty = built from the settings that change results)")
+    logs: str = opt("results", "root folder of all run directories")
+    dataset: str = opt("synthetic_cub", "dataset", choices=["synthetic_cub", "cub", "mnist_eo"])
+    data_root: str = opt("data/synthetic_cub", "folder holding the dataset files")
+    json_root: str = opt("data/synthetic_cub/prepared", "folder holding the prepared split and concept JSON files")
+    seed: int = opt(0, "seed of every random choice", minimum=0)
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    img_size: int = opt(64, "input image side in pixels", minimum=8)
+    model_arch: str = opt("small_resnet", "backbone (see lottery_xai.models.ARCHITECTURES)")
+    pretrained: bool = opt(False, "start from torchvision's ImageNet weights (must be in the local torch cache)")
+    prune_iterations: int = opt(7, "pruning rounds after the dense round 0", minimum=0)
+    prune_percent: float = opt(20.0, "percent of the alive weights removed per round", minimum=0.0, maximum=100.0)
+    labels_for_tcav: list = opt(["all"], "class names explained by TCAV and heatmaps, or [all]")
+    concepts_for_tcav: list = opt(["all"], "concept names tested by TCAV, or [all]")
+    bb_layers_for_concepts: list = opt(["layer3"], "bottleneck layers (dotted module names) for activations, CAVs, TCAV")
+    cav_flattening_type: str = opt("avg_pool", "how a layer's activation map becomes a vector", choices=["flatten", "avg_pool", "max_pool"])
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    activations: ActivationsConfig = field(default_factory=ActivationsConfig)
+    cav: CAVConfig = field(default_factory=CAVConfig)
+    tcav: TCAVConfig = field(default_factory=TCAVConfig)
+    heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
+
+
+# ---------------------------------------------------------------- introspection
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def all_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema."""
+    keys = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            keys.extend(all_keys(t, prefix + f.name + "."))
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every key: the source of the README's key table."""
+    rows = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            rows.extend(describe(t, prefix + f.name + "."))
+        else:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            rows.append((prefix + f.name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def _unknown(key: str) -> UserError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see the README's key table"
+    return UserError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, ftype, default: Any) -> Any:
+    """Check one value against its declared type; ints are accepted where floats are expected."""
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    if ftype is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+    if ftype is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{key}' must be a number, got {value!r}")
+    if ftype is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    if ftype is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `labels_for_tcav: all` means [all]
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        kinds = {type(v) for v in default} or {str}
+        for v in value:
+            if isinstance(v, dict) or isinstance(v, list):
+                raise UserError(f"config key '{key}' must be a flat list, got {value!r}")
+            if kinds <= {int} and not (isinstance(v, int) and not isinstance(v, bool)):
+                raise UserError(f"config key '{key}' must be a list of integers, got {value!r}")
+        if kinds <= {str}:
+            value = [str(v) for v in value]
+        return value
+    raise TypeError(f"unsupported schema type {ftype} for {key}")
+
+
+def _validate_field(key: str, value: Any, meta: dict) -> None:
+    choices, lo, hi, pattern = meta.get("choices"), meta.get("min"), meta.get("max"), meta.get("pattern")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"config key '{key}' is {value!r}; allowed: {', '.join(map(str, choices))}{hint}")
+    if lo is not None and value < lo:
+        raise UserError(f"config key '{key}' is {value}; it must be >= {lo}")
+    if hi is not None and value > hi:
+        raise UserError(f"config key '{key}' is {value}; it must be <= {hi}")
+    if pattern is not None and not re.match(pattern, str(value)):
+        raise UserError(f"config key '{key}' is {value!r}; {meta['help']}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise _unknown(prefix + str(key))
+    kwargs = {}
+    for name, f in names.items():
+        t = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _build(t, data.get(name) or {}, key + ".")
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if name in data:
+            value = _coerce(key, data[name], t, default)
+            _validate_field(key, value, f.metadata)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        child = node.get(p)
+        if not isinstance(child, dict):
+            child = {}
+            node[p] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", parsed value); the value is read as YAML (numbers, lists, booleans)."""
+    if "=" not in text:
+        raise UserError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in all_keys():
+        raise _unknown(key)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)):
+        value = raw  # 'epoch:2' parses as a mapping in YAML; it is a string here
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (default: the embedded-default config), apply ``--set`` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found; pass --config config/NAME.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys to values")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data)
+    check_consistency(cfg)
+    return cfg
+
+
+def check_consistency(cfg: Config) -> None:
+    """Rules that involve more than one key."""
+    if cfg.pruning.schedule == "compression_rates":
+        rates = cfg.pruning.compression_rates
+        if not rates or any((not isinstance(r, (int, float))) or r < 1 for r in rates):
+            raise UserError("config key 'pruning.compression_rates' must be a list of numbers >= 1")
+        if list(rates) != sorted(rates):
+            raise UserError("config key 'pruning.compression_rates' must increase round by round")
+    if cfg.prune_iterations > 0 and cfg.pruning.schedule == "iterative" and cfg.prune_percent <= 0:
+        raise UserError("config key 'prune_percent' must be > 0 when prune_iterations > 0")
+    if cfg.pruning.rewind == "reinit" and cfg.pruning.reinit_masks_from == "reinit":
+        raise UserError("config key 'pruning.reinit_masks_from' cannot be 'reinit'")
+    if not cfg.bb_layers_for_concepts:
+        raise UserError("config key 'bb_layers_for_concepts' needs at least one layer name")
+
+
+def n_rounds(cfg: Config) -> int:
+    """Rounds including the dense round 0."""
+    if cfg.pruning.schedule == "compression_rates":
+        return len(cfg.pruning.compression_rates) + 1
+    return cfg.prune_iterations + 1
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def replace(cfg: Config, **changes) -> Config:
+    """A copy with dotted keys changed, e.g. ``replace(cfg, **{"pruning.rewind": "reinit"})``."""
+    data = to_dict(cfg)
+    for key, value in changes.items():
+        _set_dotted(data, key, value)
+    return _build(Config, data)

@@ -1,0 +1,54 @@
+"""Step 2: test accuracy and loss of every round (and per-class accuracy)."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import rundir as rd
+from .config import Config
+from .loaders import make_loader
+from .lottery import load_data, load_round_model
+from .training import evaluate
+
+METRIC_COLUMNS = ["round", "weights_remaining", "test_acc", "test_loss", "n_images"]
+PER_CLASS_COLUMNS = ["round", "weights_remaining", "class", "accuracy", "n_images"]
+
+
+def _read(path, columns) -> pd.DataFrame:
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
+
+
+def test_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
+                log=print) -> pd.DataFrame:
+    """Evaluate each finished round's checkpoint on the test split; resumable, one row per round."""
+    run = rd.RunDir(cfg)
+    run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")
+    run.save_config("test")
+    datasets, info = load_data(cfg, ("test",), augment=False)
+    loader = make_loader(datasets["test"], cfg, device, train=False)
+    metrics = _read(run.test_metrics(), METRIC_COLUMNS)
+    per_class = _read(run.test_per_class(), PER_CLASS_COLUMNS)
+    finished = set(run.finished_rounds())
+    missing = [r for r in rounds if r not in finished]
+    if missing:
+        log(f"rounds {missing} have no checkpoint yet (step 1 not finished); they are skipped")
+    for r in tqdm([r for r in rounds if r in finished], desc="test rounds"):
+        if not force and r in set(metrics["round"]):
+            continue
+        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        result = evaluate(model, loader, device, info.num_classes, cfg.train.amp, progress=True)
+        row = {"round": r, "weights_remaining": ckpt["weights_remaining"], "test_acc": result["acc"],
+               "test_loss": result["loss"], "n_images": result["n"]}
+        metrics = pd.concat([metrics[metrics["round"] != r], pd.DataFrame([row])], ignore_index=True)
+        counts = result["per_class_count"].clamp(min=1).double()
+        acc = (result["per_class_correct"].double() / counts).tolist()
+        rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "class": name, "accuracy": a,
+                 "n_images": int(n)} for name, a, n in zip(info.class_names, acc, result["per_class_count"].tolist())]
+        per_class = pd.concat([per_class[per_class["round"] != r], pd.DataFrame(rows)], ignore_index=True)
+        metrics = metrics.sort_values("round").reset_index(drop=True)
+        rd.save_csv(run.test_metrics(), metrics[METRIC_COLUMNS])
+        rd.save_csv(run.test_per_class(), per_class.sort_values(["round", "class"])[PER_CLASS_COLUMNS])
+        log(f"round {r}: {100 * ckpt['weights_remaining']:.1f}% weights remain, test acc {100 * result['acc']:.2f}% "
+            f"on {result['n']} images")
+    return metrics

@@ -1,0 +1,256 @@
+"""The lottery-ticket round loop: train, prune, rewind, train again (algorithms.md section 1).
+
+Round 0 trains the dense network. Round r >= 1 takes the masks of round r-1, prunes the
+alive weights of round r-1's final weights, rewinds the survivors (or reinitialises them,
+or keeps them for fine-tuning), and trains again with a fresh optimizer. Each round's
+result depends only on files on disk and seeds derived from (seed, round), so a run killed
+in the middle of a round and rerun gives the same checkpoints as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import rundir as rd
+from .config import Config
+from .errors import UserError
+from .loaders import derived_seed, make_loader
+from .models import architecture, build_model
+from .pruning import (Masks, apply_masks, full_masks, prunable_names, prune, remaining_fractions,
+                      reset_batchnorm_stats, target_fractions)
+from .training import prepare_model, train_round
+
+SUMMARY_COLUMNS = ["round", "weights_remaining", "total_weights_remaining", "best_val_acc", "last_val_acc", "train_seconds"]
+
+
+def load_data(cfg: Config, splits=("train", "val", "test"), augment: bool | None = None):
+    """Datasets of the configured dataset and its DatasetInfo."""
+    from .data import build_datasets
+
+    return build_datasets(cfg.dataset, cfg.data_root, cfg.json_root, cfg.img_size, splits=tuple(splits),
+                          augment_train=cfg.data.augment if augment is None else augment)
+
+
+def new_model(cfg: Config, num_classes: int, seed: int) -> torch.nn.Module:
+    """A freshly initialised model; the initial weights depend only on ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg.model_arch, num_classes, cfg.pretrained, cfg.img_size)
+
+
+def model_masks_template(cfg: Config, model: torch.nn.Module) -> list[str]:
+    return prunable_names(model, cfg.pruning.prune_bn)
+
+
+def keep_fractions(cfg: Config, names: list[str], round_index: int) -> dict[str, float]:
+    body, fc = target_fractions(round_index, cfg.pruning.schedule, cfg.prune_percent, cfg.pruning.prune_fc_rate,
+                                cfg.pruning.compression_rates)
+    classifier = architecture(cfg.model_arch).classifier + ".weight"
+    return {n: (fc if n == classifier else body) for n in names}
+
+
+def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int, device, which: str | None = None):
+    """The model of round ``r`` (best-val or last checkpoint), in eval mode on ``device``, with its checkpoint."""
+    which = which or cfg.test.checkpoint
+    ckpt = rd.load_torch(run.require(run.checkpoint(r, which), "step 1 (main_lth_pruning.py)"))
+    model = new_model(cfg, num_classes, cfg.seed)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), ckpt
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local)
+    return Distributed(dist.get_rank(), world, local)
+
+
+class LotteryRun:
+    """Runs or resumes the rounds of one experiment (one run directory)."""
+
+    def __init__(self, cfg: Config, device: torch.device, *, force: bool = False, dist: Distributed | None = None,
+                 on_iteration: Callable | None = None, log: Callable[[str], None] = print):
+        self.cfg, self.device, self.force = cfg, device, force
+        self.dist = dist or Distributed()
+        self.run = rd.RunDir(cfg)
+        self.on_iteration = on_iteration
+        self.log = log if self.dist.main else (lambda *_: None)
+        self.datasets, self.info = load_data(cfg, ("train", "val"))
+        self.num_classes = self.info.num_classes
+        self.template = new_model(cfg, self.num_classes, cfg.seed)
+        self.names = model_masks_template(cfg, self.template)
+        self.mask_run = self._mask_source()
+
+    # ---------------------------------------------------------------- masks and rewinding
+    def _mask_source(self) -> rd.RunDir | None:
+        p = self.cfg.pruning
+        if p.rewind == "reinit" and p.reinit_masks_from != "self":
+            return self.run.sibling(**{"pruning.rewind": p.reinit_masks_from, "experiment_name": ""})
+        return None
+
+    def masks_for_round(self, r: int) -> Masks:
+        if r == 0:
+            return full_masks(self.template, self.names)
+        if self.mask_run is not None:
+            path = self.mask_run.checkpoint(r)
+            if not path.is_file():
+                raise UserError(
+                    f"the reinit control takes round {r}'s masks from '{self.mask_run.root}', which has no round {r}; "
+                    f"run main_lth_pruning.py with pruning.rewind={self.cfg.pruning.reinit_masks_from} first "
+                    "(or set pruning.reinit_masks_from=self)")
+            return {n: m.bool() for n, m in rd.load_torch(path)["masks"].items()}
+        prev = rd.load_torch(self.run.checkpoint(r - 1))
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 2, r))
+        return prune(prev["state_dict"], {n: m.bool() for n, m in prev["masks"].items()},
+                     keep_fractions(self.cfg, self.names, r), self.cfg.pruning.scope, self.cfg.pruning.method, generator)
+
+    def starting_state(self, r: int) -> dict:
+        rewind = self.cfg.pruning.rewind
+        if r == 0:
+            return rd.load_torch(self.run.init_state())["state_dict"]
+        if rewind == "init" or rewind in ("epoch:0", "iter:0"):
+            return rd.load_torch(self.run.init_state())["state_dict"]
+        if rewind.startswith(("epoch:", "iter:")):
+            return rd.load_torch(self.run.require(self.run.rewind_state(), "round 0 of step 1"))["state_dict"]
+        if rewind == "finetune":
+            return rd.load_torch(self.run.checkpoint(r - 1))["state_dict"]
+        # reinit: fresh random weights, a different draw every round, the same mask
+        return new_model(self.cfg, self.num_classes, derived_seed(self.cfg.seed, 3, r)).state_dict()
+
+    def _rewind_snapshot(self):
+        """Callbacks that save the late-rewinding point during round 0."""
+        rewind = self.cfg.pruning.rewind
+        kind, _, k = rewind.partition(":")
+        if kind not in ("epoch", "iter") or int(k) == 0:
+            return None, None
+        k = int(k)
+        path = self.run.rewind_state()
+
+        def save(model):
+            if self.dist.main:
+                rd.save_torch({"state_dict": {n: v.detach().cpu() for n, v in model.state_dict().items()}, "rewind": rewind}, path)
+
+        if kind == "epoch":
+            if k >= self.cfg.train.epochs:
+                raise UserError(f"pruning.rewind={rewind} needs train.epochs > {k}")
+            return None, (lambda epoch, model: save(model) if epoch == k else None)
+        return (lambda it, model: save(model) if it == k else None), None
+
+    # ---------------------------------------------------------------- the loop
+    def ensure_init(self) -> None:
+        if self.force or not self.run.init_state().is_file():
+            if self.dist.main:
+                rd.save_torch({"state_dict": self.template.state_dict(), "seed": self.cfg.seed}, self.run.init_state())
+        self._barrier()
+
+    def _barrier(self):
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+
+    def train_one(self, r: int) -> dict:
+        cfg = self.cfg
+        masks = self.masks_for_round(r)
+        model = new_model(cfg, self.num_classes, cfg.seed)
+        model.load_state_dict(self.starting_state(r))
+        if r > 0 and cfg.pruning.rewind != "finetune":
+            reset_batchnorm_stats(model)
+        apply_masks(model, masks)
+        model = prepare_model(model, self.device, cfg.train.channels_last)
+
+        torch.manual_seed(derived_seed(cfg.seed, 1, r))  # augmentation draws
+        sampler = None
+        if self.dist.world > 1:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(self.datasets["train"], self.dist.world, self.dist.rank, shuffle=True,
+                                         seed=derived_seed(cfg.seed, 4, r))
+        train_loader = make_loader(self.datasets["train"], cfg, self.device, train=True,
+                                   seed=derived_seed(cfg.seed, 4, r), sampler=sampler)
+        val_loader = make_loader(self.datasets["val"], cfg, self.device, train=False)
+        ddp = None
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
+        on_iter, on_epoch = self._rewind_snapshot() if r == 0 else (None, None)
+        if self.on_iteration is not None:
+            user, mine = self.on_iteration, on_iter
+            on_iter = (lambda it, m: (mine(it, m) if mine else None, user(r, it, m)))
+        result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
+                             on_iteration=on_iter, on_epoch=on_epoch, desc=f"round {r}", train_sampler=sampler,
+                             ddp_model=ddp)
+        remaining, total_remaining = remaining_fractions(model, masks)
+        meta = {
+            "round": r,
+            "masks": {n: m.cpu() for n, m in masks.items()},
+            "weights_remaining": remaining,
+            "total_weights_remaining": total_remaining,
+            "best_val_acc": result.best_val_acc,
+            "last_val_acc": result.last_val_acc,
+            "best_epoch": result.best_epoch,
+            "epochs": cfg.train.epochs,
+            "train_seconds": result.seconds,
+        }
+        if self.dist.main:
+            rd.save_csv(self.run.round_log(r), pd.DataFrame(result.history))
+            rd.save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
+            # written last: its presence marks the round complete
+            rd.save_torch({**meta, "state_dict": result.last_state, "which": "last"}, self.run.checkpoint(r, "last"))
+        self._barrier()
+        return meta
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        for r in self.run.finished_rounds():
+            ckpt = rd.load_torch(self.run.checkpoint(r))
+            rows.append({"round": r, **{k: ckpt[k] for k in SUMMARY_COLUMNS[1:-1]}, "train_seconds": ckpt["train_seconds"]})
+        return rows
+
+    def write_summary(self, rows: list[dict]) -> None:
+        if self.dist.main:
+            frame = pd.DataFrame(sorted(rows, key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
+            rd.save_csv(self.run.pruning_summary(), frame)
+
+    def run_rounds(self, rounds: list[int]) -> pd.DataFrame:
+        if self.dist.main:
+            self.run.save_config("pruning")
+        self.ensure_init()
+        rows = {row["round"]: row for row in self.summary_rows()}
+        for r in tqdm(rounds, desc="rounds", disable=not self.dist.main):
+            if r in rows and not self.force:
+                self.log(f"round {r}: complete, skipped (use --force to redo)")
+                continue
+            if r > 0 and not self.run.checkpoint(r - 1).is_file() and self.mask_run is None:
+                raise UserError(f"round {r} needs round {r - 1}; run without --rounds or include round {r - 1}")
+            meta = self.train_one(r)
+            rows[r] = {"round": r, **{k: meta[k] for k in SUMMARY_COLUMNS[1:]}}
+            self.write_summary(list(rows.values()))
+            self.log(f"round {r}: {100 * meta['weights_remaining']:.1f}% of prunable weights remain, "
+                     f"best val acc {100 * meta['best_val_acc']:.2f}%, last {100 * meta['last_val_acc']:.2f}%, "
+                     f"{meta['train_seconds']:.0f}s")
+        self.write_summary(list(rows.values()))
+        return pd.DataFrame(sorted(rows.values(), key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)

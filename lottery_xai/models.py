@@ -1,0 +1,140 @@
+"""Backbone registry and layer lookup by dotted name."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    """A ResNet for small images (28-96 px): the torchvision layer names, a tenth of the cost."""
+
+    def __init__(self, num_classes: int, widths=(16, 32, 64, 128), stem_stride: int = 2):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, stem_stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=False)
+        strides = (1, 2, 2, 2)
+        cin = widths[0]
+        for i, (w, s) in enumerate(zip(widths, strides), start=1):
+            setattr(self, f"layer{i}", BasicBlock(cin, w, s))
+            cin = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[[int, bool, int], nn.Module]  # (num_classes, pretrained, img_size) -> model
+    cam_layer: str        # last conv block: the default Grad-CAM layer
+    concept_layer: str    # a sensible default bottleneck for CAVs
+    classifier: str       # the final classifier layer (pruned at prune_fc_rate)
+
+
+def _torchvision(name: str, weights_enum: str, head: str):
+    def build(num_classes: int, pretrained: bool, img_size: int) -> nn.Module:
+        import torchvision
+
+        ctor = getattr(torchvision.models, name)
+        model = ctor(weights=_local_weights(weights_enum) if pretrained else None)
+        if head == "fc":
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+        else:  # VGG: classifier.6 is the last Linear
+            model.classifier[6] = nn.Linear(model.classifier[6].in_features, num_classes)
+        return model
+
+    return build
+
+
+def _local_weights(enum_name: str):
+    """torchvision weights only if already in the local cache: nothing is downloaded at run time."""
+    import torchvision
+
+    weights = getattr(torchvision.models, enum_name).DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise UserError(
+            f"pretrained: true needs '{cached}' (torchvision {enum_name}.DEFAULT), which is not in the local "
+            "torch cache; copy the file there or set pretrained: false"
+        )
+    return weights
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "small_resnet": Architecture(
+        lambda k, pretrained, size: _small_resnet(k, pretrained, size), "layer4", "layer3", "fc"),
+    "resnet18": Architecture(_torchvision("resnet18", "ResNet18_Weights", "fc"), "layer4", "layer4", "fc"),
+    "resnet34": Architecture(_torchvision("resnet34", "ResNet34_Weights", "fc"), "layer4", "layer4", "fc"),
+    "resnet50": Architecture(_torchvision("resnet50", "ResNet50_Weights", "fc"), "layer4", "layer4", "fc"),
+    "resnet101": Architecture(_torchvision("resnet101", "ResNet101_Weights", "fc"), "layer4", "layer4", "fc"),
+    "vgg11_bn": Architecture(_torchvision("vgg11_bn", "VGG11_BN_Weights", "classifier"), "features.27", "features.27", "classifier.6"),
+    "vgg16_bn": Architecture(_torchvision("vgg16_bn", "VGG16_BN_Weights", "classifier"), "features.42", "features.42", "classifier.6"),
+}
+
+
+def _small_resnet(num_classes: int, pretrained: bool, img_size: int) -> nn.Module:
+    if pretrained:
+        raise UserError("model_arch 'small_resnet' has no pretrained weights; set pretrained: false")
+    return SmallResNet(num_classes, stem_stride=2 if img_size >= 48 else 1)
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        close = difflib.get_close_matches(name, ARCHITECTURES, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"model_arch '{name}' is unknown{hint} (known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[name]
+
+
+def build_model(name: str, num_classes: int, pretrained: bool = False, img_size: int = 224) -> nn.Module:
+    """A fresh model; its initial weights come from the global torch RNG (seed it first)."""
+    return architecture(name).build(num_classes, pretrained, img_size)
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule at a dotted name (``layer3``, ``features.28``), with close matches on a typo."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise UserError(f"layer '{name}' does not exist in this model{hint}") from None
+
+
+def check_layers(model: nn.Module, names: list[str]) -> None:
+    for n in names:
+        get_layer(model, n)

@@ -1,0 +1,199 @@
+"""The run directory: the only module that knows where a step's files live.
+
+Every step writes under ``{logs}/{experiment_name}/`` (see doc/architecture in the README);
+a later step finds everything through :class:`RunDir`. Every file is written atomically
+(a temporary name in the same folder, then ``os.replace``), so a killed step leaves either
+the old file or the new one.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .config import Config, dump_yaml, n_rounds
+from .errors import UserError
+
+
+def experiment_name(cfg: Config) -> str:
+    """The folder name of a run: built from the settings that change its results."""
+    if cfg.experiment_name:
+        return cfg.experiment_name
+    p = cfg.pruning
+    schedule = (
+        "cr" + "-".join(str(r) for r in p.compression_rates)
+        if p.schedule == "compression_rates"
+        else f"p{cfg.prune_percent:g}"
+    )
+    rewind = p.rewind.replace(":", "")
+    if p.rewind == "reinit" and p.reinit_masks_from != "init":
+        rewind += "-masks-" + p.reinit_masks_from.replace(":", "")
+    parts = [cfg.dataset, cfg.model_arch, p.method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
+    return "_".join(parts)
+
+
+def round_name(r: int) -> str:
+    return f"round_{r:02d}"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in the same folder; rename it to ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch(obj, path: str | Path) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_torch(path: str | Path, map_location="cpu"):
+    """Load a checkpoint safely: tensors and plain containers only, onto ``map_location``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' not found; run the step that writes it first")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def save_csv(path: str | Path, frame) -> None:
+    """Write a pandas DataFrame atomically."""
+    write_text(path, frame.to_csv(index=False))
+
+
+class RunDir:
+    """Paths of one run. ``RunDir(cfg).checkpoint(3)`` and friends; nothing else builds paths."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.name = experiment_name(cfg)
+        self.root = Path(cfg.logs) / self.name
+
+    # -- whole run
+    def config_file(self, step: str) -> Path:
+        return self.root / f"config.{step}.yaml"
+
+    def save_config(self, step: str) -> None:
+        write_text(self.config_file(step), dump_yaml(self.cfg))
+
+    def rounds(self) -> list[int]:
+        return list(range(n_rounds(self.cfg)))
+
+    def sibling(self, **changes) -> "RunDir":
+        """The run with some settings changed, e.g. the reinit control beside a rewound run."""
+        from .config import replace
+
+        return RunDir(replace(self.cfg, **changes))
+
+    # -- step 1: pruning
+    @property
+    def pruning_dir(self) -> Path:
+        return self.root / "pruning"
+
+    def init_state(self) -> Path:
+        return self.pruning_dir / "init.pt"
+
+    def rewind_state(self) -> Path:
+        """Weights after K epochs/iterations of round 0 (late rewinding)."""
+        return self.pruning_dir / "rewind.pt"
+
+    def round_dir(self, r: int) -> Path:
+        return self.pruning_dir / round_name(r)
+
+    def checkpoint(self, r: int, which: str = "last") -> Path:
+        return self.round_dir(r) / ("checkpoint.pt" if which == "last" else "best.pt")
+
+    def round_log(self, r: int) -> Path:
+        return self.round_dir(r) / "epochs.csv"
+
+    def pruning_summary(self) -> Path:
+        return self.pruning_dir / "summary.csv"
+
+    def finished_rounds(self) -> list[int]:
+        return [r for r in self.rounds() if self.checkpoint(r).is_file()]
+
+    # -- step 2: test
+    def test_metrics(self) -> Path:
+        return self.root / "test" / "metrics.csv"
+
+    def test_per_class(self) -> Path:
+        return self.root / "test" / "per_class.csv"
+
+    # -- step 3: activations
+    def activations_dir(self, r: int) -> Path:
+        return self.root / "activations" / round_name(r)
+
+    def activation_file(self, r: int, split: str, layer: str) -> Path:
+        return self.activations_dir(r) / f"{split}_{layer}.npy"
+
+    def activation_meta(self, r: int, split: str, what: str) -> Path:
+        """``what`` in labels, concepts, ids."""
+        return self.activations_dir(r) / f"{split}_{what}.npy"
+
+    # -- step 4: CAVs
+    def cav_file(self, r: int, layer: str) -> Path:
+        return self.root / "cavs" / round_name(r) / f"{layer}.npz"
+
+    def cav_accuracy(self) -> Path:
+        return self.root / "cavs" / "cav_accuracy.csv"
+
+    # -- step 5: TCAV
+    def tcav_scores(self) -> Path:
+        return self.root / "tcav" / "tcav_scores.csv"
+
+    # -- step 6: heatmaps
+    def heatmap_file(self, r: int, method: str) -> Path:
+        return self.root / "heatmaps" / round_name(r) / f"{method}.npz"
+
+    def heatmap_images(self) -> Path:
+        """The ids of the images explained at every round (fixed once, reused)."""
+        return self.root / "heatmaps" / "images.npz"
+
+    # -- step 7: metrics
+    def explanation_metrics(self) -> Path:
+        return self.root / "metrics" / "explanations.csv"
+
+    # -- step 8: plots
+    def plot(self, name: str) -> Path:
+        return self.root / "plots" / f"{name}.png"
+
+    def require(self, path: Path, step: str) -> Path:
+        """Fail with a clear message when a step runs before the step that writes ``path``."""
+        if not path.exists():
+            raise UserError(f"'{path}' is missing; run {step} first")
+        return path

@@ -1,0 +1,147 @@
+"""Training and evaluation loops (one round of training; evaluation of any model on any split)."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .pruning import Masks, MaskEnforcer
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on CUDA; a no-op on the CPU (CPU autocast is slower than fp32 for these nets)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    model = model.to(device)
+    if channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    images = batch["image"].to(device, non_blocking=True)
+    if channels_last and device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["label"].to(device, non_blocking=True)
+
+
+def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def make_scheduler(optimizer, tc: TrainConfig, steps_per_epoch: int):
+    """Per-iteration schedule over the round's epochs (a fresh one every round)."""
+    total = max(tc.epochs * steps_per_epoch, 1)
+    if tc.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total) / total)))
+    if tc.lr_schedule == "step":
+        step = tc.lr_step_epochs * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: tc.lr_gamma ** (it // step))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, num_classes: int, amp: bool = True,
+             channels_last: bool = False, progress: bool = False) -> dict:
+    """Accuracy, mean loss and per-class counts of ``model`` on ``loader`` (eval mode)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros(num_classes, device=device, dtype=torch.long)
+    count = torch.zeros(num_classes, device=device, dtype=torch.long)
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        images, labels = to_device(batch, device, channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        hit = (logits.argmax(1) == labels).long()
+        correct.index_add_(0, labels, hit)
+        count.index_add_(0, labels, torch.ones_like(labels))
+    model.train(was_training)
+    n = int(count.sum())
+    return {
+        "acc": float(correct.sum()) / max(n, 1),
+        "loss": float(loss_sum) / max(n, 1),
+        "n": n,
+        "per_class_correct": correct.cpu(),
+        "per_class_count": count.cpu(),
+    }
+
+
+@dataclass
+class RoundResult:
+    last_state: dict
+    best_state: dict
+    best_val_acc: float
+    last_val_acc: float
+    best_epoch: int
+    history: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, masks: Masks, device: torch.device,
+                num_classes: int, *, on_iteration: Callable[[int, nn.Module], None] | None = None,
+                on_epoch: Callable[[int, nn.Module], None] | None = None, desc: str = "train",
+                train_sampler=None, ddp_model: nn.Module | None = None) -> RoundResult:
+    """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step.
+
+    Validation runs after each epoch's training, so the final weights are scored. The best
+    validation state is kept in memory and returned with the last state. ``on_iteration(it, model)``
+    and ``on_epoch(epoch, model)`` (1-based counts of finished steps/epochs) are the extension
+    points (late-rewinding snapshots, tests that interrupt a run). ``ddp_model`` is the
+    DistributedDataParallel wrapper to run forwards through, when training with torchrun.
+    """
+    start = time.perf_counter()
+    optimizer = make_optimizer(model, tc)
+    scheduler = make_scheduler(optimizer, tc, len(train_loader))
+    forward = ddp_model if ddp_model is not None else model
+    best_acc, best_state, best_epoch, history = -1.0, None, 0, []
+    iteration = 0
+    with MaskEnforcer(model, masks, optimizer):
+        for epoch in range(1, tc.epochs + 1):
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+            model.train()
+            loss_sum, seen = 0.0, 0
+            bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False)
+            for batch in bar:
+                images, labels = to_device(batch, device, tc.channels_last)
+                with autocast(device, tc.amp):
+                    logits = forward(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                iteration += 1
+                loss_sum += float(loss.detach()) * len(labels)
+                seen += len(labels)
+                if on_iteration is not None:
+                    on_iteration(iteration, model)
+            val = evaluate(model, val_loader, device, num_classes, tc.amp, tc.channels_last)
+            history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_acc": val["acc"], "val_loss": val["loss"],
+                            "lr": optimizer.param_groups[0]["lr"]})
+            if val["acc"] > best_acc:
+                best_acc, best_epoch = val["acc"], epoch
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+    last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return RoundResult(last_state, best_state, best_acc, history[-1]["val_acc"], best_epoch, history,
+                       time.perf_counter() - start)
