@@ -171,15 +171,19 @@ class LotteryRun:
         if self.dist.world > 1:
             torch.distributed.barrier()
 
+    def initial_model(self, r: int, masks: Masks) -> torch.nn.Module:
+        """The model round ``r`` starts training from: rewound (or reinitialised) survivors, pruned ones at 0."""
+        model = new_model(self.cfg, self.num_classes, self.cfg.seed)
+        model.load_state_dict(self.starting_state(r))
+        if r > 0 and self.cfg.pruning.rewind != "finetune":
+            reset_batchnorm_stats(model)
+        apply_masks(model, masks)
+        return model
+
     def train_one(self, r: int) -> dict:
         cfg = self.cfg
         masks = self.masks_for_round(r)
-        model = new_model(cfg, self.num_classes, cfg.seed)
-        model.load_state_dict(self.starting_state(r))
-        if r > 0 and cfg.pruning.rewind != "finetune":
-            reset_batchnorm_stats(model)
-        apply_masks(model, masks)
-        model = prepare_model(model, self.device, cfg.train.channels_last)
+        model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, 1, r))  # augmentation draws
         sampler = None

@@ -117,6 +117,9 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
         for epoch in range(1, tc.epochs + 1):
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
+            dataset = getattr(train_loader, "dataset", None)
+            if hasattr(dataset, "set_epoch"):  # augmentation = f(seed, epoch, index), whatever the workers
+                dataset.set_epoch(epoch)
             model.train()
             loss_sum, seen = 0.0, 0
             bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False)

@@ -1,0 +1,137 @@
+"""Every figure of a run, drawn from the files on disk. Notebooks call these same functions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import rundir as rd  # noqa: E402
+
+
+def _save(fig, path: Path | None):
+    if path is not None:
+        with rd.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        plt.close(fig)
+    return fig
+
+
+def _pct(x):
+    return 100.0 * np.asarray(x, dtype=float)
+
+
+def accuracy_vs_weights(runs: dict[str, pd.DataFrame], path: Path | None = None, column: str = "test_acc"):
+    """Test accuracy against the share of weights remaining, one line per run (ticket, reinit control...)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"reinit": dict(ls="--", marker="s"), "random": dict(ls=":", marker="^")}
+    for label, frame in runs.items():
+        frame = frame.sort_values("weights_remaining", ascending=False)
+        style = next((s for k, s in styles.items() if k in label), dict(ls="-", marker="o"))
+        ax.plot(_pct(frame["weights_remaining"]), _pct(frame[column]), label=label, **style)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("prunable weights remaining (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs sparsity")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
+def tcav_vs_weights(scores: pd.DataFrame, class_name: str, layer: str | None = None, path: Path | None = None,
+                    concepts: list[str] | None = None, max_concepts: int = 12):
+    """TCAV score per concept against weights remaining, with std error bars; filled marks are significant."""
+    df = scores[scores["class"] == class_name]
+    if layer is not None:
+        df = df[df["layer"] == layer]
+    if concepts is None:
+        dense = df[df["round"] == df["round"].min()].sort_values("tcav_mean", ascending=False)
+        concepts = list(dense["concept"])[:max_concepts]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for i, concept in enumerate(concepts):
+        c = df[df["concept"] == concept].sort_values("weights_remaining", ascending=False)
+        if c.empty:
+            continue
+        x, y, e = _pct(c["weights_remaining"]), c["tcav_mean"].to_numpy(), c["tcav_std"].to_numpy()
+        color = cmap(i % 20)
+        ax.errorbar(x, y, yerr=e, color=color, lw=1.2, capsize=2, label=concept)
+        sig = c["significant"].astype(bool).to_numpy()
+        ax.scatter(x[sig], y[sig], color=color, marker="o", zorder=3)
+        ax.scatter(x[~sig], y[~sig], facecolor="white", edgecolor=color, marker="o", zorder=3)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("prunable weights remaining (%)")
+    ax.set_ylabel("TCAV score")
+    ax.set_title(f"TCAV for class {class_name}" + (f" at {layer}" if layer else "") + " (filled: significant)")
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def cav_accuracy_vs_round(acc: pd.DataFrame, path: Path | None = None):
+    """Mean held-out CAV accuracy per round and layer; random CAVs dashed (they should sit near 50 %)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (layer, kind), g in acc.groupby(["layer", "kind"]):
+        m = g.groupby("round")["accuracy"].agg(["mean", "std"]).reset_index()
+        ax.errorbar(m["round"], _pct(m["mean"]), yerr=_pct(m["std"].fillna(0)), capsize=2,
+                    ls="--" if kind == "random" else "-", marker="o", label=f"{layer} {kind}")
+    ax.axhline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("pruning round")
+    ax.set_ylabel("held-out CAV accuracy (%)")
+    ax.set_title("How well each layer encodes the concepts")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def heatmap_grid(images: np.ndarray, maps_by_round: dict[int, np.ndarray], weights_remaining: dict[int, float],
+                 titles: list[str] | None = None, method: str = "gradcam", path: Path | None = None, alpha: float = 0.5):
+    """Rows are images, columns the image then every round; each column labelled with the weights remaining.
+
+    ``images``: [N,H,W,3] in [0,1]; ``maps_by_round[r]``: [N,H,W] in [0,1].
+    """
+    rounds = sorted(maps_by_round)
+    n = len(images)
+    fig, axes = plt.subplots(n, len(rounds) + 1, figsize=(1.6 * (len(rounds) + 1), 1.6 * n), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(images[i])
+        axes[i, 0].set_ylabel(titles[i] if titles else "", fontsize=7)
+        for j, r in enumerate(rounds, start=1):
+            axes[i, j].imshow(images[i])
+            axes[i, j].imshow(maps_by_round[r][i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+    axes[0, 0].set_title("image", fontsize=8)
+    for j, r in enumerate(rounds, start=1):
+        axes[0, j].set_title(f"round {r}\n{100 * weights_remaining[r]:.1f}% w", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{method} across pruning rounds", fontsize=10)
+    return _save(fig, path)
+
+
+def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool | None = None,
+                      baseline: str = "random", path: Path | None = None):
+    """One explanation metric against weights remaining, one line per method, the random baseline dashed."""
+    df = frame[frame["metric"] == metric]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, g in df.groupby("method"):
+        g = g.sort_values("weights_remaining", ascending=False)
+        ax.plot(_pct(g["weights_remaining"]), g["value"], marker="o", label=method,
+                ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("prunable weights remaining (%)")
+    arrow = "" if higher_is_better is None else (" (higher is better)" if higher_is_better else " (lower is better)")
+    ax.set_ylabel(metric + arrow)
+    ax.set_title(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

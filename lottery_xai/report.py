@@ -1,0 +1,127 @@
+"""Step 8 and the notebooks: read a run's files and draw its figures through :mod:`lottery_xai.plots`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from . import rundir as rd
+from .config import Config, load_config
+from .errors import UserError
+
+
+def open_run(config: str | Path | None = None, overrides: list[str] | str | None = None) -> Config:
+    """The config of a run, as a notebook opens it (``overrides`` as ``--set`` strings, or one space-separated string)."""
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    return load_config(config, overrides or [])
+
+
+def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
+    """Test metrics of this run and of its controls (reinit, random pruning) when they exist on disk."""
+    run = rd.RunDir(cfg)
+    candidates = {f"ticket (rewind {cfg.pruning.rewind})": run}
+    if cfg.pruning.rewind != "reinit":
+        candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
+    if cfg.pruning.method != "random":
+        candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
+    frames = {label: pd.read_csv(r.test_metrics()) for label, r in candidates.items() if r.test_metrics().is_file()}
+    if not frames:
+        raise UserError(f"'{run.test_metrics()}' is missing; run step 2 (main_lth_test.py) first")
+    return frames
+
+
+def plot_accuracy(cfg: Config, save: bool = True):
+    run = rd.RunDir(cfg)
+    return plots.accuracy_vs_weights(accuracy_runs(cfg), run.plot("accuracy_vs_weights") if save else None)
+
+
+def tcav_table(cfg: Config) -> pd.DataFrame:
+    run = rd.RunDir(cfg)
+    return pd.read_csv(run.require(run.tcav_scores(), "step 5 (main_lth_tcav.py)"))
+
+
+def plot_tcav(cfg: Config, save: bool = True) -> list:
+    run, table = rd.RunDir(cfg), tcav_table(cfg)
+    figures = []
+    for layer in sorted(table["layer"].unique()):
+        for cls in sorted(table["class"].unique()):
+            name = f"tcav_{layer}_{_safe(cls)}"
+            figures.append(plots.tcav_vs_weights(table, cls, layer, run.plot(name) if save else None))
+    return figures
+
+
+def plot_cav_accuracy(cfg: Config, save: bool = True):
+    run = rd.RunDir(cfg)
+    acc = pd.read_csv(run.require(run.cav_accuracy(), "step 4 (main_lth_generate_cavs.py)"))
+    return plots.cav_accuracy_vs_round(acc, run.plot("cav_accuracy") if save else None)
+
+
+def heatmap_methods(cfg: Config) -> list[str]:
+    run = rd.RunDir(cfg)
+    return [m for m in cfg.heatmaps.methods if any(run.heatmap_file(r, m).is_file() for r in run.rounds())]
+
+
+def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = None, save: bool = True):
+    """Grid for one method: rows are images, columns are rounds labelled with the weights remaining."""
+    run = rd.RunDir(cfg)
+    images = np.load(run.require(run.heatmap_images(), "step 6 (main_heatmap_save.py)"), allow_pickle=False)
+    n = n_images or cfg.heatmaps.grid_images
+    pick = _spread(len(images["ids"]), n)
+    maps, remaining = {}, {}
+    for r in run.rounds():
+        path = run.heatmap_file(r, method)
+        if path.is_file():
+            maps[r] = np.load(path)["maps"][pick].astype(np.float32)
+            remaining[r] = float(np.load(path)["weights_remaining"])
+    if not maps:
+        raise UserError(f"no heatmaps for method '{method}' in {run.root / 'heatmaps'}; run step 6 first")
+    titles = [str(images["class_names"][images["labels"][i]]) for i in pick]
+    maps = {r: _unit(m) for r, m in maps.items()}
+    return plots.heatmap_grid(images["images"][pick], maps, remaining, titles, method,
+                              run.plot(f"heatmaps_{method}") if save else None)
+
+
+def plot_metrics(cfg: Config, save: bool = True) -> list:
+    from .metrics import METRICS
+
+    run = rd.RunDir(cfg)
+    frame = pd.read_csv(run.require(run.explanation_metrics(), "step 7 (main_explanation_metrics.py)"))
+    figures = []
+    for metric in frame["metric"].unique():
+        spec = METRICS.get(metric.split("@")[0])
+        higher = None if spec is None else spec.higher_is_better
+        figures.append(plots.metric_vs_weights(frame, metric, higher, path=run.plot(f"metric_{_safe(metric)}") if save else None))
+    return figures
+
+
+def make_all_plots(cfg: Config, log=print) -> list[Path]:
+    """Every figure whose inputs exist; returns the files written."""
+    run = rd.RunDir(cfg)
+    before = set(run.root.joinpath("plots").glob("*.png"))
+    jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
+            ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg))]
+    jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)]
+    for label, job in jobs:
+        try:
+            job()
+        except UserError as exc:
+            log(f"skipped {label} plot: {exc}")
+    written = sorted(set(run.root.joinpath("plots").glob("*.png")) | before)
+    return written
+
+
+def _spread(total: int, n: int) -> np.ndarray:
+    """``n`` indices spread over ``total`` (images of different classes in the grid)."""
+    return np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int))
+
+
+def _unit(maps: np.ndarray) -> np.ndarray:
+    peak = maps.reshape(len(maps), -1).max(1).reshape(-1, 1, 1)
+    return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0)
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
