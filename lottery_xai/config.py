@@ -99,7 +99,7 @@ class TCAVConfig:
 
 @dataclass
 class HeatmapConfig:
-    methods: list = opt(["gradcam", "gradcam_pp", "grad_x_act", "saliency", "integrated_gradients", "occlusion", "random"], "attribution methods to compute")
+    methods: list = opt(["gradcam", "gradcampp", "grad_x_activation", "saliency", "integrated_gradients", "occlusion", "random"], "attribution methods to compute")
     layer: str = opt("", "layer for CAM methods (empty = the architecture's last conv block)")
     images_per_class: int = opt(4, "test images per class in labels_for_tcav (the same images every round)", minimum=1)
     target: str = opt("predicted", "class explained: the model's prediction or the true class", choices=["predicted", "true"])

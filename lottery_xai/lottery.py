@@ -33,7 +33,7 @@ def load_data(cfg: Config, splits=("train", "val", "test"), augment: bool | None
     from .data import build_datasets
 
     return build_datasets(cfg.dataset, cfg.data_root, cfg.json_root, cfg.img_size, splits=tuple(splits),
-                          augment_train=cfg.data.augment if augment is None else augment)
+                          augment_train=cfg.data.augment if augment is None else augment, seed=cfg.seed)
 
 
 def new_model(cfg: Config, num_classes: int, seed: int) -> torch.nn.Module:

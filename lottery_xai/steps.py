@@ -1,0 +1,237 @@
+"""Steps 3-6 over every pruning round: activations, CAVs, TCAV, attribution maps.
+
+Each step reads what the earlier steps left in the run directory, skips rounds whose
+outputs are complete (``force`` redoes them), and writes atomically. The methods live in
+:mod:`lottery_xai.activations`, :mod:`lottery_xai.concepts` and :mod:`lottery_xai.attribution`;
+this module only walks the rounds and the files.
+"""
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import ConcatDataset
+from tqdm.auto import tqdm
+
+from . import rundir as rd
+from .activations import save_activations
+from .attribution import LAYER_METHODS, attribute
+from .concepts.cav import fit_all_cavs, load_cavs, save_cavs
+from .concepts.tcav import gradients_by_class, run_tcav
+from .config import Config
+from .data.transforms import denormalize
+from .errors import UserError
+from .loaders import derived_seed, make_loader
+from .lottery import load_data, load_round_model
+from .models import architecture
+
+CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
+TCAV_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean",
+                "p_value", "significant", "n_images"]
+
+
+def finished_rounds(cfg: Config, rounds: list[int], log=print) -> list[int]:
+    """The requested rounds that step 1 has finished (a step before step 1 is a user error)."""
+    run = rd.RunDir(cfg)
+    run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")
+    done = set(run.finished_rounds())
+    missing = [r for r in rounds if r not in done]
+    if missing:
+        log(f"rounds {missing} have no checkpoint yet (step 1 not finished); they are skipped")
+    return [r for r in rounds if r in done]
+
+
+def resolve_names(requested: list[str], known: list[str], what: str, key: str) -> list[str]:
+    """``[all]`` -> every name; otherwise check each name, suggesting close matches for a typo."""
+    if list(requested) == ["all"]:
+        return list(known)
+    for name in requested:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+            hint = f"; close matches: {', '.join(close)}" if close else f"; {len(known)} {what}s exist"
+            raise UserError(f"{what} '{name}' in {key} is not in the dataset{hint}")
+    return list(requested)
+
+
+# ---------------------------------------------------------------- step 3
+
+def activations_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
+    """Bottleneck activations of every split and round, streamed to .npy memory maps."""
+    run = rd.RunDir(cfg)
+    rounds = finished_rounds(cfg, rounds, log)
+    run.save_config("activations")
+    datasets, info = load_data(cfg, cfg.activations.splits, augment=False)
+    layers = list(cfg.bb_layers_for_concepts)
+    for r in tqdm(rounds, desc="activation rounds"):
+        for split, dataset in datasets.items():
+            outs = {layer: run.activation_file(r, split, layer) for layer in layers}
+            extra = {what: run.activation_meta(r, split, what) for what in ("labels", "concepts", "ids")}
+            if not force and all(p.is_file() for p in [*outs.values(), *extra.values()]):
+                continue
+            model, _ = load_round_model(cfg, run, r, info.num_classes, device)
+            loader = make_loader(dataset, cfg, device, train=False)
+            save_activations(model, layers, loader, outs, flattening=cfg.cav_flattening_type, n_images=len(dataset),
+                             dtype=cfg.activations.dtype, device=device, extra_paths=extra)
+    log(f"step 3 done: activations of {len(rounds)} rounds in {run.root / 'activations'}")
+
+
+# ---------------------------------------------------------------- step 4
+
+def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    acts, concepts = [], []
+    for split in cfg.cav.splits:
+        path = run.require(run.activation_file(r, split, layer), "step 3 (main_lth_save_activations.py)")
+        acts.append(np.load(path, mmap_mode="r"))
+        concepts.append(np.load(run.activation_meta(r, split, "concepts")))
+    return np.concatenate(acts).astype(np.float32), np.concatenate(concepts)
+
+
+def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
+    run = rd.RunDir(cfg)
+    rounds = finished_rounds(cfg, rounds, log)
+    run.save_config("cavs")
+    _, info = load_data(cfg, ())
+    concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
+    columns = [info.concept_names.index(c) for c in concepts]
+    rows = []
+    for r in tqdm(rounds, desc="CAV rounds"):
+        for layer in cfg.bb_layers_for_concepts:
+            path = run.cav_file(r, layer)
+            if force or not path.is_file():
+                acts, labels = _stacked(cfg, run, r, layer)
+                result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
+                                      negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
+                                      seed=derived_seed(cfg.seed, 6, r), n_jobs=cfg.cav.n_jobs,
+                                      test_fraction=cfg.cav.test_fraction, C=cfg.cav.C)
+                save_cavs(path, result)
+            result = load_cavs(path)
+            for c, name in enumerate(result["concepts"]):
+                rows += [{"round": r, "layer": layer, "concept": name, "run": k, "accuracy": a, "kind": "concept"}
+                         for k, a in enumerate(result["accuracy"][c])]
+            rows += [{"round": r, "layer": layer, "concept": "random", "run": k, "accuracy": a, "kind": "random"}
+                     for k, a in enumerate(result["random_accuracy"])]
+    table = pd.DataFrame(rows, columns=CAV_ACCURACY_COLUMNS)
+    if run.cav_accuracy().is_file():  # keep rounds and layers not processed this time
+        old = pd.read_csv(run.cav_accuracy())
+        done = set(zip(table["round"], table["layer"]))
+        old = old[[(r, l) not in done for r, l in zip(old["round"], old["layer"])]]
+        table = pd.concat([old, table], ignore_index=True)
+    table = table.sort_values(["round", "layer", "kind", "concept", "run"]).reset_index(drop=True)
+    rd.save_csv(run.cav_accuracy(), table)
+    log(f"step 4 done: CAVs in {run.root / 'cavs'}, accuracies in {run.cav_accuracy()}")
+    return table
+
+
+# ---------------------------------------------------------------- step 5
+
+def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """TCAV with significance for the classes in labels_for_tcav and the concepts in concepts_for_tcav."""
+    if cfg.cav_flattening_type == "max_pool":
+        raise UserError("TCAV needs cav_flattening_type flatten or avg_pool: the gradient of a max-pooled "
+                        "activation is not a directional derivative")
+    run = rd.RunDir(cfg)
+    rounds = finished_rounds(cfg, rounds, log)
+    run.save_config("tcav")
+    datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
+    classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
+    concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
+    class_index = {name: info.class_names.index(name) for name in classes}
+    loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
+    table = pd.read_csv(run.tcav_scores()) if run.tcav_scores().is_file() and not force else \
+        pd.DataFrame(columns=TCAV_COLUMNS)
+    for r in tqdm(rounds, desc="TCAV rounds"):
+        todo = [layer for layer in cfg.bb_layers_for_concepts
+                if force or table[(table["round"] == r) & (table["layer"] == layer)].empty]
+        if not todo:
+            continue
+        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model.requires_grad_(False)  # gradients reach the layer only, never the parameters
+        for layer in todo:
+            cav_result = load_cavs(run.require(run.cav_file(r, layer), "step 4 (main_lth_generate_cavs.py)"))
+            grads = gradients_by_class(model, layer, loader, list(class_index.values()),
+                                       flattening=cfg.cav_flattening_type, device=device,
+                                       max_images=cfg.tcav.max_images_per_class or None)
+            scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result, concepts,
+                              alpha=cfg.tcav.alpha)
+            scores.insert(0, "layer", layer)
+            scores.insert(0, "weights_remaining", ckpt["weights_remaining"])
+            scores.insert(0, "round", r)
+            table = table[~((table["round"] == r) & (table["layer"] == layer))]
+            table = pd.concat([table, scores[TCAV_COLUMNS]], ignore_index=True) if len(table) else scores[TCAV_COLUMNS]
+            table = table.sort_values(["round", "layer", "class", "concept"]).reset_index(drop=True)
+            rd.save_csv(run.tcav_scores(), table)
+    log(f"step 5 done: {run.tcav_scores()}")
+    return table
+
+
+# ---------------------------------------------------------------- step 6
+
+def heatmap_images(cfg: Config, device: torch.device):
+    """The test images explained at every round (chosen once, stored with the maps), as tensors."""
+    run = rd.RunDir(cfg)
+    datasets, info = load_data(cfg, ("test",), augment=False)
+    test = datasets["test"]
+    if run.heatmap_images().is_file():
+        stored = np.load(run.heatmap_images())
+        indices = stored["indices"]
+    else:
+        classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
+        labels = np.asarray(test.labels) if hasattr(test, "labels") else np.array([int(test[i]["label"]) for i in range(len(test))])
+        indices = np.concatenate([np.flatnonzero(labels == info.class_names.index(c))[:cfg.heatmaps.images_per_class]
+                                  for c in classes])
+    items = [test[int(i)] for i in indices]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "id")}
+    if not run.heatmap_images().is_file():
+        shown = (denormalize(batch["image"], info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        rd.save_npz(run.heatmap_images(), indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
+                    bbox=batch["bbox"].numpy(), images=shown, class_names=np.asarray(info.class_names, dtype=str))
+    return batch, info
+
+
+def method_options(cfg: Config, method: str, seed: int) -> dict:
+    h = cfg.heatmaps
+    options = {
+        "integrated_gradients": {"steps": h.ig_steps, "batch_size": h.batch_size},
+        "occlusion": {"patch": h.occlusion_patch or None, "batch_size": h.batch_size},
+        "scorecam": {"batch_size": h.batch_size},
+        "random": {"seed": seed},
+    }
+    return options.get(method, {})
+
+
+def cam_layer(cfg: Config) -> str:
+    return cfg.heatmaps.layer or architecture(cfg.model_arch).cam_layer
+
+
+def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
+    """Attribution maps of the same test images at every round, for every configured method."""
+    run = rd.RunDir(cfg)
+    rounds = finished_rounds(cfg, rounds, log)
+    run.save_config("heatmaps")
+    batch, info = heatmap_images(cfg, device)
+    images = batch["image"].to(device)
+    for r in tqdm(rounds, desc="heatmap rounds"):
+        todo = [m for m in cfg.heatmaps.methods if force or not run.heatmap_file(r, m).is_file()]
+        if not todo:
+            continue
+        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model.requires_grad_(False)
+        with torch.no_grad():
+            predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
+        targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
+        for method in todo:
+            maps = torch.cat([
+                attribute(method, model, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
+                          normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(cfg.seed, 7, r)))
+                for chunk, t in zip(images.split(cfg.heatmaps.batch_size), targets.split(cfg.heatmaps.batch_size))])
+            rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
+                        labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
+                        maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])
+    from .report import plot_heatmaps
+
+    for method in cfg.heatmaps.methods:
+        plot_heatmaps(cfg, method)
+    log(f"step 6 done: maps in {run.root / 'heatmaps'}, grids in {run.root / 'plots'}")
