@@ -19,7 +19,7 @@ def _read(path, columns) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
 
 
-def test_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
+def evaluate_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
                 log=print) -> pd.DataFrame:
     """Evaluate each finished round's checkpoint on the test split; resumable, one row per round."""
     run = rd.RunDir(cfg)

@@ -125,3 +125,31 @@ def _unit(maps: np.ndarray) -> np.ndarray:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = None) -> pd.DataFrame:
+    """On data whose class-defining attributes are known (the embedded synthetic set, MNIST even/odd):
+    the share of (class, defining attribute) pairs whose TCAV is significant and above 0.5, against the
+    share of (class, absent attribute) pairs that are. The first should be high, the second low."""
+    from .lottery import load_data
+
+    _, info = load_data(cfg, ())
+    if info.defining_attributes is None:
+        raise UserError(f"dataset '{cfg.dataset}' has no known class-defining attributes")
+    table = tcav_table(cfg)
+    table = table[table["round"] == round_index]
+    rows = []
+    for lay, g in table.groupby("layer"):
+        if layer is not None and lay != layer:
+            continue
+        hit = g["significant"].astype(bool) & (g["tcav_mean"] > 0.5)
+        defining = [c in info.defining_attributes.get(k, []) for k, c in zip(g["class"], g["concept"])]
+        absent = [not d and info.class_concepts[info.class_names.index(k), info.concept_names.index(c)] == 0
+                  for d, k, c in zip(defining, g["class"], g["concept"])]
+        defining, absent = np.asarray(defining), np.asarray(absent)
+        rows.append({"round": round_index, "layer": lay,
+                     "defining_pairs": int(defining.sum()),
+                     "defining_significant_above_half": float(hit[defining].mean()) if defining.any() else np.nan,
+                     "absent_pairs": int(absent.sum()),
+                     "absent_significant_above_half": float(hit[absent].mean()) if absent.any() else np.nan})
+    return pd.DataFrame(rows)

@@ -7,23 +7,13 @@ from lottery_xai.config import load_config
 from lottery_xai.lottery import LotteryRun
 from lottery_xai.pruning import remaining_fractions
 
+from conftest import tiny_overrides
+
 DEVICE = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from lottery_xai.data.synthetic import prepare_synthetic_cub
-
-    root = tmp_path_factory.mktemp("synth")
-    prepare_synthetic_cub(root / "data", root / "data" / "prepared", seed=0, n_classes=4, images_per_class=12,
-                          image_size=32, train_fraction=0.6, val_fraction=0.2)
-    return root / "data"
-
-
 def tiny_cfg(data, logs, *overrides):
-    base = [f"data_root={data}", f"json_root={data}/prepared", f"logs={logs}", "img_size=32", "train.epochs=2",
-            "data.batch_size=8", "prune_iterations=2", "prune_percent=50", "device=cpu", "data.augment=true"]
-    return load_config(None, base + list(overrides))
+    return load_config(None, tiny_overrides(data, logs, "data.augment=true", *overrides))
 
 
 class Interrupt(Exception):

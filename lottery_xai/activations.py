@@ -1,0 +1,239 @@
+"""Bottleneck activations: a forward stopped at the layer, flattening, and streaming to `.npy` memory maps."""
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import UserError
+from .models import get_layer
+
+FLATTENINGS = ("flatten", "avg_pool", "max_pool")
+_DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}
+# Written pages of a memory map count as resident memory of the process until they are dropped;
+# dropping them every 8 MiB keeps the process flat whatever the number of images.
+_RELEASE_BYTES = 8 << 20
+
+
+class _StopForward(Exception):
+    """Raised from a forward hook once every requested layer has run: nothing after it is computed."""
+
+
+def _check_flattening(mode: str) -> None:
+    if mode not in FLATTENINGS:
+        raise UserError(f"cav_flattening_type '{mode}' is unknown; use one of {', '.join(FLATTENINGS)}")
+
+
+def flatten_activations(acts: torch.Tensor, mode: str) -> torch.Tensor:
+    """[N, C, H, W] (or any [N, C, ...]) -> [N, D]: `flatten` keeps every unit, `avg_pool` / `max_pool`
+    reduce the spatial dimensions to one value per channel. [N, D] inputs are returned unchanged."""
+    _check_flattening(mode)
+    if acts.dim() <= 2:
+        return acts.reshape(acts.shape[0], -1)
+    if mode == "flatten":
+        return acts.reshape(acts.shape[0], -1)
+    spatial = tuple(range(2, acts.dim()))
+    return acts.mean(dim=spatial) if mode == "avg_pool" else acts.amax(dim=spatial)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run `model` in eval mode (BatchNorm running statistics, no dropout) and restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (cpu for a model without any)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Hooks that store each layer's output and stop the forward once all of them have run."""
+    modules = {name: get_layer(model, name) for name in layers}
+    store: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise UserError(f"layer '{name}' returns {type(output).__name__}, not a tensor; choose a module that returns one")
+            store.setdefault(name, output)  # a module run twice keeps its first output
+            if len(store) == len(modules):
+                raise _StopForward
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run_captured(model: nn.Module, images: torch.Tensor, store: dict, layers: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One forward with `_capture` hooks in place; returns {layer: output}."""
+    store.clear()
+    try:
+        model(images)
+    except _StopForward:
+        pass
+    missing = [n for n in layers if n not in store]
+    if missing:
+        raise UserError(f"layer(s) {', '.join(missing)} never ran in the model's forward; choose layers the forward uses")
+    out = dict(store)
+    store.clear()
+    return out
+
+
+@torch.no_grad()
+def layer_activations(model: nn.Module, layer: str, images: torch.Tensor) -> torch.Tensor:
+    """The output of `layer` (dotted name) for `images`; the forward stops there, nothing after it runs.
+    The model is used in whatever mode it is in (call ``model.eval()`` first for explanations)."""
+    with _capture(model, [layer]) as store:
+        return _run_captured(model, images, store, [layer])[layer]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _release(mm: np.memmap) -> None:
+    """Unmap the already-written pages of the shared file mapping from this process. Nothing is lost:
+    the kernel moves their dirty state to the page cache, which writes them to the file."""
+    raw = getattr(mm, "_mmap", None)
+    if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        raw.madvise(mmap.MADV_DONTNEED)
+
+
+class _StreamWriter:
+    """One pre-sized `.npy` memory map at a temporary name, filled row block by row block, renamed when complete."""
+
+    def __init__(self, path: Path, n_rows: int, row_shape: tuple, dtype) -> None:
+        self.path, self.tmp = Path(path), _tmp_name(Path(path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
+        self.unreleased = 0
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.mm[start:start + len(block)] = block
+        self.unreleased += block.nbytes
+        if self.unreleased >= _RELEASE_BYTES:
+            _release(self.mm)
+            self.unreleased = 0
+
+    def commit(self) -> tuple:
+        shape = self.mm.shape
+        self.mm.flush()
+        del self.mm
+        os.replace(self.tmp, self.path)  # atomic: the final name holds a complete file or nothing
+        return shape
+
+    def abort(self) -> None:
+        if hasattr(self, "mm"):
+            del self.mm
+        self.tmp.unlink(missing_ok=True)
+
+
+def _as_numpy_column(values) -> np.ndarray:
+    """Labels / concepts / ids of a batch as a numpy array (tensors, lists of numbers or of strings)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def save_activations(
+    model: nn.Module,
+    layers: Sequence[str],
+    loader: Iterable[Mapping],
+    out_paths: Mapping[str, str | os.PathLike],
+    *,
+    flattening: str,
+    n_images: int,
+    dtype: str = "float32",
+    device: str | torch.device | None = None,
+    extra_paths: Mapping[str, str | os.PathLike] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Stream the activations of every requested layer to `.npy` files in ONE pass over `loader`.
+
+    `loader` yields dict batches with keys ``image``, ``label``, ``concepts``, ``id`` (and ``index``), in
+    split order; rows are written in the order the loader yields them. Each forward stops after the
+    last requested layer has run. `out_paths[layer]` receives an [n_images, D] array of `dtype`;
+    `extra_paths` may name files for ``labels``, ``concepts`` and ``ids``. Files are pre-sized memory
+    maps at a temporary name, renamed into place only when complete. The model runs in eval mode
+    (restored afterwards) on `device` (default: where the model is). Returns the shape of each file.
+    """
+    _check_flattening(flattening)
+    if dtype not in _DTYPES:
+        raise UserError(f"activation dtype '{dtype}' is unknown; use float32 or float16")
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise UserError("no layer requested; set bb_layers_for_concepts to at least one layer name")
+    missing = [l for l in layers if l not in out_paths]
+    if missing:
+        raise UserError(f"no output path for layer(s) {', '.join(missing)}")
+    for name in layers:
+        get_layer(model, name)  # a typo fails before any work is done
+    extra_paths = dict(extra_paths or {})
+    unknown = set(extra_paths) - {"labels", "concepts", "ids"}
+    if unknown:
+        raise UserError(f"extra_paths keys {sorted(unknown)} are unknown; use labels, concepts, ids")
+    np_dtype, torch_dtype = _DTYPES[dtype]
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
+    batch_key = {"labels": "label", "concepts": "concepts", "ids": "id"}
+
+    writers: dict[str, _StreamWriter] = {}
+    done = 0
+    try:
+        with eval_mode(model), torch.no_grad(), _capture(model, layers) as store:
+            for batch in tqdm(loader, desc="activations", unit="batch", disable=not progress, leave=False):
+                images = batch["image"].to(device, non_blocking=True)
+                b = images.shape[0]
+                if done + b > n_images:
+                    raise UserError(f"the loader yields more than n_images={n_images} images; pass the split's size")
+                acts = _run_captured(model, images, store, layers)
+                flat = [flatten_activations(acts[n], flattening).to(torch_dtype) for n in layers]
+                widths = [f.shape[1] for f in flat]
+                block = torch.cat(flat, dim=1).cpu().numpy()  # one device->cpu transfer per batch
+                if not writers:
+                    for name, d in zip(layers, widths):
+                        writers[name] = _StreamWriter(Path(out_paths[name]), n_images, (d,), np_dtype)
+                    for what, path in extra_paths.items():
+                        col = _as_numpy_column(batch[batch_key[what]])
+                        col_dtype = col.dtype if col.dtype.kind != "U" else np.dtype(f"<U{max(64, col.dtype.itemsize // 4)}")
+                        writers[what] = _StreamWriter(Path(path), n_images, col.shape[1:], col_dtype)
+                start = 0
+                for name, d in zip(layers, widths):
+                    writers[name].write(done, block[:, start:start + d])
+                    start += d
+                for what in extra_paths:
+                    col = _as_numpy_column(batch[batch_key[what]])
+                    if col.dtype.kind == "U" and col.dtype.itemsize > writers[what].mm.dtype.itemsize:
+                        raise UserError(f"an image id is longer than {writers[what].mm.dtype.itemsize // 4} characters")
+                    writers[what].write(done, col)
+                done += b
+        if done == 0:
+            raise UserError("the loader yielded no images; check the split's contents")
+        if done != n_images:
+            raise UserError(f"the loader yielded {done} images but n_images={n_images}; pass the split's size")
+        return {"n_images": done, **{name: w.commit() for name, w in writers.items()}}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise

@@ -1,0 +1,151 @@
+"""Datasets behind one interface: `build_datasets(name, ...) -> (datasets per split, DatasetInfo)`.
+
+Every item is a dict that the default collate batches:
+  image    float32 [3, S, S], normalised with the dataset mean/std
+  label    int64
+  concepts float32 [n_concepts]
+  bbox     float32 [4], x0, y0, x1, y1 in output pixels (pixel column j spans [j, j+1)), clipped
+  parts    float32 [P, 3], (x, y, visible) in output pixels; visible = 0 where hidden or cropped out
+           (P = 15 for CUB-style data, 0 for MNIST)
+  id       int64, the dataset's image id
+  index    int64, the position in the split
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lottery_xai.data.cub import CUBDataset, find_cub_root
+from lottery_xai.data.mnist import CLASS_NAMES as MNIST_CLASS_NAMES
+from lottery_xai.data.mnist import CONCEPT_NAMES as MNIST_CONCEPT_NAMES
+from lottery_xai.data.mnist import MNISTEvenOddDataset
+from lottery_xai.data.transforms import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, denormalize
+from lottery_xai.errors import UserError
+
+DATASET_NAMES = ("synthetic_cub", "cub", "mnist_eo")
+SPLITS = ("train", "val", "test")
+
+__all__ = ["DATASET_NAMES", "DatasetInfo", "build_datasets", "build_transform", "denormalize"]
+
+
+@dataclass
+class DatasetInfo:
+    """What a step needs to know about a dataset besides its items."""
+
+    name: str
+    class_names: list
+    concept_names: list
+    part_names: list
+    num_classes: int
+    n_concepts: int
+    mean: tuple
+    std: tuple
+    class_concepts: np.ndarray  # [num_classes, n_concepts], 0/1
+    defining_attributes: dict | None  # class name -> concept names, when the ground truth is known
+    split_ids: dict  # split -> list of dataset ids, in split order
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASET_NAMES:
+        close = difflib.get_close_matches(str(name), DATASET_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown dataset {name!r}{hint}: use one of {', '.join(DATASET_NAMES)}")
+
+
+def _prep_command(name: str, data_root, json_root) -> str:
+    if name == "synthetic_cub":
+        return (f"python scripts_data/make_synthetic_cub.py --out {data_root} && python scripts_data/download_cub.py "
+                f"--src {data_root} --data_root {data_root} --json_root {json_root}")
+    if name == "cub":
+        return f"python scripts_data/download_cub.py --src PATH/TO/CUB_200_2011.tgz --data_root {data_root} --json_root {json_root}"
+    return f"python scripts_data/download_mnist_E_O.py --data_root {data_root} --json_root {json_root}"
+
+
+def _require_prepared(name: str, data_root: Path, json_root: Path) -> None:
+    needed = ["splits.json", "source.json"] if name == "mnist_eo" else ["splits.json", "concepts.json"]
+    for file in needed:
+        if not (json_root / file).is_file():
+            raise UserError(f"missing {json_root / file}: run: {_prep_command(name, data_root, json_root)}")
+    if name != "mnist_eo" and find_cub_root(data_root) is None:
+        raise UserError(f"no CUB-layout images.txt in {data_root}: run: {_prep_command(name, data_root, json_root)}")
+
+
+def build_transform(train: bool, img_size: int, mean, std, name: str = "cub"):
+    """The box-aware transform for a split: random resized crop + flip for training, resize + centre crop otherwise.
+
+    MNIST digits are not flipped (a mirrored digit is another shape) and are
+    cropped more gently (scale 0.8-1) so that the digit survives.
+    """
+    if not train:
+        return EvalTransform(img_size, mean, std)
+    if name == "mnist_eo":
+        return TrainTransform(img_size, mean, std, scale=(0.8, 1.0), hflip=False)
+    return TrainTransform(img_size, mean, std)
+
+
+def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS, augment_train: bool = True,
+                   seed: int = 0, cache: bool | None = None):
+    """Datasets of the prepared dataset `name` (`synthetic_cub`, `cub` or `mnist_eo`) for the given splits.
+
+    Returns ({split: Dataset}, DatasetInfo). The train split gets augmentation
+    when `augment_train`; the others get the eval transform. `seed` fixes the
+    augmentation once `dataset.set_epoch(epoch)` is called; `cache` forces
+    (True) or forbids (False) the in-memory image cache of CUB-style splits
+    (default: splits under 5000 images).
+    """
+    _check_name(name)
+    if int(img_size) != img_size or img_size < 8:
+        raise UserError(f"img_size must be an integer >= 8, got {img_size!r}")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise UserError(f"unknown split {unknown[0]!r}: use some of {', '.join(SPLITS)}")
+    data_root, json_root = Path(data_root), Path(json_root)
+    _require_prepared(name, data_root, json_root)
+    mean, std = (HALF_MEAN, HALF_STD) if name == "mnist_eo" else (IMAGENET_MEAN, IMAGENET_STD)
+    with open(json_root / "splits.json") as handle:
+        split_ids = {k: [int(i) for i in v] for k, v in json.load(handle).items()}
+
+    datasets = {}
+    for split in splits:
+        train = split == "train" and augment_train
+        transform = build_transform(train, img_size, mean, std, name)
+        if name == "mnist_eo":
+            datasets[split] = MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed)
+        else:
+            # Decode once at the resolution the transform needs: more for random crops, which zoom in.
+            load_size = math.ceil(1.5 * img_size) if train else int(img_size)
+            datasets[split] = CUBDataset(data_root, json_root, split, transform, load_size=load_size,
+                                         cache=cache, seed=seed)
+
+    if name == "mnist_eo":
+        class_names, concept_names, part_names = list(MNIST_CLASS_NAMES), list(MNIST_CONCEPT_NAMES), []
+        class_concepts = np.array([[int(d % 2 == k) for d in range(10)] for k in range(2)], dtype=np.uint8)
+        defining = {c: [n for d, n in enumerate(concept_names) if d % 2 == k] for k, c in enumerate(class_names)}
+    else:
+        with open(json_root / "concepts.json") as handle:
+            concepts = json.load(handle)
+        class_names, concept_names = list(concepts["class_names"]), list(concepts["attribute_names"])
+        class_concepts = np.asarray(concepts["class_concepts"], dtype=np.uint8).reshape(len(class_names), -1)
+        root = find_cub_root(data_root)
+        with open(root / "parts" / "parts.txt") as handle:
+            part_names = [line.strip().partition(" ")[2] for line in handle if line.strip()]
+        defining = _defining_attributes(root, set(concept_names))
+    info = DatasetInfo(name=name, class_names=class_names, concept_names=concept_names, part_names=part_names,
+                       num_classes=len(class_names), n_concepts=len(concept_names), mean=tuple(mean), std=tuple(std),
+                       class_concepts=class_concepts, defining_attributes=defining, split_ids=split_ids)
+    return datasets, info
+
+
+def _defining_attributes(root: Path, kept: set) -> dict | None:
+    """The synthetic data's ground truth (class -> defining attributes among the kept concepts), else None."""
+    path = root / "class_attributes.json"
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        truth = json.load(handle)
+    return {cls: [a for a in attributes if a in kept] for cls, attributes in truth["defining_attributes"].items()}

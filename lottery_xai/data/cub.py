@@ -1,0 +1,394 @@
+"""CUB-200-2011: preparation (concept denoising, splits) and the dataset loader.
+
+The same code reads the real CUB and the synthetic dataset (`synthetic.py`),
+which is written in CUB's layout. Coordinates: CUB boxes and part locations are
+taken as continuous pixel coordinates where pixel column j spans [j, j+1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lottery_xai.data.transforms import apply_transform, resize_shorter_side
+from lottery_xai.errors import UserError
+
+CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
+CUB_MIN_CLASSES = 10
+SPLITS = ("train", "val", "test")
+# Above this many images a split is not cached in memory unless asked (real CUB train/test).
+CACHE_MAX_IMAGES = 5000
+
+
+def write_json_atomic(path: str | os.PathLike, payload) -> None:
+    """Write JSON so that a killed process leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            json.dump(payload, handle, indent=1)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+
+
+def _missing_cub_message(where) -> str:
+    return (f"no CUB-200-2011 data at {where}: download CUB_200_2011.tgz from {CUB_URL} and pass its path "
+            "(or the extracted CUB_200_2011 folder) with --src")
+
+
+def find_cub_root(path: str | os.PathLike) -> Path | None:
+    """The folder holding `images.txt` at `path` or in `path/CUB_200_2011`, else None."""
+    path = Path(path)
+    for candidate in (path, path / "CUB_200_2011"):
+        if (candidate / "images.txt").is_file():
+            return candidate
+    return None
+
+
+def _extract_archive(archive: Path, data_root: Path) -> Path:
+    """Extract CUB_200_2011.tgz into data_root (skipped when already extracted there)."""
+    root = find_cub_root(data_root)
+    if root is not None:
+        return root
+    data_root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(data_root, filter="data")  # refuses absolute paths and links out of data_root
+            else:  # pragma: no cover - Python < 3.11.4
+                for member in tar.getmembers():
+                    if member.name.startswith("/") or ".." in Path(member.name).parts:
+                        raise UserError(f"{archive} holds an unsafe path {member.name!r}: re-download it")
+                tar.extractall(data_root)
+    except (tarfile.TarError, OSError) as error:
+        raise UserError(f"could not extract {archive}: {error}; re-download it from {CUB_URL}") from error
+    root = find_cub_root(data_root)
+    if root is None:
+        raise UserError(_missing_cub_message(archive))
+    return root
+
+
+def locate_cub(src: str | os.PathLike | None, data_root: str | os.PathLike) -> Path:
+    """Resolve where the CUB files are, extracting an archive or linking a folder into data_root.
+
+    `src` may be None (the data is already in data_root), an extracted
+    CUB_200_2011 folder (linked as data_root/CUB_200_2011 when it lives
+    elsewhere, so the loader finds it from data_root) or CUB_200_2011.tgz.
+    """
+    data_root = Path(data_root)
+    if src is None:
+        root = find_cub_root(data_root)
+        if root is None:
+            raise UserError(_missing_cub_message(data_root))
+        return root
+    src = Path(src)
+    if src.is_file() and (src.name.endswith((".tgz", ".tar.gz", ".tar"))):
+        return _extract_archive(src, data_root)
+    root = find_cub_root(src) if src.is_dir() else None
+    if root is None:
+        raise UserError(_missing_cub_message(src))
+    existing = find_cub_root(data_root)
+    if existing is not None:
+        if existing.resolve() != root.resolve():
+            raise UserError(f"{data_root} already holds CUB data at {existing}: pass --src {existing} "
+                            "or choose another --data_root")
+        return existing
+    data_root.mkdir(parents=True, exist_ok=True)
+    (data_root / "CUB_200_2011").symlink_to(root.resolve(), target_is_directory=True)
+    return data_root / "CUB_200_2011"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the CUB tables
+# ----------------------------------------------------------------------------------------------
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(f"missing CUB file {path}: the dataset is incomplete; re-extract CUB_200_2011.tgz from {CUB_URL}")
+    return path
+
+
+def _read_pairs(path: Path) -> tuple[list[int], list[str]]:
+    """`<id> <text>` lines -> (ids, texts); the text may contain spaces."""
+    ids, texts = [], []
+    with open(_require(path)) as handle:
+        for line in handle:
+            line = line.strip()
+            if line:
+                first, _, rest = line.partition(" ")
+                ids.append(int(first))
+                texts.append(rest.strip())
+    return ids, texts
+
+
+def _read_numbers(path: Path, columns: int) -> np.ndarray:
+    """Whitespace-separated numeric table with a fixed number of columns, read in one pass."""
+    values = np.array(_require(path).read_text().split(), dtype=np.float64)
+    if values.size % columns:
+        raise UserError(f"{path} is malformed (expected {columns} numbers per line): re-extract the dataset")
+    return values.reshape(-1, columns)
+
+
+def _attribute_names_path(root: Path) -> Path:
+    for candidate in (root / "attributes" / "attributes.txt", root / "attributes.txt", root.parent / "attributes.txt"):
+        if candidate.is_file():
+            return candidate
+    return _require(root / "attributes.txt")
+
+
+def read_class_names(root: Path) -> list[str]:
+    """Class names without CUB's number prefix ('001.Black_footed_Albatross' -> 'Black_footed_Albatross')."""
+    _, names = _read_pairs(root / "classes.txt")
+    return [name.split(".", 1)[1] if "." in name and name.split(".", 1)[0].isdigit() else name for name in names]
+
+
+def read_attribute_names(root: Path) -> list[str]:
+    """Attribute names in attribute-id order."""
+    return _read_pairs(_attribute_names_path(root))[1]
+
+
+def read_class_attribute_percentages(root: Path) -> np.ndarray:
+    """class_attribute_labels_continuous.txt as a float array [n_classes, n_attributes] of percentages."""
+    path = _require(root / "attributes" / "class_attribute_labels_continuous.txt")
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return np.array(rows, dtype=np.float64)
+
+
+def read_cub_tables(root: str | os.PathLike) -> dict:
+    """Image-level tables of a CUB folder, as arrays indexed by image id - 1.
+
+    Keys: ids [N] int64, paths [N] (relative to images/), labels [N] (0-based
+    class), is_train [N] bool, boxes [N, 4] (x0, y0, x1, y1), parts [N, P, 3]
+    (x, y, visible), class_names, part_names.
+    """
+    root = Path(root)
+    ids, paths = _read_pairs(root / "images.txt")
+    ids = np.asarray(ids, dtype=np.int64)
+    if not np.array_equal(ids, np.arange(1, len(ids) + 1)):
+        raise UserError(f"{root / 'images.txt'} must number images 1..N in order")
+    n = len(ids)
+    labels = _read_numbers(root / "image_class_labels.txt", 2)
+    split = _read_numbers(root / "train_test_split.txt", 2)
+    boxes = _read_numbers(root / "bounding_boxes.txt", 5)
+    for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split), ("bounding_boxes.txt", boxes)):
+        if len(table) != n:
+            raise UserError(f"{root / name} has {len(table)} rows for {n} images: re-extract the dataset")
+    order = np.argsort(labels[:, 0])
+    label = labels[order, 1].astype(np.int64) - 1
+    is_train = split[np.argsort(split[:, 0]), 1] > 0
+    boxes = boxes[np.argsort(boxes[:, 0]), 1:]
+    boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+    _, part_names = _read_pairs(root / "parts" / "parts.txt")
+    locs = _read_numbers(root / "parts" / "part_locs.txt", 5)
+    parts = np.zeros((n, len(part_names), 3), dtype=np.float64)
+    parts[locs[:, 0].astype(np.int64) - 1, locs[:, 1].astype(np.int64) - 1] = locs[:, 2:]
+    parts[parts[:, :, 2] <= 0] = 0.0
+    return {"ids": ids, "paths": paths, "labels": label, "is_train": is_train, "boxes": boxes,
+            "parts": parts, "class_names": read_class_names(root), "part_names": part_names}
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparation
+# ----------------------------------------------------------------------------------------------
+
+def majority_concepts(class_attribute_percentages: np.ndarray, min_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-level majority vote over noisy attribute labels.
+
+    Attribute a is on for class c iff percentage[c, a] > 50; attributes on in
+    at least `min_classes` classes are kept. Returns (class_concepts [K, A_kept]
+    as uint8 0/1, kept attribute indices (0-based) [A_kept]).
+    """
+    percentages = np.asarray(class_attribute_percentages, dtype=np.float64)
+    if percentages.ndim != 2:
+        raise UserError(f"class attribute percentages must be a 2-d array [classes, attributes], got shape {percentages.shape}")
+    if int(min_classes) != min_classes or min_classes < 1:
+        raise UserError(f"min_classes must be a positive integer, got {min_classes!r}")
+    on = percentages > 50.0
+    kept = np.flatnonzero(on.sum(axis=0) >= min_classes)
+    return on[:, kept].astype(np.uint8), kept
+
+
+def stratified_val_split(ids: np.ndarray, labels: np.ndarray, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split ids into (train, val), class by class, with a seeded generator.
+
+    Each class gives round(val_fraction * n_c) images to val (at least one when
+    val_fraction > 0 and the class has two or more images). Lists are sorted.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    val = []
+    for label in np.unique(labels):
+        members = np.sort(ids[labels == label])
+        count = int(round(val_fraction * len(members)))
+        if val_fraction > 0 and len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        val.extend(rng.permutation(members)[:count].tolist())
+    val_set = set(val)
+    train = [int(i) for i in np.sort(ids) if int(i) not in val_set]
+    return train, sorted(int(i) for i in val)
+
+
+def _recommended_min_classes(root: Path) -> int:
+    """min_classes recorded by the synthetic generator, else CUB's 10."""
+    truth = root / "class_attributes.json"
+    if truth.is_file():
+        with open(truth) as handle:
+            return int(json.load(handle).get("recommended_min_classes", CUB_MIN_CLASSES))
+    return CUB_MIN_CLASSES
+
+
+def prepare_cub(src, data_root, json_root, seed: int = 0, val_fraction: float = 0.1,
+                min_classes: int | None = CUB_MIN_CLASSES) -> dict:
+    """Denoise CUB's concepts and write `splits.json` and `concepts.json` to json_root.
+
+    `src`: CUB_200_2011.tgz (extracted into data_root), an extracted folder, or
+    None when data_root already holds the data. `min_classes=None` takes the
+    value the synthetic generator recommends (10 for real CUB). Returns a summary dict.
+    """
+    root = locate_cub(src, data_root)
+    if min_classes is None:
+        min_classes = _recommended_min_classes(root)
+    tables = read_cub_tables(root)
+    attribute_names = read_attribute_names(root)
+    percentages = read_class_attribute_percentages(root)
+    n_classes = len(tables["class_names"])
+    if percentages.shape != (n_classes, len(attribute_names)):
+        raise UserError(f"class_attribute_labels_continuous.txt has shape {percentages.shape}, expected "
+                        f"({n_classes}, {len(attribute_names)}): re-extract the dataset")
+    class_concepts, kept = majority_concepts(percentages, min_classes)
+    if kept.size == 0:
+        raise UserError(f"no attribute is on in {min_classes} or more classes: lower --min-classes")
+    ids, labels, is_train = tables["ids"], tables["labels"], tables["is_train"]
+    train, val = stratified_val_split(ids[is_train], labels[is_train], val_fraction, seed)
+    splits = {"train": train, "val": val, "test": [int(i) for i in ids[~is_train]]}
+    concepts = {
+        "attribute_ids": [int(a) + 1 for a in kept],
+        "attribute_names": [attribute_names[a] for a in kept],
+        "class_names": tables["class_names"],
+        "class_concepts": class_concepts.tolist(),
+        "min_classes": int(min_classes),
+    }
+    json_root = Path(json_root)
+    write_json_atomic(json_root / "splits.json", splits)
+    write_json_atomic(json_root / "concepts.json", concepts)
+    return {"cub_root": str(root), "json_root": str(json_root), "n_images": int(len(ids)),
+            "n_classes": n_classes, "n_attributes": len(attribute_names), "n_concepts": int(kept.size),
+            "min_classes": int(min_classes), **{f"n_{name}": len(v) for name, v in splits.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loader
+# ----------------------------------------------------------------------------------------------
+
+def load_rgb(path: str | os.PathLike, load_size: int | None = None) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Decode an image as uint8 RGB [3, H, W] (grayscale, palette and RGBA become RGB).
+
+    With `load_size`, JPEGs are decoded at a reduced scale whose shorter side
+    stays >= load_size (much faster for big photos). Returns the image and the
+    (x, y) scale from original to decoded pixel coordinates.
+    """
+    with Image.open(path) as image:
+        width, height = image.size
+        if load_size is not None and image.format == "JPEG":
+            image.draft("RGB", (load_size, load_size))  # keeps both sides >= the request
+        rgb = image.convert("RGB")
+        array = np.asarray(rgb, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return tensor, (array.shape[1] / width, array.shape[0] / height)
+
+
+def _resize_shorter(image: torch.Tensor, box: np.ndarray, parts: np.ndarray, size: int):
+    """Resize so the shorter side is `size` (never upscales); coordinates follow."""
+    if min(image.shape[-2:]) <= size:
+        return image, box, parts
+    return resize_shorter_side(image, torch.as_tensor(box, dtype=torch.float32),
+                               torch.as_tensor(parts, dtype=torch.float32), size)
+
+
+class CUBDataset(torch.utils.data.Dataset):
+    """One split of a CUB-layout dataset; items are dicts (see `lottery_xai.data`).
+
+    The concept vector of an image is its class's denoised vector. `transform`
+    is a box-aware transform from `transforms.py` (called as
+    `transform(image_uint8, box, parts, generator)`). `load_size` resizes each
+    decoded image so its shorter side is at most that many pixels before the
+    transform; `cache` keeps those decoded images in memory (default: when the
+    split has fewer than CACHE_MAX_IMAGES images).
+    """
+
+    def __init__(self, data_root, json_root, split: str, transform, load_size: int | None = None,
+                 cache: bool | None = None, seed: int = 0):
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        root = find_cub_root(data_root)
+        if root is None:
+            raise UserError(_missing_cub_message(data_root))
+        json_root = Path(json_root)
+        splits, concepts = (_read_json(json_root / name) for name in ("splits.json", "concepts.json"))
+        tables = read_cub_tables(root)
+        self.root, self.split, self.transform, self.load_size = root, split, transform, load_size
+        self.seed, self.epoch = seed, None
+        self.ids = np.asarray(splits[split], dtype=np.int64)
+        rows = self.ids - 1
+        self.paths = [tables["paths"][r] for r in rows]
+        self.labels = tables["labels"][rows]
+        self.boxes = tables["boxes"][rows].astype(np.float32)
+        self.parts = tables["parts"][rows].astype(np.float32)
+        self.class_names = concepts["class_names"]
+        self.concept_names = concepts["attribute_names"]
+        self.part_names = tables["part_names"]
+        self.class_concepts = np.asarray(concepts["class_concepts"], dtype=np.float32).reshape(len(self.class_names), -1)
+        self._cache = None
+        if cache if cache is not None else len(self.ids) < CACHE_MAX_IMAGES:
+            self._cache = [self._decode(i) for i in range(len(self.ids))]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make training augmentation a function of (seed, epoch, index), whatever the worker count."""
+        self.epoch = int(epoch)
+
+    def _decode(self, index: int):
+        path = self.root / "images" / self.paths[index]
+        try:
+            image, (sx, sy) = load_rgb(path, self.load_size)
+        except OSError as error:  # missing or truncated file (PIL's UnidentifiedImageError is an OSError)
+            raise UserError(f"cannot read image {path} ({error}): re-extract the dataset") from error
+        box = self.boxes[index] * np.array([sx, sy, sx, sy], dtype=np.float32)
+        parts = self.parts[index].copy()
+        parts[:, :2] *= np.array([sx, sy], dtype=np.float32)
+        if self.load_size is not None:
+            image, box, parts = _resize_shorter(image, box, parts, self.load_size)
+        return image, torch.as_tensor(box, dtype=torch.float32), torch.as_tensor(parts, dtype=torch.float32)
+
+    def __getitem__(self, index: int) -> dict:
+        image, box, parts = self._cache[index] if self._cache is not None else self._decode(index)
+        image, box, parts = apply_transform(self.transform, image, box, parts, self.seed, self.epoch, index)
+        label = int(self.labels[index])
+        return {"image": image, "label": torch.tensor(label, dtype=torch.int64),
+                "concepts": torch.from_numpy(self.class_concepts[label].copy()),
+                "bbox": box, "parts": parts,
+                "id": torch.tensor(int(self.ids[index]), dtype=torch.int64),
+                "index": torch.tensor(index, dtype=torch.int64)}
+
+
+def _read_json(path: Path):
+    if not path.is_file():
+        raise UserError(f"missing {path}: run scripts_data/download_cub.py (or make_synthetic_cub.py) to create it")
+    with open(path) as handle:
+        return json.load(handle)

@@ -1,0 +1,74 @@
+"""Explanation metrics: faithfulness, localisation, consistency, and the registry that describes them.
+
+Every metric is declared once below with its family, direction and needs; reports and plots
+read `METRICS` / `get_metric(name)` instead of hard-coding which way is better.
+"""
+from lottery_xai.metrics.base import FAMILIES, METRICS, NEEDS, MetricSpec, get_metric, register
+from lottery_xai.metrics.consistency import (
+    average_rank,
+    map_agreement,
+    resized_crop,
+    sample_crop_boxes,
+    spearman,
+    ssim,
+    tcav_agreement,
+    tcav_agreement_summary,
+    top_iou,
+    transform_consistency,
+)
+from lottery_xai.metrics.faithfulness import deletion_insertion, pixel_perturbation, pixel_rank, trapezoid_auc
+from lottery_xai.metrics.localisation import box_mask, energy_in_box, energy_in_parts, pointing_game
+
+__all__ = [
+    "FAMILIES", "METRICS", "NEEDS", "MetricSpec", "get_metric", "register",
+    "deletion_insertion", "pixel_perturbation", "pixel_rank", "trapezoid_auc",
+    "energy_in_box", "pointing_game", "energy_in_parts", "box_mask",
+    "map_agreement", "spearman", "top_iou", "ssim", "average_rank",
+    "tcav_agreement", "tcav_agreement_summary",
+    "transform_consistency", "resized_crop", "sample_crop_boxes",
+]
+
+_DECLARATIONS = [
+    # faithfulness
+    MetricSpec("deletion_auc", "faithfulness", False, {"model"}, deletion_insertion,
+               "area under the probability curve while the top pixels are deleted (RISE)", output="deletion_auc"),
+    MetricSpec("insertion_auc", "faithfulness", True, {"model"}, deletion_insertion,
+               "area under the probability curve while the top pixels are restored into a blurred image (RISE)",
+               output="insertion_auc"),
+    MetricSpec("morf_aopc", "faithfulness", True, {"model"}, pixel_perturbation,
+               "average probability drop when the most relevant 1-10 % of pixels are replaced by the mean",
+               output="aopc", options={"order": "morf"}),
+    MetricSpec("lerf_aopc", "faithfulness", False, {"model"}, pixel_perturbation,
+               "average probability drop when the least relevant 1-10 % of pixels are replaced by the mean",
+               output="aopc", options={"order": "lerf"}),
+    # localisation
+    MetricSpec("energy_in_box", "localisation", True, {"box"}, energy_in_box,
+               "percentage of (positive) map energy inside the bounding box; its mean is the content heatmap"),
+    MetricSpec("pointing_game", "localisation", True, {"box"}, pointing_game,
+               "1 when the map's maximum lies within the tolerance of the bounding box"),
+    MetricSpec("energy_in_parts", "localisation", True, {"parts"}, energy_in_parts,
+               "percentage of (positive) map energy near the visible part locations (NaN without visible parts)"),
+    # consistency across pruning rounds
+    MetricSpec("spearman", "consistency", True, {"second_map"}, map_agreement,
+               "Spearman rank correlation with the reference (dense) map", output="spearman"),
+    MetricSpec("top_iou", "consistency", True, {"second_map"}, map_agreement,
+               "IoU of the top-15 % pixels with the reference (dense) map", output="top_iou"),
+    MetricSpec("ssim", "consistency", True, {"second_map"}, map_agreement,
+               "structural similarity with the reference (dense) map", output="ssim"),
+    MetricSpec("tcav_abs_diff", "consistency", False, {"tcav_scores"}, tcav_agreement,
+               "absolute TCAV score difference from the dense model, per (class, concept)", output="abs_diff"),
+    MetricSpec("tcav_flip", "consistency", False, {"tcav_scores"}, tcav_agreement,
+               "whether a (class, concept) significance flag differs from the dense model's; its mean is the flip rate",
+               output="flipped"),
+    # consistency under transformation
+    MetricSpec("transform_spearman", "consistency", True, {"model", "transform"}, transform_consistency,
+               "Spearman correlation of map(T(x)) with T(map(x)) for flips and random resized crops",
+               output="spearman"),
+    MetricSpec("transform_top_iou", "consistency", True, {"model", "transform"}, transform_consistency,
+               "top-15 % IoU of map(T(x)) with T(map(x))", output="top_iou"),
+    MetricSpec("transform_ssim", "consistency", True, {"model", "transform"}, transform_consistency,
+               "SSIM of map(T(x)) with T(map(x))", output="ssim"),
+]
+for _spec in _DECLARATIONS:
+    register(_spec)
+del _spec

@@ -1,0 +1,103 @@
+"""Steps 1-8 end to end on a tiny run: the run-directory contract, resuming, and the notebooks."""
+import os
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from lottery_xai import rundir as rd
+from lottery_xai.config import load_config
+from lottery_xai.evaluation import evaluate_rounds
+from lottery_xai.lottery import LotteryRun
+from lottery_xai.report import make_all_plots
+from lottery_xai.steps import activations_step, cavs_step, heatmaps_step, tcav_step
+
+from conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = torch.device("cpu")
+EXTRA = ["cav.n_random=3", "heatmaps.images_per_class=2", "heatmaps.ig_steps=4", "heatmaps.grid_images=3"]
+quiet = lambda *_: None  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("logs")
+    overrides = tiny_overrides(tiny_data, logs, *EXTRA)
+    cfg = load_config(None, overrides)
+    rounds = [0, 1, 2]
+    LotteryRun(cfg, CPU, log=quiet).run_rounds(rounds)
+    control = load_config(None, overrides + ["pruning.rewind=reinit"])
+    LotteryRun(control, CPU, log=quiet).run_rounds(rounds)
+    evaluate_rounds(cfg, CPU, rounds, log=quiet)
+    evaluate_rounds(control, CPU, rounds, log=quiet)
+    activations_step(cfg, CPU, rounds, log=quiet)
+    cavs_step(cfg, rounds, log=quiet)
+    tcav_step(cfg, CPU, rounds, log=quiet)
+    heatmaps_step(cfg, CPU, rounds, log=quiet)
+    make_all_plots(cfg, log=quiet)
+    return cfg, overrides
+
+
+def test_run_directory_contract(tiny_run):
+    cfg, _ = tiny_run
+    run = rd.RunDir(cfg)
+    summary = pd.read_csv(run.pruning_summary())
+    assert list(summary.columns) == ["round", "weights_remaining", "total_weights_remaining", "best_val_acc",
+                                     "last_val_acc", "train_seconds"]
+    assert list(summary["round"]) == [0, 1, 2]
+    assert np.all(np.diff(summary["weights_remaining"]) < 0)
+    metrics = pd.read_csv(run.test_metrics())
+    assert list(metrics.columns) == ["round", "weights_remaining", "test_acc", "test_loss", "n_images"]
+    assert (metrics["n_images"] == metrics["n_images"].iloc[0]).all()
+    assert run.test_per_class().is_file()
+    for r in (0, 2):
+        for split in cfg.activations.splits:
+            acts = np.load(run.activation_file(r, split, "layer3"), mmap_mode="r")
+            ids = np.load(run.activation_meta(r, split, "ids"))
+            assert acts.shape == (len(ids), 64) and np.isfinite(acts).all()
+        cavs = np.load(run.cav_file(r, "layer3"))
+        assert set(cavs.files) >= {"concepts", "cavs", "random_cavs", "accuracy"}
+        norms = np.linalg.norm(cavs["cavs"], axis=-1)
+        assert np.allclose(norms[np.isfinite(norms)], 1, atol=1e-5)
+        for method in cfg.heatmaps.methods:
+            maps = np.load(run.heatmap_file(r, method))
+            assert maps["maps"].dtype == np.float16 and maps["maps"].shape[1:] == (32, 32)
+            assert len(maps["ids"]) == len(maps["targets"]) == len(maps["maps"]) == 8
+    acc = pd.read_csv(run.cav_accuracy())
+    assert list(acc.columns) == ["round", "layer", "concept", "run", "accuracy", "kind"]
+    assert set(acc["kind"]) == {"concept", "random"}
+    tcav = pd.read_csv(run.tcav_scores())
+    assert list(tcav.columns) == ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std",
+                                  "random_mean", "p_value", "significant", "n_images"]
+    assert set(tcav["round"]) == {0, 1, 2} and (tcav["n_images"] > 0).all()
+    plots = {p.name for p in (run.root / "plots").glob("*.png")}
+    assert {"accuracy_vs_weights.png", "cav_accuracy.png", "heatmaps_gradcam.png"} <= plots
+    assert any(name.startswith("tcav_layer3_") for name in plots)
+    for step in ("pruning", "test", "activations", "cavs", "tcav", "heatmaps"):
+        assert run.config_file(step).is_file()
+
+
+def test_steps_skip_complete_rounds(tiny_run):
+    cfg, _ = tiny_run
+    run = rd.RunDir(cfg)
+    stamp = {p: p.stat().st_mtime_ns for p in [run.checkpoint(1), run.cav_file(1, "layer3"), run.heatmap_file(1, "gradcam")]}
+    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1, 2])
+    cavs_step(cfg, [0, 1, 2], log=quiet)
+    heatmaps_step(cfg, CPU, [0, 1, 2], log=quiet)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
+    assert not list(run.root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "iPython").glob("*.ipynb")))
+def test_notebooks_execute(tiny_run, notebook, monkeypatch):
+    _, overrides = tiny_run
+    monkeypatch.setenv("LOTTERY_XAI_SET", " ".join(overrides))
+    nb = nbformat.read(ROOT / "iPython" / notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
