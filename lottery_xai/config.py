@@ -111,6 +111,15 @@ class HeatmapConfig:
 
 
 @dataclass
+class MetricsConfig:
+    n_steps: int = opt(28, "deletion/insertion: pixel steps from the clean to the fully perturbed image", minimum=2)
+    fractions: list = opt([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10], "MoRF/LeRF: fractions of pixels replaced by the dataset mean")
+    pointing_tolerance: float = opt(15.0, "pointing game tolerance in pixels at 224 px (scaled with the image size)", minimum=0.0)
+    top_fraction: float = opt(0.15, "consistency: share of top pixels compared by IoU", minimum=0.0, maximum=1.0)
+    batch_size: int = opt(64, "perturbed copies per forward", minimum=1)
+
+
+@dataclass
 class Config:
     experiment_name: str = opt("", "run folder name under logs (empty = built from the settings that change results)")
     logs: str = opt("results", "root folder of all run directories")
@@ -136,6 +145,7 @@ class Config:
     cav: CAVConfig = field(default_factory=CAVConfig)
     tcav: TCAVConfig = field(default_factory=TCAVConfig)
     heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 # ---------------------------------------------------------------- introspection

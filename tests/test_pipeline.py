@@ -12,6 +12,7 @@ from nbclient import NotebookClient
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.evaluation import evaluate_rounds
+from lottery_xai.explanation_metrics import metrics_step
 from lottery_xai.lottery import LotteryRun
 from lottery_xai.report import make_all_plots
 from lottery_xai.steps import activations_step, cavs_step, heatmaps_step, tcav_step
@@ -39,6 +40,7 @@ def tiny_run(tiny_data, tmp_path_factory):
     cavs_step(cfg, rounds, log=quiet)
     tcav_step(cfg, CPU, rounds, log=quiet)
     heatmaps_step(cfg, CPU, rounds, log=quiet)
+    metrics_step(cfg, CPU, rounds, log=quiet)
     make_all_plots(cfg, log=quiet)
     return cfg, overrides
 
@@ -78,7 +80,13 @@ def test_run_directory_contract(tiny_run):
     plots = {p.name for p in (run.root / "plots").glob("*.png")}
     assert {"accuracy_vs_weights.png", "cav_accuracy.png", "heatmaps_gradcam.png"} <= plots
     assert any(name.startswith("tcav_layer3_") for name in plots)
-    for step in ("pruning", "test", "activations", "cavs", "tcav", "heatmaps"):
+    expl = pd.read_csv(run.explanation_metrics())
+    assert list(expl.columns) == ["round", "weights_remaining", "method", "metric", "value", "n_images"]
+    assert {"deletion_auc", "insertion_auc", "energy_in_box", "pointing_game", "spearman", "tcav_flip"} <= set(expl["metric"])
+    same = expl[(expl["round"] == 0) & expl["metric"].isin(["spearman", "top_iou", "ssim"])]
+    assert np.allclose(same["value"], 1.0)  # round 0 compared with itself
+    assert any(name.startswith("metric_") for name in plots)
+    for step in ("pruning", "test", "activations", "cavs", "tcav", "heatmaps", "metrics"):
         assert run.config_file(step).is_file()
 
 
