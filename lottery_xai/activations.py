@@ -120,7 +120,7 @@ def _release(mm: np.memmap) -> None:
         raw.madvise(mmap.MADV_DONTNEED)
 
 
-class _StreamWriter:
+class StreamWriter:
     """One pre-sized `.npy` memory map at a temporary name, filled row block by row block, renamed when complete."""
 
     def __init__(self, path: Path, n_rows: int, row_shape: tuple, dtype) -> None:
@@ -198,7 +198,7 @@ def save_activations(
     model.to(device)
     batch_key = {"labels": "label", "concepts": "concepts", "ids": "id"}
 
-    writers: dict[str, _StreamWriter] = {}
+    writers: dict[str, StreamWriter] = {}
     done = 0
     try:
         with eval_mode(model), torch.no_grad(), _capture(model, layers) as store:
@@ -213,11 +213,11 @@ def save_activations(
                 block = torch.cat(flat, dim=1).cpu().numpy()  # one device->cpu transfer per batch
                 if not writers:
                     for name, d in zip(layers, widths):
-                        writers[name] = _StreamWriter(Path(out_paths[name]), n_images, (d,), np_dtype)
+                        writers[name] = StreamWriter(Path(out_paths[name]), n_images, (d,), np_dtype)
                     for what, path in extra_paths.items():
                         col = _as_numpy_column(batch[batch_key[what]])
                         col_dtype = col.dtype if col.dtype.kind != "U" else np.dtype(f"<U{max(64, col.dtype.itemsize // 4)}")
-                        writers[what] = _StreamWriter(Path(path), n_images, col.shape[1:], col_dtype)
+                        writers[what] = StreamWriter(Path(path), n_images, col.shape[1:], col_dtype)
                 start = 0
                 for name, d in zip(layers, widths):
                     writers[name].write(done, block[:, start:start + d])

@@ -117,6 +117,20 @@ class MetricsConfig:
     pointing_tolerance: float = opt(15.0, "pointing game tolerance in pixels at 224 px (scaled with the image size)", minimum=0.0)
     top_fraction: float = opt(0.15, "consistency: share of top pixels compared by IoU", minimum=0.0, maximum=1.0)
     batch_size: int = opt(64, "perturbed copies per forward", minimum=1)
+    part_radius: float = opt(15.0, "energy in parts: radius around each visible part in pixels at 224 px (scaled)", minimum=0.0)
+    transform: str = opt("both", "consistency under transformation: flip, crop (random resized) or both", choices=["flip", "crop", "both"])
+    n_transforms: int = opt(2, "random transforms per image for the transformation check", minimum=1)
+    transform_methods: list = opt(["gradcam", "gradcampp", "grad_x_activation", "saliency", "random"], "methods recomputed on transformed images (occlusion and IG cost many forwards)")
+
+
+@dataclass
+class RoarConfig:
+    rounds: list = opt([0], "rounds whose model makes the maps (-1 = the sparsest; main_roar.py --rounds overrides)")
+    methods: list = opt(["gradcam"], "attribution methods evaluated (the random baseline is always added)")
+    percents: list = opt([0, 10, 30, 50, 70, 90], "percent of each image's pixels removed, most important first")
+    seeds: int = opt(1, "retraining seeds per point (each point uses the same seeds)", minimum=1)
+    epochs: int = opt(0, "retraining epochs (0 = train.epochs)", minimum=0)
+    retrain: str = opt("dense", "what is retrained: the dense architecture from a fresh init per seed, or the round's ticket (its mask on the run's initial weights)", choices=["dense", "ticket"])
 
 
 @dataclass
@@ -146,6 +160,7 @@ class Config:
     tcav: TCAVConfig = field(default_factory=TCAVConfig)
     heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    roar: RoarConfig = field(default_factory=RoarConfig)
 
 
 # ---------------------------------------------------------------- introspection

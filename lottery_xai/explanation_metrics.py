@@ -3,8 +3,10 @@
 Reads the maps of step 6 (the same test images at every round) and, for each round and method,
 writes the mean of each metric over the images into ``metrics/explanations.csv``
 (``round, weights_remaining, method, metric, value, n_images``). Consistency compares each
-round's map of an image with the dense model's map of the same image; TCAV agreement compares
-each round's TCAV table with the dense one (method ``tcav``).
+round's map of an image with the dense model's map of the same image; consistency under
+transformation recomputes the map on flipped / resized-cropped copies (``metrics.transform_methods``)
+and compares it with the same transformation of the map; TCAV agreement compares each round's
+TCAV table with the dense one (method ``tcav``).
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from tqdm.auto import tqdm
 from . import rundir as rd
 from .config import Config
 from .lottery import load_round_model
-from .metrics import (METRICS, deletion_insertion, energy_in_box, map_agreement, pixel_perturbation, pointing_game,
-                      tcav_agreement, tcav_agreement_summary)
-from .steps import finished_rounds, heatmap_images
+from .attribution import LAYER_METHODS, attribute
+from .loaders import derived_seed
+from .metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
+                      pointing_game, tcav_agreement, tcav_agreement_summary, transform_consistency)
+from .steps import cam_layer, finished_rounds, heatmap_images, method_options
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images"]
 
@@ -30,19 +34,36 @@ def _maps(run: rd.RunDir, r: int, method: str, device) -> torch.Tensor | None:
     return torch.from_numpy(np.load(path)["maps"].astype(np.float32)).to(device)
 
 
-def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config) -> dict[str, torch.Tensor]:
-    """Per-image values of every metric for one round and method."""
+def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None) -> dict[str, torch.Tensor]:
+    """Per-image values of every metric that reads the stored maps, for one round and method."""
     m = cfg.metrics
+    scale = images.shape[-1] / 224
     curves = deletion_insertion(model, images, maps, n_steps=m.n_steps, batch_size=m.batch_size)
     out = {"deletion_auc": curves["deletion_auc"], "insertion_auc": curves["insertion_auc"]}
     for order in ("morf", "lerf"):
         res = pixel_perturbation(model, images, maps, fractions=m.fractions, order=order, batch_size=m.batch_size)
         out[f"{order}_aopc"] = torch.as_tensor(res["aopc"])
     out["energy_in_box"] = energy_in_box(maps, boxes)
-    out["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * images.shape[-1] / 224)
+    out["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * scale)
+    if parts is not None and parts.shape[1] > 0:
+        out["energy_in_parts"] = energy_in_parts(maps, parts, radius=max(m.part_radius * scale, 0.5))
     if dense_maps is not None:
         out.update(map_agreement(maps, dense_maps, top_fraction=m.top_fraction))
     return out
+
+
+def transform_metrics(model, images, method: str, cfg: Config, seed: int, targets=None) -> dict[str, torch.Tensor]:
+    """Consistency under transformation: map(T(x)) against T(map(x)), recomputing the method on T(x)."""
+    def attribution_fn(net, batch, targets):
+        return torch.cat([
+            attribute(method, net, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
+                      normalize=cfg.heatmaps.normalize, **method_options(cfg, method, seed + i))
+            for i, (chunk, t) in enumerate(zip(batch.split(cfg.heatmaps.batch_size), targets.split(cfg.heatmaps.batch_size)))])
+
+    m = cfg.metrics
+    res = transform_consistency(model, images, attribution_fn, transforms=m.transform, n_transforms=m.n_transforms,
+                                seed=seed, targets=targets, top_fraction=m.top_fraction)
+    return {f"transform_{k}": res[k] for k in ("spearman", "top_iou", "ssim")}
 
 
 def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
@@ -50,7 +71,8 @@ def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bo
     rounds = finished_rounds(cfg, rounds, log)
     run.save_config("metrics")
     batch, info = heatmap_images(cfg, device)
-    images, boxes = batch["image"].to(device), batch["bbox"].to(device)
+    images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
+    targets = batch["label"].to(device) if cfg.heatmaps.target == "true" else None  # None: the predicted class
     table = pd.read_csv(run.explanation_metrics()) if run.explanation_metrics().is_file() and not force \
         else pd.DataFrame(columns=COLUMNS)
     tcav = pd.read_csv(run.tcav_scores()) if run.tcav_scores().is_file() else None
@@ -65,7 +87,9 @@ def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bo
             if maps is None:
                 continue
             dense = _maps(run, 0, method, device) if r > 0 else maps
-            values = round_metrics(model, images, boxes, maps, dense, cfg)
+            values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
+            if method in cfg.metrics.transform_methods:
+                values.update(transform_metrics(model, images, method, cfg, derived_seed(cfg.seed, 37, r), targets))
             rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": method, "metric": name,
                       "value": float(torch.as_tensor(v, dtype=torch.float64).nanmean()), "n_images": len(v)}
                      for name, v in values.items()]

@@ -135,3 +135,22 @@ def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool |
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "random"):
+    """ROAR: test accuracy of the retrained model against the percent of pixels removed, one panel per
+    round, one line per method (mean over seeds, std as error bars), the random baseline dashed."""
+    rounds = sorted(table["round"].unique())
+    fig, axes = plt.subplots(1, len(rounds), figsize=(5.5 * len(rounds), 4), squeeze=False, sharey=True)
+    for ax, r in zip(axes[0], rounds):
+        part = table[table["round"] == r]
+        for method, g in part.groupby("method"):
+            stats = g.groupby("percent_removed")["test_acc"].agg(["mean", "std"]).fillna(0.0).sort_index()
+            ax.errorbar(stats.index, _pct(stats["mean"]), yerr=_pct(stats["std"]), marker="o", capsize=3, label=method,
+                        ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+        ax.set_xlabel("pixels removed, most important first (%)")
+        ax.set_title(f"ROAR, maps of round {r} ({_pct(part['weights_remaining'].iloc[0]):.1f}% weights)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test accuracy after retraining (%)")
+    return _save(fig, path)

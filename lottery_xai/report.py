@@ -97,12 +97,25 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
     return figures
 
 
+def plot_roar(cfg: Config, save: bool = True):
+    run = rd.RunDir(cfg)
+    from .roar import roar_epochs
+
+    frame = pd.read_csv(run.require(run.roar_results(), "main_roar.py"))
+    frame = frame[(frame["retrain"] == cfg.roar.retrain) & (frame["epochs"] == roar_epochs(cfg))]
+    if frame.empty:
+        raise UserError(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
+                        f"{roar_epochs(cfg)} epochs; run main_roar.py with these settings first")
+    return plots.roar_curves(frame, path=run.plot("roar") if save else None)
+
+
 def make_all_plots(cfg: Config, log=print) -> list[Path]:
     """Every figure whose inputs exist; returns the files written."""
     run = rd.RunDir(cfg)
     before = set(run.root.joinpath("plots").glob("*.png"))
     jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
-            ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg))]
+            ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg)),
+            ("ROAR", lambda: plot_roar(cfg))]
     jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)]
     for label, job in jobs:
         try:

@@ -188,6 +188,18 @@ class RunDir:
     def explanation_metrics(self) -> Path:
         return self.root / "metrics" / "explanations.csv"
 
+    # -- ROAR (main_roar.py)
+    def roar_data(self, split: str, what: str) -> Path:
+        """Eval-transformed ``images``, ``labels`` of a split, and the train ``fill`` (per-channel mean); shared by rounds."""
+        return self.root / "roar" / "data" / f"{split}_{what}.npy"
+
+    def roar_ranks(self, r: int, method: str, split: str) -> Path:
+        """Pixel ranks of every image of a split (0 = most important), from round ``r``'s maps."""
+        return self.root / "roar" / round_name(r) / f"ranks_{method}_{split}.npy"
+
+    def roar_results(self) -> Path:
+        return self.root / "roar" / "roar.csv"
+
     # -- step 8: plots
     def plot(self, name: str) -> Path:
         return self.root / "plots" / f"{name}.png"

@@ -183,7 +183,7 @@ def heatmap_images(cfg: Config, device: torch.device):
         indices = np.concatenate([np.flatnonzero(labels == info.class_names.index(c))[:cfg.heatmaps.images_per_class]
                                   for c in classes])
     items = [test[int(i)] for i in indices]
-    batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "id")}
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "parts", "id")}
     if not run.heatmap_images().is_file():
         shown = (denormalize(batch["image"], info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         rd.save_npz(run.heatmap_images(), indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),

@@ -82,7 +82,11 @@ def test_run_directory_contract(tiny_run):
     assert any(name.startswith("tcav_layer3_") for name in plots)
     expl = pd.read_csv(run.explanation_metrics())
     assert list(expl.columns) == ["round", "weights_remaining", "method", "metric", "value", "n_images"]
-    assert {"deletion_auc", "insertion_auc", "energy_in_box", "pointing_game", "spearman", "tcav_flip"} <= set(expl["metric"])
+    assert {"deletion_auc", "insertion_auc", "energy_in_box", "pointing_game", "energy_in_parts", "spearman", "tcav_flip",
+            "transform_spearman", "transform_top_iou", "transform_ssim"} <= set(expl["metric"])
+    transformed = expl[expl["metric"].str.startswith("transform_")]
+    assert set(transformed["method"]) == {"gradcam", "gradcampp", "grad_x_activation", "saliency", "random"}
+    assert transformed["value"].between(-1, 1).all()
     same = expl[(expl["round"] == 0) & expl["metric"].isin(["spearman", "top_iou", "ssim"])]
     assert np.allclose(same["value"], 1.0)  # round 0 compared with itself
     assert any(name.startswith("metric_") for name in plots)

@@ -1,0 +1,295 @@
+"""ROAR: remove and retrain (Hooker et al. 2019), for the model of any pruning round.
+
+For a round's model and an attribution method, every train/val/test image gets a map once; the
+map is stored as pixel ranks (0 = most important; ties broken by a seeded random permutation, so
+a flat region is removed in random order rather than row by row). For each percentage p, the
+top-p % pixels of every image are replaced by the per-channel mean of the training images, the
+same architecture is retrained from scratch on the modified training split (fixed seed per point,
+the same seeds at every p and for every method), and its test accuracy on the modified test split
+is recorded. The random-attribution baseline is always included; p = 0 does not depend on the
+method, so it is trained once per seed and reported for every method. The faster accuracy falls
+with p compared with random, the more the map ranks the pixels the task actually needs.
+
+Images are the eval-transformed tensors (no random crops: a crop would move pixels away from
+their ranks); training adds horizontal flips when ``data.augment`` is on (not for MNIST).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import rundir as rd
+from .activations import StreamWriter
+from .attribution import LAYER_METHODS, attribute
+from .config import Config, replace
+from .errors import UserError
+from .lottery import load_data, load_round_model, new_model
+from .loaders import derived_seed
+from .models import architecture
+from .pruning import apply_masks, reset_batchnorm_stats
+from .steps import cam_layer, finished_rounds, method_options
+from .training import evaluate, train_round
+
+COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
+           "best_val_acc", "n_test", "train_seconds"]
+SPLITS = ("train", "val", "test")
+
+
+def rank_dtype(n_pixels: int):
+    """uint16 ranks while they fit (up to 256 x 256 pixels), int32 beyond."""
+    return np.uint16 if n_pixels <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def pixel_ranks(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Rank of every pixel of each map, [N, H*W] int64, 0 = highest attribution.
+
+    Equal values are ordered by one random permutation drawn from ``generator`` (a map that is
+    flat over a region removes that region in random, not row-major, order).
+    """
+    flat = maps.reshape(maps.shape[0], -1).float()
+    n_pixels = flat.shape[1]
+    perm = torch.randperm(n_pixels, generator=generator).to(flat.device)
+    order = perm[torch.sort(flat[:, perm], dim=1, descending=True, stable=True).indices]
+    positions = torch.arange(n_pixels, device=flat.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def remove_top(images: torch.Tensor, ranks: torch.Tensor, percent: float, fill: torch.Tensor) -> torch.Tensor:
+    """Images [N,C,H,W] with their top ``percent`` % pixels (by ``ranks`` [N,H*W]) set to ``fill`` [C]."""
+    n, c, h, w = images.shape
+    k = int(round(percent / 100.0 * h * w))
+    if k == 0:
+        return images
+    removed = (ranks.reshape(n, 1, h, w) < k)
+    return torch.where(removed, fill.to(images.dtype).view(1, c, 1, 1), images)
+
+
+class RemovedBatches:
+    """Batches ``{"image", "label"}`` of stored images with their top pixels removed, built batch-wise.
+
+    ``images`` [N,C,H,W] and ``ranks`` [N,H*W] may be numpy memory maps (only one batch is in
+    memory at a time). With ``shuffle`` the order is a fresh permutation each pass, drawn from a
+    generator seeded with ``seed``; with ``flip`` each image is mirrored with probability 0.5.
+    """
+
+    def __init__(self, images, ranks, labels, percent: float, fill: torch.Tensor, batch_size: int, *,
+                 shuffle: bool = False, flip: bool = False, seed: int = 0):
+        self.images, self.ranks, self.labels = images, ranks, np.asarray(labels)
+        self.percent, self.fill, self.batch_size = percent, torch.as_tensor(fill, dtype=torch.float32), batch_size
+        self.shuffle, self.flip = shuffle, flip
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
+        for start in range(0, n, self.batch_size):
+            idx = np.sort(order[start:start + self.batch_size])
+            images = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32))
+            ranks = torch.from_numpy(np.asarray(self.ranks[idx]).astype(np.int64))
+            images = remove_top(images, ranks, self.percent, self.fill)
+            if self.flip:
+                mirrored = torch.rand(len(idx), generator=self.generator) < 0.5
+                images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(-1), images)
+            yield {"image": images, "label": torch.from_numpy(self.labels[idx].astype(np.int64))}
+
+
+def retrain(model: torch.nn.Module, train: RemovedBatches, val: RemovedBatches, test: RemovedBatches, tc, device,
+            num_classes: int, masks: dict | None = None, desc: str = "roar") -> dict:
+    """Train ``model`` on the modified data, keep its best-val state, return its modified-test accuracy."""
+    model = model.to(device)
+    result = train_round(model, train, val, tc, masks or {}, device, num_classes, desc=desc)
+    model.load_state_dict(result.best_state)
+    scored = evaluate(model, test, device, num_classes, tc.amp)
+    return {"test_acc": scored["acc"], "best_val_acc": result.best_val_acc, "n_test": scored["n"],
+            "train_seconds": result.seconds}
+
+
+# ---------------------------------------------------------------- the step
+
+def _check(cfg: Config) -> list[str]:
+    rc = cfg.roar
+    bad = [p for p in rc.percents if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 100]
+    if bad or not rc.percents:
+        raise UserError(f"roar.percents must be numbers in [0, 100), got {rc.percents!r}")
+    if not rc.methods:
+        raise UserError("roar.methods is empty; name at least one attribution method, e.g. [gradcam]")
+    return list(dict.fromkeys([*rc.methods, "random"]))
+
+
+def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
+    """Eval-transformed images and labels of every split as .npy memory maps (written once), and the fill."""
+    missing = [s for s in SPLITS if not (run.roar_data(s, "images").is_file() and run.roar_data(s, "labels").is_file())]
+    if missing:
+        datasets, _ = load_data(cfg, missing, augment=False)
+        for split in missing:
+            loader = torch.utils.data.DataLoader(datasets[split], batch_size=cfg.data.eval_batch_size,
+                                                 num_workers=cfg.data.num_workers)
+            n = len(datasets[split])
+            writer, labels, start = None, np.empty(n, dtype=np.int64), 0
+            try:
+                for batch in tqdm(loader, desc=f"roar images {split}", leave=False):
+                    images = batch["image"].numpy().astype(np.float16)
+                    if writer is None:
+                        writer = StreamWriter(run.roar_data(split, "images"), n, images.shape[1:], np.float16)
+                    writer.write(start, images)
+                    labels[start:start + len(images)] = batch["label"].numpy()
+                    start += len(images)
+            except BaseException:
+                if writer is not None:
+                    writer.abort()
+                raise
+            with rd.atomic_path(run.roar_data(split, "labels")) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, labels)
+            writer.commit()
+    data = {s: {"images": np.load(run.roar_data(s, "images"), mmap_mode="r"),
+                "labels": np.load(run.roar_data(s, "labels"))} for s in SPLITS}
+    if not run.roar_data("train", "fill").is_file():
+        images = data["train"]["images"]
+        total = np.zeros(images.shape[1], dtype=np.float64)
+        for start in range(0, len(images), 256):  # streamed: the train split never sits in memory at once
+            total += images[start:start + 256].astype(np.float64).sum(axis=(0, 2, 3))
+        fill = (total / (len(images) * images.shape[2] * images.shape[3])).astype(np.float32)
+        with rd.atomic_path(run.roar_data("train", "fill")) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, fill)
+    data["fill"] = torch.from_numpy(np.load(run.roar_data("train", "fill")))
+    log("ROAR images: " + ", ".join(f"{s} {len(data[s]['labels'])}" for s in SPLITS))
+    return data
+
+
+def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str], data: dict, device) -> None:
+    """Maps of every image of every split by the round's model, stored as ranks (once per round and method)."""
+    for method in methods:
+        for split_index, split in enumerate(SPLITS):
+            path = run.roar_ranks(r, method, split)
+            if path.is_file():
+                continue
+            images, labels = data[split]["images"], data[split]["labels"]
+            n, _, h, w = images.shape
+            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 17, r, split_index))
+            writer = StreamWriter(path, n, (h * w,), rank_dtype(h * w))
+            try:
+                step = cfg.heatmaps.batch_size
+                for start in tqdm(range(0, n, step), desc=f"roar ranks {method} {split}", leave=False):
+                    chunk = torch.from_numpy(np.asarray(images[start:start + step], dtype=np.float32)).to(device)
+                    if cfg.heatmaps.target == "true":
+                        targets = torch.from_numpy(labels[start:start + step]).to(device)
+                    else:
+                        with torch.no_grad():
+                            targets = model(chunk).argmax(1)
+                    options = method_options(cfg, method, derived_seed(cfg.seed, 19, r, split_index, start))
+                    maps = attribute(method, model, chunk, targets, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
+                                     normalize="none", **options)
+                    writer.write(start, pixel_ranks(maps, generator).cpu().numpy().astype(writer.mm.dtype))
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit()
+
+
+def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_index: int):
+    """The model a ROAR point retrains: a dense fresh init per seed, or the round's ticket (mask, rewound init)."""
+    if cfg.roar.retrain == "dense":
+        return new_model(cfg, num_classes, derived_seed(cfg.seed, 23, seed_index)), None
+    model = new_model(cfg, num_classes, cfg.seed)
+    model.load_state_dict(rd.load_torch(run.require(run.init_state(), "step 1 (main_lth_pruning.py)"))["state_dict"])
+    masks = {n: m.bool() for n, m in ckpt["masks"].items()}
+    if ckpt.get("round", 0):
+        reset_batchnorm_stats(model)
+    apply_masks(model, masks)
+    return model, masks
+
+
+def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
+    methods = _check(cfg)
+    run = rd.RunDir(cfg)
+    rounds = finished_rounds(cfg, rounds, log)
+    run.save_config("roar")
+    data = prepare_images(cfg, run, device, log)
+    table = pd.read_csv(run.roar_results()) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
+    tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
+    flip = cfg.data.augment and cfg.dataset != "mnist_eo"
+    percents = sorted({float(p) for p in cfg.roar.percents})
+    started = time.perf_counter()
+    for r in rounds:
+        num_classes = _num_classes(cfg, run, r)
+        model, ckpt = load_round_model(cfg, run, r, num_classes, device)
+        model.requires_grad_(False)
+        if force:
+            for method in methods:
+                for split in SPLITS:
+                    run.roar_ranks(r, method, split).unlink(missing_ok=True)
+        compute_ranks(cfg, run, r, model, methods, data, device)
+        del model
+        ranks = {m: {s: np.load(run.roar_ranks(r, m, s), mmap_mode="r") for s in SPLITS} for m in methods}
+        for seed_index in range(cfg.roar.seeds):
+            for percent in percents:
+                point = dict(r=r, percent=percent, seed=seed_index, retrain=cfg.roar.retrain, epochs=tc.epochs)
+                todo = [m for m in methods if force or not _matches(table, methods=[m], **point).any()]
+                if not todo:
+                    continue
+                # p = 0 removes nothing, whatever the method: train once and report it for each method
+                groups = [todo] if percent == 0 else [[m] for m in todo]
+                for group in groups:
+                    source = ranks[group[0]]
+                    batches = {s: RemovedBatches(data[s]["images"], source[s], data[s]["labels"], percent, data["fill"],
+                                                 cfg.data.batch_size if s == "train" else cfg.data.eval_batch_size,
+                                                 shuffle=s == "train", flip=flip and s == "train",
+                                                 seed=derived_seed(cfg.seed, 29, seed_index)) for s in SPLITS}
+                    fresh, masks = _fresh_model(cfg, run, ckpt, num_classes, seed_index)
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(derived_seed(cfg.seed, 31, seed_index))
+                        scores = retrain(fresh, batches["train"], batches["val"], batches["test"], tc, device, num_classes,
+                                         masks, desc=f"roar r{r} {'/'.join(group)} {percent:g}% seed {seed_index}")
+                    rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "retrain": cfg.roar.retrain,
+                             "epochs": tc.epochs, "method": m, "percent_removed": percent, "seed": seed_index, **scores}
+                            for m in group]
+                    stale = _matches(table, methods=group, **point)
+                    table = pd.concat([table[~stale], pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+                    table = table.sort_values(["round", "retrain", "epochs", "method", "percent_removed", "seed"])
+                    table = table.reset_index(drop=True)
+                    rd.save_csv(run.roar_results(), table)
+                    log(f"ROAR round {r} {'/'.join(group)} {percent:g}% seed {seed_index}: test acc {scores['test_acc']:.4f}")
+    from .report import plot_roar
+
+    plot_roar(cfg)
+    log(roar_summary(table).to_string())
+    log(f"ROAR done in {time.perf_counter() - started:.0f} s: {run.roar_results()}")
+    return table
+
+
+def _num_classes(cfg: Config, run: rd.RunDir, r: int) -> int:
+    """Class count of the trained model, read from its classifier (no dataset decoding needed)."""
+    state = rd.load_torch(run.require(run.checkpoint(r, cfg.test.checkpoint), "step 1 (main_lth_pruning.py)"))["state_dict"]
+    return int(state[architecture(cfg.model_arch).classifier + ".weight"].shape[0])
+
+
+def _matches(table: pd.DataFrame, *, r: int, methods: list[str], percent: float, seed: int, retrain: str,
+             epochs: int) -> pd.Series:
+    """Rows of one ROAR point (a rerun with other epochs or another retrain mode adds rows, it does not reuse these)."""
+    if table.empty:
+        return pd.Series(False, index=table.index)
+    return (table["round"] == r) & table["method"].isin(methods) & (table["percent_removed"].astype(float) == percent) \
+        & (table["seed"] == seed) & (table["retrain"] == retrain) & (table["epochs"] == epochs)
+
+
+def roar_epochs(cfg: Config) -> int:
+    return cfg.roar.epochs or cfg.train.epochs
+
+
+def roar_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean test accuracy (%) over seeds: rows (round, method), columns percent removed."""
+    if table.empty:
+        return table
+    return (100 * table.pivot_table(index=["round", "retrain", "epochs", "method"], columns="percent_removed", values="test_acc",
+                                    aggfunc="mean")).round(2)

@@ -1,0 +1,22 @@
+"""ROAR (remove and retrain): maps of a round's model rank every pixel of every image; the top
+p % are replaced by the training mean and the architecture is retrained from scratch
+-> roar/roar.csv and plots/roar.png
+
+    python main_roar.py [--config config/BB_synthetic.yaml] [--rounds 0,5] [--force]
+    (without --rounds: the rounds in roar.rounds, default the dense round 0)
+"""
+from lottery_xai.cli import main_entry, parse, resolve_device, select_rounds
+from lottery_xai.config import n_rounds
+from lottery_xai.roar import roar_step
+
+
+@main_entry
+def main():
+    args, cfg = parse(__doc__)
+    configured = [r if r >= 0 else n_rounds(cfg) + r for r in cfg.roar.rounds]  # -1 = the sparsest round
+    rounds = args.round_list if args.rounds else select_rounds(",".join(map(str, configured)), cfg)
+    roar_step(cfg, resolve_device(cfg.device), rounds, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""ROAR: ranks, removal, a planted-evidence dataset where the true map must beat random, and the step."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from lottery_xai import rundir as rd
+from lottery_xai.config import load_config, replace
+from lottery_xai.lottery import LotteryRun
+from lottery_xai.roar import RemovedBatches, _fresh_model, pixel_ranks, rank_dtype, remove_top, retrain, roar_step
+
+from conftest import tiny_overrides
+
+CPU = torch.device("cpu")
+quiet = lambda *_: None  # noqa: E731
+
+
+def test_ranks_are_a_permutation_with_seeded_random_ties():
+    maps = torch.zeros(3, 8, 8)
+    maps[:, 2, 5] = 1.0
+    ranks = pixel_ranks(maps, torch.Generator().manual_seed(0))
+    assert torch.equal(ranks.sort(dim=1).values, torch.arange(64).expand(3, 64))
+    assert (ranks[:, 2 * 8 + 5] == 0).all()  # the maximum is removed first
+    again = pixel_ranks(maps, torch.Generator().manual_seed(0))
+    other = pixel_ranks(maps, torch.Generator().manual_seed(1))
+    assert torch.equal(ranks, again) and not torch.equal(ranks, other)
+    # the flat region is not removed row by row: the 10 next pixels are not the first 10 of the raster
+    assert set(torch.nonzero(ranks[0] < 11).flatten().tolist()) != set(range(11)) | {21}
+    assert rank_dtype(224 * 224) == np.uint16 and rank_dtype(512 * 512) == np.int32
+
+
+def test_remove_top_replaces_exactly_the_top_pixels():
+    images = torch.randn(4, 3, 10, 10)
+    ranks = pixel_ranks(torch.rand(4, 10, 10), torch.Generator().manual_seed(0))
+    fill = torch.tensor([7.0, 8.0, 9.0])
+    out = remove_top(images, ranks, 30, fill)
+    removed = (out != images).any(dim=1)
+    assert removed.flatten(1).sum(1).tolist() == [30] * 4
+    assert torch.equal(removed.flatten(1), ranks < 30)
+    assert torch.equal(out[:, 1][removed], torch.full((120,), 8.0))
+    assert torch.equal(remove_top(images, ranks, 0, fill), images)
+
+
+def _planted(n: int, generator: torch.Generator):
+    """Noise images whose class (0/1) is written only in a 4x4 patch at the top left."""
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    images = torch.randn(n, 3, 16, 16, generator=generator)
+    images[:, :, 2:6, 2:6] += (2.0 * labels - 1.0).view(-1, 1, 1, 1) * 2.0
+    return images, labels
+
+
+def test_roar_drops_faster_for_the_true_evidence_than_for_random():
+    cfg = load_config(None, ["train.epochs=8", "train.lr=0.05", "train.weight_decay=0", "device=cpu"])
+    generator = torch.Generator().manual_seed(0)
+    data = {split: _planted(n, generator) for split, n in (("train", 240), ("val", 80), ("test", 160))}
+    truth = torch.zeros(16, 16)
+    truth[2:6, 2:6] = 1.0  # the true evidence: the 16 pixels of the patch
+    rank_gen = torch.Generator().manual_seed(1)
+    ranks = {"true": {s: pixel_ranks(truth.expand(len(y), 16, 16), rank_gen) for s, (x, y) in data.items()},
+             "random": {s: pixel_ranks(torch.rand(len(y), 16, 16, generator=rank_gen), rank_gen) for s, (x, y) in data.items()}}
+    fill = data["train"][0].mean(dim=(0, 2, 3))
+    accuracy = {}
+    for method in ("true", "random"):
+        for percent in (0, 10, 50):
+            batches = {s: RemovedBatches(x.numpy(), ranks[method][s].numpy(), y.numpy(), percent, fill, 32,
+                                         shuffle=s == "train", seed=3) for s, (x, y) in data.items()}
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+            accuracy[method, percent] = retrain(model, batches["train"], batches["val"], batches["test"], cfg.train, CPU,
+                                                2)["test_acc"]
+    assert accuracy["true", 0] > 0.95 and accuracy["random", 0] > 0.95
+    # 10 % = 26 pixels: the whole patch is gone for the true map, ~10 % of it for random
+    assert accuracy["true", 10] < 0.7 and accuracy["true", 50] < 0.7
+    assert accuracy["random", 10] > 0.9 and accuracy["random", 50] > 0.85
+
+
+def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_data, tmp_path, "prune_iterations=1", "train.epochs=1", "roar.percents=[0,50]",
+                               "roar.methods=[gradcam]", "heatmaps.batch_size=16")
+    cfg = load_config(None, overrides)
+    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1])
+    table = roar_step(cfg, CPU, [0, 1], log=quiet)
+    run = rd.RunDir(cfg)
+    assert list(table.columns) == ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed",
+                                   "test_acc", "best_val_acc", "n_test", "train_seconds"]
+    assert len(table) == 2 * 2 * 2  # rounds x {gradcam, random} x percents
+    zero = table[table["percent_removed"] == 0]
+    for _, g in zero.groupby("round"):  # p = 0 is trained once and shared by the methods
+        assert g["test_acc"].nunique() == 1 and g["train_seconds"].nunique() == 1
+    for split in ("train", "val", "test"):
+        ranks = np.load(run.roar_ranks(1, "gradcam", split))
+        assert ranks.dtype == np.uint16 and ranks.shape[1] == 32 * 32
+        assert (np.sort(ranks[:3], axis=1) == np.arange(32 * 32)).all()
+    assert run.plot("roar").is_file()
+    assert len(pd.read_csv(run.roar_results())) == len(table)
+    # a rerun resumes: nothing left to train, same table
+    again = roar_step(cfg, CPU, [0, 1], log=quiet)
+    assert again["train_seconds"].tolist() == table["train_seconds"].tolist()
+    # the ticket variant adds its own rows (same run directory) and starts from the round's mask on the initial weights
+    ticket = replace(cfg, **{"roar.retrain": "ticket"})
+    ckpt = rd.load_torch(run.checkpoint(1, "best"))
+    model, masks = _fresh_model(ticket, run, ckpt, 4, 0)
+    init = rd.load_torch(run.init_state())["state_dict"]
+    for name, mask in masks.items():
+        weight = dict(model.named_parameters())[name]
+        assert (weight[~mask] == 0).all() and torch.equal(weight[mask], init[name][mask])
+    both = roar_step(ticket, CPU, [1], log=quiet)
+    assert len(both) == len(table) + 4 and set(both["retrain"]) == {"dense", "ticket"}
+
+
+def test_roar_rejects_bad_percents(tiny_data, tmp_path):
+    from lottery_xai.errors import UserError
+
+    cfg = load_config(None, tiny_overrides(tiny_data, tmp_path, "roar.percents=[0,120]"))
+    with pytest.raises(UserError, match="roar.percents"):
+        roar_step(cfg, CPU, [0], log=quiet)
