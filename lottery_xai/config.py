@@ -363,3 +363,16 @@ def replace(cfg: Config, **changes) -> Config:
     for key, value in changes.items():
         _set_dotted(data, key, value)
     return _build(Config, data)
+
+
+def key_table() -> str:
+    """The README's configuration-key table (Markdown), generated from the schema:
+    ``python -m lottery_xai.config``."""
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, help_text in describe():
+        lines.append(f"| `{key}` | `{default}` | {help_text.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(key_table())

@@ -57,7 +57,7 @@ def transform_metrics(model, images, method: str, cfg: Config, seed: int, target
     def attribution_fn(net, batch, targets):
         return torch.cat([
             attribute(method, net, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
-                      normalize=cfg.heatmaps.normalize, **method_options(cfg, method, seed + i))
+                      normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(seed, i)))
             for i, (chunk, t) in enumerate(zip(batch.split(cfg.heatmaps.batch_size), targets.split(cfg.heatmaps.batch_size)))])
 
     m = cfg.metrics

@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -25,6 +26,24 @@ def _pct(x):
     return 100.0 * np.asarray(x, dtype=float)
 
 
+def _weights_axis(ax, fractions) -> None:
+    """Log-scaled 'weights remaining' axis, dense on the left, ticks at the rounds' actual values."""
+    ticks = np.unique(np.round(_pct(fractions), 1))
+    ax.set_xscale("log")
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.invert_xaxis()
+    ax.set_xlabel("prunable weights remaining (%)")
+
+
+def _label(name: str, width: int = 14) -> str:
+    """A class name broken over lines (underscores as spaces) so that it fits beside an image."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(name).replace("_", " "), width)) or str(name)
+
+
 def accuracy_vs_weights(runs: dict[str, pd.DataFrame], path: Path | None = None, column: str = "test_acc"):
     """Test accuracy against the share of weights remaining, one line per run (ticket, reinit control...)."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -33,9 +52,7 @@ def accuracy_vs_weights(runs: dict[str, pd.DataFrame], path: Path | None = None,
         frame = frame.sort_values("weights_remaining", ascending=False)
         style = next((s for k, s in styles.items() if k in label), dict(ls="-", marker="o"))
         ax.plot(_pct(frame["weights_remaining"]), _pct(frame[column]), label=label, **style)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("prunable weights remaining (%)")
+    _weights_axis(ax, pd.concat([f["weights_remaining"] for f in runs.values()]))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs sparsity")
     ax.grid(alpha=0.3, which="both")
@@ -65,10 +82,8 @@ def tcav_vs_weights(scores: pd.DataFrame, class_name: str, layer: str | None = N
         ax.scatter(x[sig], y[sig], color=color, marker="o", zorder=3)
         ax.scatter(x[~sig], y[~sig], facecolor="white", edgecolor=color, marker="o", zorder=3)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
+    _weights_axis(ax, df["weights_remaining"])
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("prunable weights remaining (%)")
     ax.set_ylabel("TCAV score")
     ax.set_title(f"TCAV for class {class_name}" + (f" at {layer}" if layer else "") + " (filled: significant)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -103,7 +118,7 @@ def heatmap_grid(images: np.ndarray, maps_by_round: dict[int, np.ndarray], weigh
     fig, axes = plt.subplots(n, len(rounds) + 1, figsize=(1.6 * (len(rounds) + 1), 1.6 * n), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(images[i])
-        axes[i, 0].set_ylabel(titles[i] if titles else "", fontsize=7)
+        axes[i, 0].set_ylabel(_label(titles[i]) if titles else "", fontsize=7)
         for j, r in enumerate(rounds, start=1):
             axes[i, j].imshow(images[i])
             axes[i, j].imshow(maps_by_round[r][i], cmap="jet", alpha=alpha, vmin=0, vmax=1)
@@ -126,9 +141,7 @@ def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool |
         g = g.sort_values("weights_remaining", ascending=False)
         ax.plot(_pct(g["weights_remaining"]), g["value"], marker="o", label=method,
                 ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("prunable weights remaining (%)")
+    _weights_axis(ax, df["weights_remaining"])
     arrow = "" if higher_is_better is None else (" (higher is better)" if higher_is_better else " (lower is better)")
     ax.set_ylabel(metric + arrow)
     ax.set_title(metric)

@@ -116,7 +116,9 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
     jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
             ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg)),
             ("ROAR", lambda: plot_roar(cfg))]
-    jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)]
+    # step 6 draws the grids; redraw one only when a map file is newer than it
+    jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)
+             if not _up_to_date(run.plot(f"heatmaps_{m}"), [run.heatmap_file(r, m) for r in run.rounds()])]
     for label, job in jobs:
         try:
             job()
@@ -124,6 +126,13 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
             log(f"skipped {label} plot: {exc}")
     written = sorted(set(run.root.joinpath("plots").glob("*.png")) | before)
     return written
+
+
+def _up_to_date(target: Path, sources: list[Path]) -> bool:
+    if not target.is_file():
+        return False
+    stamp = target.stat().st_mtime_ns
+    return all(p.stat().st_mtime_ns <= stamp for p in sources if p.is_file())
 
 
 def _spread(total: int, n: int) -> np.ndarray:

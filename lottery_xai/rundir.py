@@ -37,6 +37,15 @@ def experiment_name(cfg: Config) -> str:
     return "_".join(parts)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def round_name(r: int) -> str:
     return f"round_{r:02d}"
 
@@ -47,6 +56,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); outputs get the usual permissions
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -223,10 +223,11 @@ def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: b
             predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
         targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
         for method in todo:
-            maps = torch.cat([
+            maps = torch.cat([  # a seed per chunk: the random baseline does not repeat from chunk to chunk
                 attribute(method, model, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
-                          normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(cfg.seed, 7, r)))
-                for chunk, t in zip(images.split(cfg.heatmaps.batch_size), targets.split(cfg.heatmaps.batch_size))])
+                          normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(cfg.seed, 7, r, i)))
+                for i, (chunk, t) in enumerate(zip(images.split(cfg.heatmaps.batch_size),
+                                                   targets.split(cfg.heatmaps.batch_size)))])
             rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
                         labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
                         maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])

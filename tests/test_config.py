@@ -82,3 +82,14 @@ def test_step_before_its_input_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "main_lth_test.py"), "--set", f"logs={tmp_path}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "run step 1" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_readme_key_table_matches_the_schema():
+    """The README's key table is `python -m lottery_xai.config`; a new or changed key must reach it."""
+    from pathlib import Path
+
+    from lottery_xai.config import key_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [line for line in key_table().splitlines() if line not in readme]
+    assert not missing, f"README key table out of date (regenerate with python -m lottery_xai.config): {missing[:3]}"
