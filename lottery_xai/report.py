@@ -109,6 +109,29 @@ def plot_roar(cfg: Config, save: bool = True):
     return plots.roar_curves(frame, path=run.plot("roar") if save else None)
 
 
+def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "random") -> pd.DataFrame:
+    """Step 7 at the dense and the sparsest round: ``method`` against ``baseline`` on every map metric,
+    with whether the method does better (in the metric's own direction)."""
+    from .metrics import METRICS
+
+    run = rd.RunDir(cfg)
+    frame = pd.read_csv(run.require(run.explanation_metrics(), "step 7 (main_explanation_metrics.py)"))
+    frame = frame[frame["method"].isin([method, baseline])]
+    rows = []
+    for r in (frame["round"].min(), frame["round"].max()):
+        part = frame[frame["round"] == r].pivot_table(index="metric", columns="method", values="value")
+        if method not in part or baseline not in part:
+            continue
+        for metric, values in part.iterrows():
+            spec = METRICS.get(metric)
+            higher = True if spec is None else spec.higher_is_better
+            a, b = values[method], values[baseline]
+            rows.append({"round": int(r), "weights_remaining": float(frame.loc[frame["round"] == r, "weights_remaining"].iloc[0]),
+                         "metric": metric, "better": "higher" if higher else "lower", method: a, baseline: b,
+                         "beats_baseline": None if a == b else bool(a > b if higher else a < b)})
+    return pd.DataFrame(rows)
+
+
 def make_all_plots(cfg: Config, log=print) -> list[Path]:
     """Every figure whose inputs exist; returns the files written."""
     run = rd.RunDir(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
 from lottery_xai.attribution._hooks import TargetsLike, check_eval, check_images, check_logits, resolve_targets
 from lottery_xai.errors import UserError
@@ -54,6 +53,8 @@ def _baseline_images(images: torch.Tensor, baseline) -> torch.Tensor:
             return torch.zeros_like(images)
         if baseline == "blur":
             # The same blur as the insertion metric's start image (kernel 11, sigma 5).
+            from torchvision.transforms.functional import gaussian_blur  # lazy: torchvision costs seconds to import
+
             return gaussian_blur(images, kernel_size=[11, 11], sigma=[5.0, 5.0])
         raise UserError(f"baseline must be 'zeros', 'blur' or a tensor, got {baseline!r}")
     if not isinstance(baseline, torch.Tensor):

@@ -16,7 +16,6 @@ import math
 from typing import Sequence
 
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from lottery_xai.errors import UserError
 from lottery_xai.metrics.base import check_eval_mode, check_maps
@@ -117,6 +116,8 @@ def _blur(images: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
         raise UserError(f"blur_kernel must be a positive odd integer, got {kernel}")
     if kernel // 2 >= min(images.shape[-2:]):
         raise UserError(f"blur_kernel {kernel} is too large for {tuple(images.shape[-2:])} images; use a smaller kernel")
+    from torchvision.transforms.functional import gaussian_blur  # lazy: torchvision costs seconds to import
+
     return gaussian_blur(images, kernel_size=[kernel, kernel], sigma=[sigma, sigma])
 
 
