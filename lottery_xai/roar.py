@@ -7,8 +7,9 @@ top-p % pixels of every image are replaced by the per-channel mean of the traini
 same architecture is retrained from scratch on the modified training split (fixed seed per point,
 the same seeds at every p and for every method), and its test accuracy on the modified test split
 is recorded. The random-attribution baseline is always included; p = 0 does not depend on the
-method, so it is trained once per seed and reported for every method. The faster accuracy falls
-with p compared with random, the more the map ranks the pixels the task actually needs.
+method (nor, for a dense retrain, on the round), so it is trained once per seed and reported for
+every method and round. The faster accuracy falls with p compared with random, the more the
+map ranks the pixels the task actually needs.
 
 Images are the eval-transformed tensors (no random crops: a crop would move pixels away from
 their ranks); training adds horizontal flips when ``data.augment`` is on (not for MNIST).
@@ -246,11 +247,14 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
                                                  cfg.data.batch_size if s == "train" else cfg.data.eval_batch_size,
                                                  shuffle=s == "train", flip=flip and s == "train",
                                                  seed=derived_seed(cfg.seed, 29, seed_index)) for s in SPLITS}
-                    fresh, masks = _fresh_model(cfg, run, ckpt, num_classes, seed_index)
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(derived_seed(cfg.seed, 31, seed_index))
-                        scores = retrain(fresh, batches["train"], batches["val"], batches["test"], tc, device, num_classes,
-                                         masks, desc=f"roar r{r} {'/'.join(group)} {percent:g}% seed {seed_index}")
+                    scores = None if force else _dense_baseline(table, point)
+                    if scores is None:
+                        fresh, masks = _fresh_model(cfg, run, ckpt, num_classes, seed_index)
+                        with torch.random.fork_rng(devices=[]):
+                            torch.manual_seed(derived_seed(cfg.seed, 31, seed_index))
+                            scores = retrain(fresh, batches["train"], batches["val"], batches["test"], tc, device,
+                                             num_classes, masks,
+                                             desc=f"roar r{r} {'/'.join(group)} {percent:g}% seed {seed_index}")
                     rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "retrain": cfg.roar.retrain,
                              "epochs": tc.epochs, "method": m, "percent_removed": percent, "seed": seed_index, **scores}
                             for m in group]
@@ -272,6 +276,18 @@ def _num_classes(cfg: Config, run: rd.RunDir, r: int) -> int:
     """Class count of the trained model, read from its classifier (no dataset decoding needed)."""
     state = rd.load_torch(run.require(run.checkpoint(r, cfg.test.checkpoint), "step 1 (main_lth_pruning.py)"))["state_dict"]
     return int(state[architecture(cfg.model_arch).classifier + ".weight"].shape[0])
+
+
+def _dense_baseline(table: pd.DataFrame, point: dict) -> dict | None:
+    """The 0 % point of a dense retrain depends on no map and no round: reuse it from another round."""
+    if point["percent"] != 0 or point["retrain"] != "dense" or table.empty:
+        return None
+    same = table[(table["percent_removed"].astype(float) == 0) & (table["seed"] == point["seed"])
+                 & (table["retrain"] == "dense") & (table["epochs"] == point["epochs"])]
+    if same.empty:
+        return None
+    row = same.iloc[0]
+    return {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in ("test_acc", "best_val_acc", "n_test", "train_seconds")}
 
 
 def _matches(table: pd.DataFrame, *, r: int, methods: list[str], percent: float, seed: int, retrain: str,
