@@ -18,8 +18,6 @@ from tqdm.auto import tqdm
 from . import rundir as rd
 from .activations import save_activations
 from .attribution import LAYER_METHODS, attribute
-from .concepts.cav import fit_all_cavs, load_cavs, save_cavs
-from .concepts.tcav import gradients_by_class, run_tcav
 from .config import Config
 from .data.transforms import denormalize
 from .errors import UserError
@@ -90,6 +88,8 @@ def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str) -> tuple[np.ndarra
 
 def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
+    from .concepts.cav import fit_all_cavs, load_cavs, save_cavs  # scikit-learn: imported by the steps that fit
+
     run = rd.RunDir(cfg)
     rounds = finished_rounds(cfg, rounds, log)
     run.save_config("cavs")
@@ -129,6 +129,9 @@ def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) ->
 
 def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """TCAV with significance for the classes in labels_for_tcav and the concepts in concepts_for_tcav."""
+    from .concepts.cav import load_cavs
+    from .concepts.tcav import gradients_by_class, run_tcav
+
     if cfg.cav_flattening_type == "max_pool":
         raise UserError("TCAV needs cav_flattening_type flatten or avg_pool: the gradient of a max-pooled "
                         "activation is not a directional derivative")

@@ -486,3 +486,17 @@ def test_command_lines_write_their_outputs_and_fail_with_one_line(tmp_path, caps
                                          "--json_root", str(tmp_path / "j3")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vision.caltech.edu" in err
+
+
+def test_resize_is_bit_identical_to_torchvision():
+    """The data pipeline resizes without importing torchvision (seconds per step); the pixels must not change."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from lottery_xai.data.transforms import resize
+
+    generator = torch.Generator().manual_seed(0)
+    for shape, size in (((3, 96, 120), (64, 64)), ((3, 37, 53), (64, 80)), ((1, 28, 28), (64, 64)), ((3, 64, 64), (64, 64))):
+        image = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+        assert torch.equal(resize(image, *size), TF.resize(image, list(size), antialias=True))
+        as_float = image.float() / 255
+        assert torch.equal(resize(as_float, *size), TF.resize(as_float, list(size), antialias=True))

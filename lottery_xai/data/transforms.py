@@ -9,10 +9,11 @@ x = y = 0) where they were hidden or cropped out.
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
+import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,12 +41,35 @@ def _map_coordinates(box, parts, top, left, scale_y, scale_x, out_h, out_w, flip
     return box, parts
 
 
+def _native_uint8_bilinear() -> bool:
+    """Whether torch's uint8 antialiased bilinear kernel is the one torchvision would use here."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
+def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a [C, H, W] image, bit-identical to torchvision's
+    ``transforms.v2.functional.resize(image, [height, width], antialias=True)`` (tested), without
+    importing torchvision, which costs every step seconds of start-up."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    dtype = image.dtype
+    cast = dtype != torch.float64 and dtype != torch.float32 and not (dtype == torch.uint8 and image.device.type == "cpu"
+                                                                      and _native_uint8_bilinear())
+    batch = image.reshape(-1, *image.shape[-3:])
+    batch = batch.to(torch.float32) if cast else batch
+    out = F.interpolate(batch, size=[height, width], mode="bilinear", align_corners=False, antialias=True)
+    if cast:
+        out = out.round_() if not dtype.is_floating_point else out
+        out = out.to(dtype)
+    return out.reshape(*image.shape[:-2], height, width)
+
+
 def resize_shorter_side(image: torch.Tensor, box: torch.Tensor, parts: torch.Tensor, size: int):
     """Resize (antialiased) so the shorter side is `size`; box and parts are scaled with it."""
     height, width = image.shape[-2:]
     scale = size / min(height, width)
     new_h, new_w = (size, max(size, round(width * scale))) if height <= width else (max(size, round(height * scale)), size)
-    resized = TF.resize(image, [new_h, new_w], antialias=True)
+    resized = resize(image, new_h, new_w)
     box, parts = _map_coordinates(box, parts, 0, 0, new_h / height, new_w / width, new_h, new_w)
     return resized, box, parts
 
@@ -126,7 +150,7 @@ class TrainTransform:
         top, left, crop_h, crop_w = random_resized_crop_params(height, width, self.scale, self.ratio, generator)
         flip = self.hflip and bool(torch.rand(1, generator=generator) < 0.5)
         crop = image[:, top:top + crop_h, left:left + crop_w]
-        out = TF.resize(crop, [self.size, self.size], antialias=True)
+        out = resize(crop, self.size, self.size)
         if flip:
             out = out.flip(-1)
         box, parts = _map_coordinates(box, parts, top, left, self.size / crop_h, self.size / crop_w,
