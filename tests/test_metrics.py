@@ -91,6 +91,7 @@ def test_registry_declares_direction_family_and_needs():
     assert get_metric("lerf_aopc").higher_is_better is False
     assert get_metric("energy_in_box").needs == {"box"}
     assert get_metric("spearman").needs == {"second_map"}
+    assert get_metric("roar_test_acc").needs == {"retraining"} and not get_metric("roar_test_acc").higher_is_better
     assert {spec.family for spec in METRICS.values()} == {"faithfulness", "localisation", "consistency"}
     with pytest.raises(UserError, match="insertion_auc"):
         get_metric("insertion_uac")
