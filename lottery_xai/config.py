@@ -84,6 +84,7 @@ class CAVConfig:
     classifier: str = opt("logistic", "linear classifier whose normal is the CAV", choices=["logistic", "svm", "sgd"])
     negatives: str = opt("rest", "negatives: images without the concept, or random images (TCAV paper)", choices=["rest", "random"])
     n_random: int = opt(10, "repeated CAV runs per concept and random-vs-random CAVs (null distribution)", minimum=2)
+    max_per_set: int = opt(0, "cap on a concept's positives per run, a fresh seeded subsample each run (0 = all; half with negatives: random)", minimum=0)
     test_fraction: float = opt(0.33, "held-out share for CAV accuracy", minimum=0.05, maximum=0.9)
     C: float = opt(1.0, "inverse regularisation strength of the linear classifier", minimum=0.0)
     splits: list = opt(["train", "val"], "splits whose activations train the CAVs")

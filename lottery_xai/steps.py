@@ -105,7 +105,8 @@ def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) ->
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
                                       negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
                                       seed=derived_seed(cfg.seed, 6, r), n_jobs=cfg.cav.n_jobs,
-                                      test_fraction=cfg.cav.test_fraction, C=cfg.cav.C)
+                                      test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
+                                      max_per_set=cfg.cav.max_per_set or None)
                 save_cavs(path, result)
             result = load_cavs(path)
             for c, name in enumerate(result["concepts"]):

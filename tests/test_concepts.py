@@ -93,6 +93,10 @@ def test_concept_sets_rest_and_random():
     # random negatives come from the whole pool: with capped positives some carry the concept
     assert any(concepts[neg, 2].max() == 1 for _, neg in concept_sets(concepts, 2, negatives="random", n_runs=20,
                                                                       rng=rng, max_per_set=8))
+    # without a cap, random negatives still differ from rest: half the positives stay in the random pool
+    uncapped = concept_sets(concepts, 2, negatives="random", n_runs=20, rng=rng)
+    assert all(len(pos) == 17 and not set(pos) & set(neg) for pos, neg in uncapped)
+    assert any(concepts[neg, 2].max() == 1 for _, neg in uncapped)
     again = concept_sets(concepts, 1, negatives="rest", n_runs=5, rng=np.random.default_rng(0))
     for (p1, n1), (p2, n2) in zip(runs, again):
         np.testing.assert_array_equal(n1, n2)

@@ -126,7 +126,9 @@ def concept_sets(
     Positives: the examples with the concept (a seeded subsample of `max_per_set` when capped).
     Negatives, as many as positives when possible, a different seeded draw each run:
     ``rest`` draws from the examples without the concept; ``random`` draws from the whole pool except
-    this run's positives (TCAV paper: random images, which may hold the concept when positives are capped).
+    this run's positives (TCAV paper: random images, which may hold the concept). So that ``random``
+    differs from ``rest`` when no cap is given, its positives are then a fresh random half of the
+    concept's examples each run, and the other half stays in the random pool at its natural rate.
     """
     if negatives not in NEGATIVES:
         raise UserError(f"CAV negatives '{negatives}' is unknown; use one of {', '.join(NEGATIVES)}")
@@ -134,10 +136,13 @@ def concept_sets(
     all_pos = np.flatnonzero(column)
     rest = np.flatnonzero(~column)
     runs = []
+    cap = max_per_set
+    if negatives == "random" and cap is None:
+        cap = max(len(all_pos) // 2, 1)
     for _ in range(n_runs):
         pos = all_pos
-        if max_per_set is not None and len(pos) > max_per_set:
-            pos = np.sort(rng.choice(pos, size=max_per_set, replace=False))
+        if cap is not None and len(pos) > cap:
+            pos = np.sort(rng.choice(pos, size=cap, replace=False))
         pool = rest if negatives == "rest" else np.setdiff1d(np.arange(len(column)), pos, assume_unique=True)
         neg = np.sort(rng.choice(pool, size=min(len(pos), len(pool)), replace=False))
         runs.append((pos, neg))
@@ -210,7 +215,10 @@ def fit_all_cavs(
         fit_seeds = streams[c].integers(0, 2**31 - 1, size=n_random)
         tasks += [("concept", c, r, p, q, int(s)) for r, ((p, q), s) in enumerate(zip(sets, fit_seeds))]
     if random_set_size is None:
-        sizes = np.minimum((concepts > 0.5).sum(axis=0), max_per_set or n)
+        counts = (concepts > 0.5).sum(axis=0)
+        if negatives == "random" and max_per_set is None:
+            counts = np.maximum(counts // 2, np.minimum(counts, 1))  # the concept sets are halves (concept_sets)
+        sizes = np.minimum(counts, max_per_set or n)
         sizes = sizes[sizes > 0]
         random_set_size = int(np.median(sizes)) if len(sizes) else n // 2
     random_set_size = max(random_set_size, 2 * MIN_PER_SIDE)
