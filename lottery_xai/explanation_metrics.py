@@ -18,11 +18,10 @@ from tqdm.auto import tqdm
 from . import rundir as rd
 from .config import Config
 from .lottery import load_round_model
-from .attribution import LAYER_METHODS, attribute
 from .loaders import derived_seed
 from .metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
                       pointing_game, tcav_agreement, tcav_agreement_summary, transform_consistency)
-from .steps import cam_layer, finished_rounds, heatmap_images, method_options
+from .steps import configured_maps, finished_rounds, heatmap_images
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images"]
 
@@ -55,10 +54,7 @@ def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=Non
 def transform_metrics(model, images, method: str, cfg: Config, seed: int, targets=None) -> dict[str, torch.Tensor]:
     """Consistency under transformation: map(T(x)) against T(map(x)), recomputing the method on T(x)."""
     def attribution_fn(net, batch, targets):
-        return torch.cat([
-            attribute(method, net, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
-                      normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(seed, i)))
-            for i, (chunk, t) in enumerate(zip(batch.split(cfg.heatmaps.batch_size), targets.split(cfg.heatmaps.batch_size)))])
+        return configured_maps(cfg, method, net, batch, targets, seed)
 
     m = cfg.metrics
     res = transform_consistency(model, images, attribution_fn, transforms=m.transform, n_transforms=m.n_transforms,

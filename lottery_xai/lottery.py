@@ -54,10 +54,13 @@ def keep_fractions(cfg: Config, names: list[str], round_index: int) -> dict[str,
     return {n: (fc if n == classifier else body) for n in names}
 
 
-def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int, device, which: str | None = None):
-    """The model of round ``r`` (best-val or last checkpoint), in eval mode on ``device``, with its checkpoint."""
+def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int | None, device, which: str | None = None):
+    """The model of round ``r`` (best-val or last checkpoint), in eval mode on ``device``, with its checkpoint.
+    ``num_classes=None`` reads the class count from the checkpoint's classifier (no dataset needed)."""
     which = which or cfg.test.checkpoint
     ckpt = rd.load_torch(run.require(run.checkpoint(r, which), "step 1 (main_lth_pruning.py)"))
+    if num_classes is None:
+        num_classes = int(ckpt["state_dict"][architecture(cfg.model_arch).classifier + ".weight"].shape[0])
     model = new_model(cfg, num_classes, cfg.seed)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval(), ckpt

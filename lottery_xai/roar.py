@@ -26,14 +26,14 @@ from tqdm.auto import tqdm
 
 from . import rundir as rd
 from .activations import StreamWriter
-from .attribution import LAYER_METHODS, attribute
+from .attribution import attribute
 from .config import Config, replace
 from .errors import UserError
 from .lottery import load_data, load_round_model, new_model
 from .loaders import derived_seed
 from .models import architecture
 from .pruning import apply_masks, reset_batchnorm_stats
-from .steps import cam_layer, finished_rounds, method_options
+from .steps import finished_rounds, layer_for, method_options
 from .training import evaluate, train_round
 
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
@@ -147,9 +147,7 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
                 if writer is not None:
                     writer.abort()
                 raise
-            with rd.atomic_path(run.roar_data(split, "labels")) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, labels)
+            rd.save_npy(run.roar_data(split, "labels"), labels)
             writer.commit()
     data = {s: {"images": np.load(run.roar_data(s, "images"), mmap_mode="r"),
                 "labels": np.load(run.roar_data(s, "labels"))} for s in SPLITS}
@@ -159,9 +157,7 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
         for start in range(0, len(images), 256):  # streamed: the train split never sits in memory at once
             total += images[start:start + 256].astype(np.float64).sum(axis=(0, 2, 3))
         fill = (total / (len(images) * images.shape[2] * images.shape[3])).astype(np.float32)
-        with rd.atomic_path(run.roar_data("train", "fill")) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, fill)
+        rd.save_npy(run.roar_data("train", "fill"), fill)
     data["fill"] = torch.from_numpy(np.load(run.roar_data("train", "fill")))
     log("ROAR images: " + ", ".join(f"{s} {len(data[s]['labels'])}" for s in SPLITS))
     return data
@@ -188,8 +184,7 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                         with torch.no_grad():
                             targets = model(chunk).argmax(1)
                     options = method_options(cfg, method, derived_seed(cfg.seed, 19, r, split_index, start))
-                    maps = attribute(method, model, chunk, targets, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
-                                     normalize="none", **options)
+                    maps = attribute(method, model, chunk, targets, layer=layer_for(cfg, method), normalize="none", **options)
                     writer.write(start, pixel_ranks(maps, generator).cpu().numpy().astype(writer.mm.dtype))
             except BaseException:
                 writer.abort()
@@ -223,8 +218,8 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     percents = sorted({float(p) for p in cfg.roar.percents})
     started = time.perf_counter()
     for r in rounds:
-        num_classes = _num_classes(cfg, run, r)
-        model, ckpt = load_round_model(cfg, run, r, num_classes, device)
+        model, ckpt = load_round_model(cfg, run, r, None, device)
+        num_classes = model.get_submodule(architecture(cfg.model_arch).classifier).out_features
         model.requires_grad_(False)
         if force:
             for method in methods:
@@ -270,12 +265,6 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     log(roar_summary(table).to_string())
     log(f"ROAR done in {time.perf_counter() - started:.0f} s: {run.roar_results()}")
     return table
-
-
-def _num_classes(cfg: Config, run: rd.RunDir, r: int) -> int:
-    """Class count of the trained model, read from its classifier (no dataset decoding needed)."""
-    state = rd.load_torch(run.require(run.checkpoint(r, cfg.test.checkpoint), "step 1 (main_lth_pruning.py)"))["state_dict"]
-    return int(state[architecture(cfg.model_arch).classifier + ".weight"].shape[0])
 
 
 def _dense_baseline(table: pd.DataFrame, point: dict) -> dict | None:

@@ -101,6 +101,12 @@ def save_npz(path: str | Path, **arrays) -> None:
             np.savez(fh, **arrays)
 
 
+def save_npy(path: str | Path, array) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+
 def save_csv(path: str | Path, frame) -> None:
     """Write a pandas DataFrame atomically."""
     write_text(path, frame.to_csv(index=False))

@@ -210,6 +210,22 @@ def cam_layer(cfg: Config) -> str:
     return cfg.heatmaps.layer or architecture(cfg.model_arch).cam_layer
 
 
+def layer_for(cfg: Config, method: str) -> str | None:
+    """The layer argument of ``method``: the CAM layer for layer methods, None for the others."""
+    return cam_layer(cfg) if method in LAYER_METHODS else None
+
+
+def configured_maps(cfg: Config, method: str, model, images: torch.Tensor, targets: torch.Tensor, seed: int,
+                    normalize: str | None = None) -> torch.Tensor:
+    """Maps of ``method`` with the configured layer and options, in chunks of ``heatmaps.batch_size``;
+    chunk i is seeded ``derived_seed(seed, i)``, so the random baseline does not repeat from chunk to chunk."""
+    size = cfg.heatmaps.batch_size
+    return torch.cat([
+        attribute(method, model, chunk, t, layer=layer_for(cfg, method), normalize=normalize or cfg.heatmaps.normalize,
+                  **method_options(cfg, method, derived_seed(seed, i)))
+        for i, (chunk, t) in enumerate(zip(images.split(size), targets.split(size)))])
+
+
 def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
     run = rd.RunDir(cfg)
@@ -227,11 +243,7 @@ def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: b
             predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
         targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
         for method in todo:
-            maps = torch.cat([  # a seed per chunk: the random baseline does not repeat from chunk to chunk
-                attribute(method, model, chunk, t, layer=cam_layer(cfg) if method in LAYER_METHODS else None,
-                          normalize=cfg.heatmaps.normalize, **method_options(cfg, method, derived_seed(cfg.seed, 7, r, i)))
-                for i, (chunk, t) in enumerate(zip(images.split(cfg.heatmaps.batch_size),
-                                                   targets.split(cfg.heatmaps.batch_size)))])
+            maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, 7, r))
             rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
                         labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
                         maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])

@@ -8,6 +8,7 @@ x = y = 0) where they were hidden or cropped out.
 """
 from __future__ import annotations
 
+import functools
 import math
 import platform
 
@@ -41,8 +42,10 @@ def _map_coordinates(box, parts, top, left, scale_y, scale_x, out_h, out_w, flip
     return box, parts
 
 
+@functools.lru_cache(maxsize=1)
 def _native_uint8_bilinear() -> bool:
-    """Whether torch's uint8 antialiased bilinear kernel is the one torchvision would use here."""
+    """Whether torch's uint8 antialiased bilinear kernel is the one torchvision would use here (asked once:
+    ``resize`` runs for every training item)."""
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
@@ -53,14 +56,15 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if tuple(image.shape[-2:]) == (height, width):
         return image
     dtype = image.dtype
-    cast = dtype != torch.float64 and dtype != torch.float32 and not (dtype == torch.uint8 and image.device.type == "cpu"
-                                                                      and _native_uint8_bilinear())
+    # torchvision interpolates float32/64 directly, uint8 directly where torch has the native CPU kernel,
+    # and anything else in float32, rounding back to integer types
+    native = dtype in (torch.float32, torch.float64) or (
+        dtype == torch.uint8 and image.device.type == "cpu" and _native_uint8_bilinear())
     batch = image.reshape(-1, *image.shape[-3:])
-    batch = batch.to(torch.float32) if cast else batch
-    out = F.interpolate(batch, size=[height, width], mode="bilinear", align_corners=False, antialias=True)
-    if cast:
-        out = out.round_() if not dtype.is_floating_point else out
-        out = out.to(dtype)
+    out = F.interpolate(batch if native else batch.float(), size=[height, width], mode="bilinear",
+                        align_corners=False, antialias=True)
+    if not native:
+        out = (out if dtype.is_floating_point else out.round_()).to(dtype)
     return out.reshape(*image.shape[:-2], height, width)
 
 
