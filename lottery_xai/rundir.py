@@ -85,14 +85,108 @@ def save_torch(obj, path: str | Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def load_torch(path: str | Path, map_location="cpu"):
-    """Load a checkpoint safely: tensors and plain containers only, onto ``map_location``."""
+def unreadable(path: str | Path, reason: str, step: str | None = None) -> UserError:
+    """The one-line error for a file that exists but cannot be used (truncated, corrupt, wrong content)."""
+    fix = f"rerun {step} with --force" if step else "delete it and rerun the step that writes it"
+    return UserError(f"'{path}' cannot be read ({reason}); it may be truncated or from another run: {fix}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _must_exist(path: Path, step: str | None, what: str = "file") -> None:
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' not found; run {step or 'the step that writes it'} first")
+
+
+def load_torch(path: str | Path, map_location="cpu", step: str | None = None, keys: tuple = ()):
+    """Load a checkpoint safely: tensors and plain containers only, onto ``map_location``.
+    A missing, truncated or foreign file (or one without ``keys``) is a UserError naming the file."""
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint '{path}' not found; run the step that writes it first")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    _must_exist(path, step, "checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with non-tensor objects, not a checkpoint at all
+        reason = "not a tensor checkpoint" if "Unpickl" in type(exc).__name__ else _reason(exc)
+        raise unreadable(path, reason, step) from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise unreadable(path, f"no {', '.join(missing)} in it", step)
+    return obj
+
+
+def load_npz(path: str | Path, keys: tuple = (), step: str | None = None) -> dict:
+    """Every array of an ``.npz`` archive, read fully (no pickles); ``keys`` must be present."""
+    path = Path(path)
+    _must_exist(path, step)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("not an .npz archive")
+            out = {k: archive[k] for k in archive.files}
+    except Exception as exc:
+        raise unreadable(path, _reason(exc), step) from None
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise unreadable(path, f"no {', '.join(missing)} in it", step)
+    return out
+
+
+def load_npy(path: str | Path, step: str | None = None, mmap: bool = False, ndim: int | None = None,
+             rows: int | None = None) -> np.ndarray:
+    """One ``.npy`` array (memory-mapped with ``mmap``); optionally checks its dimensions and row count."""
+    path = Path(path)
+    _must_exist(path, step)
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        if not isinstance(array, np.ndarray):
+            raise ValueError("not an .npy array")
+    except Exception as exc:
+        raise unreadable(path, _reason(exc), step) from None
+    if ndim is not None and array.ndim != ndim:
+        raise unreadable(path, f"{array.ndim}-d array, expected {ndim}-d", step)
+    if rows is not None and len(array) != rows:
+        raise unreadable(path, f"{len(array)} rows, expected {rows}", step)
+    return array
+
+
+def read_csv(path: str | Path, columns: list | tuple = (), step: str | None = None, missing_ok: bool = False):
+    """A results table; ``columns`` must be present. ``missing_ok``: an absent file is an empty table."""
+    import pandas as pd
+
+    path = Path(path)
+    if missing_ok and not path.exists():
+        return pd.DataFrame(columns=list(columns))
+    _must_exist(path, step)
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except Exception as exc:
+        raise unreadable(path, _reason(exc), step) from None
+    lacking = [c for c in columns if c not in frame.columns]
+    if lacking:
+        raise unreadable(path, f"no column {', '.join(map(str, lacking))}", step)
+    return frame
+
+
+def read_json(path: str | Path, step: str | None = None, kind: type | None = dict):
+    """A JSON file (of type ``kind`` at its top level)."""
+    import json
+
+    path = Path(path)
+    _must_exist(path, step)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # binary junk, truncated JSON
+        raise unreadable(path, _reason(exc), step) from None
+    if kind is not None and not isinstance(obj, kind):
+        raise unreadable(path, f"top level is {type(obj).__name__}, expected {kind.__name__}", step)
+    return obj
 
 
 def save_npz(path: str | Path, **arrays) -> None:
