@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -126,6 +128,10 @@ class StreamWriter:
     def __init__(self, path: Path, n_rows: int, row_shape: tuple, dtype) -> None:
         self.path, self.tmp = Path(path), _tmp_name(Path(path))
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # a memory map on a full disk dies with SIGBUS mid-write: check the room first, so a full disk is an OSError
+        needed = int(np.prod((n_rows, *row_shape))) * np.dtype(dtype).itemsize
+        if needed > shutil.disk_usage(self.path.parent).free:
+            raise OSError(errno.ENOSPC, f"{needed / 2**20:.0f} MiB needed", str(self.path))
         self.mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
         self.unreleased = 0
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from .config import Config, load_config, n_rounds
@@ -64,15 +66,76 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def one_line(text) -> str:
+    """A message on one line; an error re-raised from a DataLoader worker keeps only its last line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if any(line.startswith("Original Traceback") for line in lines):
+        lines = [lines[-1].split(": ", 1)[-1]]  # "lottery_xai.errors.UserError: the message"
+    return " ".join(lines)
+
+
+def os_error_message(exc: OSError) -> str:
+    """What a failed read or write (full disk, read-only or impossible path, ...) tells the user."""
+    where = f"'{exc.filename}'" if exc.filename is not None else "a file"
+    code = exc.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return (f"no space left on the device (or disk quota exceeded) writing {where}; free some space or "
+                "point logs at another disk (--set logs=DIR), then rerun: finished files are kept")
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system; point the path at a writable folder (--set logs=DIR for outputs)"
+    if isinstance(exc, PermissionError):
+        return f"permission denied for {where}; make it accessible or point the path elsewhere (--set logs=DIR for outputs)"
+    if isinstance(exc, NotADirectoryError):
+        blocker = _regular_file_above(exc.filename)
+        part = f"'{blocker}' is a regular file, not a folder" if blocker else "a part of that path is a regular file"
+        return (f"{where} cannot be used: {part}; point the path at a folder (--set logs=DIR for outputs) "
+                "or remove that file")
+    if isinstance(exc, FileExistsError):
+        return f"{where} exists and is not a folder; point the path at a folder (--set logs=DIR for outputs) or remove it"
+    if isinstance(exc, IsADirectoryError):
+        return f"{where} is a folder where a file was expected; remove or rename it"
+    if code == errno.ENAMETOOLONG:
+        return f"{where}: file name too long; use a shorter logs path or experiment_name"
+    if isinstance(exc, FileNotFoundError):
+        return f"{where} not found; check the path, or run the step that writes it first"
+    return f"{one_line(exc.strerror or exc)} ({where}); check the path and the disk, then rerun"
+
+
+def _regular_file_above(path) -> str | None:
+    """The first component of ``path`` that exists and is not a folder (why a folder cannot be made there)."""
+    if path is None:
+        return None
+    for parent in reversed([Path(path), *Path(path).parents]):
+        if parent.exists() and not parent.is_dir():
+            return str(parent)
+    return None
+
+
+def _close_progress_bars() -> None:
+    """End open tqdm bars with a newline so that the error line starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+
+
 def main_entry(fn: Callable[[], None]) -> Callable[[], None]:
-    """Run a step; a UserError becomes one line on stderr and exit status 2."""
+    """Run a step; a UserError or a failed read/write (OSError) becomes one line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper():
         try:
             fn()
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _close_progress_bars()
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as exc:
+            _close_progress_bars()
+            print(f"error: {os_error_message(exc)}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted; rerun the same command to resume", file=sys.stderr)

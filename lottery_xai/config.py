@@ -121,7 +121,7 @@ class MetricsConfig:
     part_radius: float = opt(15.0, "energy in parts: radius around each visible part in pixels at 224 px (scaled)", minimum=0.0)
     transform: str = opt("both", "consistency under transformation: flip, crop (random resized) or both", choices=["flip", "crop", "both"])
     n_transforms: int = opt(2, "random transforms per image for the transformation check", minimum=1)
-    transform_methods: list = opt(["gradcam", "gradcampp", "grad_x_activation", "saliency", "random"], "methods recomputed on transformed images (occlusion and IG cost many forwards)")
+    transform_methods: list = opt(["gradcam", "gradcampp", "grad_x_activation", "saliency", "random"], "methods recomputed on transformed images, among heatmaps.methods ([] = none; occlusion and IG cost many forwards)")
 
 
 @dataclass
@@ -306,17 +306,46 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` silently keeps the last of two equal keys; a config file must not."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (lines {first.start_mark.line + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (default: the embedded-default config), apply ``--set`` overrides, validate."""
     path = Path(path) if path else DEFAULT_CONFIG
+    if path.is_dir():
+        raise UserError(f"config file '{path}' is a folder; pass --config config/NAME.yaml")
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; pass --config config/NAME.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"config file '{path}' is not a YAML text file (not UTF-8); pass --config config/NAME.yaml") from None
+    except OSError as exc:
+        raise UserError(f"config file '{path}' cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config file '{path}' is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise UserError(f"config file '{path}' is not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping of keys to values")
     for text in overrides or []:
@@ -324,6 +353,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_dotted(data, key, value)
     cfg = _build(Config, data)
     check_consistency(cfg)
+    check_values(cfg)
     return cfg
 
 
@@ -341,6 +371,83 @@ def check_consistency(cfg: Config) -> None:
         raise UserError("config key 'pruning.reinit_masks_from' cannot be 'reinit'")
     if not cfg.bb_layers_for_concepts:
         raise UserError("config key 'bb_layers_for_concepts' needs at least one layer name")
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _check_names(key: str, values: list, *, empty: str | None, known=None, extra=()) -> None:
+    """A list of names: not empty (``empty`` says what to write instead), no repeats, each one known."""
+    if not values and empty is not None:
+        raise UserError(f"config key '{key}' is an empty list; {empty}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise UserError(f"config key '{key}' lists {', '.join(map(repr, repeated))} more than once")
+    if known is not None:
+        allowed = [*known, *extra]
+        for value in values:
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
+                raise UserError(f"config key '{key}' names {value!r}, which is unknown; {hint}")
+
+
+def _check_numbers(key: str, values: list, low: float, high: float, low_open: bool, high_open: bool) -> None:
+    """A non-empty list of numbers within [low, high] (an open end excludes that bound)."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    for v in values:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not number or v < low or v > high or (low_open and v == low) or (high_open and v == high):
+            raise UserError(f"config key '{key}' holds {v!r}; every value must be a number in {interval}")
+    if not values:
+        raise UserError(f"config key '{key}' is an empty list; give at least one number in {interval}")
+
+
+def check_values(cfg: Config) -> None:
+    """Values that a key's type and range accept but that make no sense (an empty list of methods, pruning
+    100 %, a run folder outside ``logs``), rejected before any step starts working."""
+    from .attribution import METHODS  # the registry of attribution methods (imports torch, as every step does)
+
+    name = cfg.experiment_name
+    if name and (name in (".", "..") or any(ch in name for ch in "/\\\0") or name != name.strip()):
+        raise UserError(f"config key 'experiment_name' is {name!r}; it must be one folder name inside logs "
+                        "(no '/', '\\', '..' or surrounding spaces), or empty for the automatic name")
+    for key in ("logs", "data_root", "json_root"):
+        if "\0" in getattr(cfg, key):
+            raise UserError(f"config key '{key}' holds a NUL character; give a plain path")
+    if cfg.prune_percent >= 100:
+        raise UserError(f"config key 'prune_percent' is {cfg.prune_percent:g}; it must be below 100 "
+                        "(100 % would remove every remaining weight in the first pruned round)")
+    if cfg.cav.n_jobs == 0 or cfg.cav.n_jobs < -1:
+        raise UserError(f"config key 'cav.n_jobs' is {cfg.cav.n_jobs}; use -1 (all cores) or a positive number of processes")
+    for key, value in (("train.lr", cfg.train.lr), ("cav.C", cfg.cav.C)):
+        if value <= 0:
+            raise UserError(f"config key '{key}' is {value:g}; it must be > 0")
+    if not 0 < cfg.tcav.alpha < 1:
+        raise UserError(f"config key 'tcav.alpha' is {cfg.tcav.alpha:g}; it must be between 0 and 1 (exclusive)")
+    if not 0 < cfg.metrics.top_fraction <= 1:
+        raise UserError(f"config key 'metrics.top_fraction' is {cfg.metrics.top_fraction:g}; it must be in (0, 1]")
+    _check_names("labels_for_tcav", cfg.labels_for_tcav, empty="use [all] or name at least one class")
+    _check_names("concepts_for_tcav", cfg.concepts_for_tcav, empty="use [all] or name at least one concept")
+    _check_names("bb_layers_for_concepts", cfg.bb_layers_for_concepts, empty="name at least one layer, e.g. [layer3]")
+    methods = list(METHODS)
+    _check_names("heatmaps.methods", cfg.heatmaps.methods, empty="name at least one attribution method, e.g. [gradcam]",
+                 known=methods)
+    _check_names("metrics.transform_methods", cfg.metrics.transform_methods, empty=None, known=methods)  # [] = none
+    _check_names("roar.methods", cfg.roar.methods, empty="name at least one attribution method, e.g. [gradcam]",
+                 known=methods)
+    for key, splits in (("activations.splits", cfg.activations.splits), ("cav.splits", cfg.cav.splits),
+                        ("tcav.splits", cfg.tcav.splits)):
+        _check_names(key, splits, empty=f"name at least one of {', '.join(SPLIT_NAMES)}", known=SPLIT_NAMES)
+    outside = [s for s in cfg.cav.splits if s not in cfg.activations.splits]
+    if outside:
+        raise UserError(f"config key 'cav.splits' names {outside[0]!r}, whose activations step 3 does not save; "
+                        f"add it to activations.splits (now {cfg.activations.splits})")
+    _check_numbers("metrics.fractions", cfg.metrics.fractions, 0, 1, low_open=True, high_open=False)
+    _check_numbers("roar.percents", cfg.roar.percents, 0, 100, low_open=False, high_open=True)
+    if not cfg.roar.rounds:
+        raise UserError("config key 'roar.rounds' is an empty list; name at least one round, e.g. [0] (-1 = the sparsest)")
+    _check_names("roar.rounds", cfg.roar.rounds, empty=None)
 
 
 def n_rounds(cfg: Config) -> int:

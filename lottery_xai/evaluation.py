@@ -19,36 +19,37 @@ def _read(path, columns) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
 
 
+@rd.locked("test")
 def evaluate_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
                 log=print) -> pd.DataFrame:
-    """Evaluate each finished round's checkpoint on the test split; resumable, one row per round."""
+    """Evaluate each finished round's checkpoint on the test split; resumable, one row per round
+    (a round whose row was made from another checkpoint than the current one is evaluated again)."""
     run = rd.RunDir(cfg)
     run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")
     run.save_config("test")
     datasets, info = load_data(cfg, ("test",), augment=False)
     loader = make_loader(datasets["test"], cfg, device, train=False)
     metrics = _read(run.test_metrics(), METRIC_COLUMNS)
-    per_class = _read(run.test_per_class(), PER_CLASS_COLUMNS)
     finished = set(run.finished_rounds())
     missing = [r for r in rounds if r not in finished]
     if missing:
         log(f"rounds {missing} have no checkpoint yet (step 1 not finished); they are skipped")
     for r in tqdm([r for r in rounds if r in finished], desc="test rounds"):
-        if not force and r in set(metrics["round"]):
+        fp = run.round_fingerprint(r)
+        if not force and r in set(metrics["round"]) and run.up_to_date("test", rd.round_name(r), fp, log):
             continue
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
         result = evaluate(model, loader, device, info.num_classes, cfg.train.amp, progress=True)
         row = {"round": r, "weights_remaining": ckpt["weights_remaining"], "test_acc": result["acc"],
                "test_loss": result["loss"], "n_images": result["n"]}
-        metrics = pd.concat([metrics[metrics["round"] != r], pd.DataFrame([row])], ignore_index=True)
         counts = result["per_class_count"].clamp(min=1).double()
         acc = (result["per_class_correct"].double() / counts).tolist()
         rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "class": name, "accuracy": a,
                  "n_images": int(n)} for name, a, n in zip(info.class_names, acc, result["per_class_count"].tolist())]
-        per_class = pd.concat([per_class[per_class["round"] != r], pd.DataFrame(rows)], ignore_index=True)
-        metrics = metrics.sort_values("round").reset_index(drop=True)
-        rd.save_csv(run.test_metrics(), metrics[METRIC_COLUMNS])
-        rd.save_csv(run.test_per_class(), per_class.sort_values(["round", "class"])[PER_CLASS_COLUMNS])
+        # read-modify-write: rows another process wrote meanwhile are kept
+        metrics = rd.upsert_table(run.test_metrics(), [row], keys=["round"], sort=["round"], columns=METRIC_COLUMNS)
+        rd.upsert_table(run.test_per_class(), rows, keys=["round"], sort=["round", "class"], columns=PER_CLASS_COLUMNS)
+        run.record_fingerprint("test", rd.round_name(r), fp)
         log(f"round {r}: {100 * ckpt['weights_remaining']:.1f}% weights remain, test acc {100 * result['acc']:.2f}% "
             f"on {result['n']} images")
     return metrics

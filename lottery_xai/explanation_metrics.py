@@ -21,16 +21,42 @@ from .lottery import load_round_model
 from .loaders import derived_seed
 from .metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
                       pointing_game, tcav_agreement, tcav_agreement_summary, transform_consistency)
-from .steps import configured_maps, finished_rounds, heatmap_images
+from .errors import UserError
+from .steps import TCAV_COLUMNS, configured_maps, finished_rounds, heatmap_images
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images"]
 
 
-def _maps(run: rd.RunDir, r: int, method: str, device) -> torch.Tensor | None:
+STEP6 = "step 6 (main_heatmap_save.py)"
+
+
+def _maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
+          ids: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Round ``r``'s stored maps of ``method`` (None when absent), checked against the explained images."""
     path = run.heatmap_file(r, method)
     if not path.is_file():
         return None
-    return torch.from_numpy(np.load(path)["maps"].astype(np.float32)).to(device)
+    stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+    maps = stored["maps"]
+    if images is not None and maps.shape != (len(images), *images.shape[-2:]):
+        raise rd.unreadable(path, f"maps of shape {list(maps.shape)}, expected {[len(images), *images.shape[-2:]]} "
+                                  f"for the images of {run.heatmap_images().name}", STEP6)
+    if ids is not None and not np.array_equal(stored["ids"], ids.cpu().numpy()):
+        raise rd.unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", STEP6)
+    return torch.from_numpy(maps.astype(np.float32)).to(device)
+
+
+def _require_maps(cfg: Config, run: rd.RunDir, rounds: list[int]) -> None:
+    """Step 7 measures step 6's maps: every requested round's (and the dense round's, the reference of
+    the consistency metrics) for every method in heatmaps.methods must be on disk."""
+    run.require(run.heatmap_images(), STEP6)
+    needed = sorted(set(rounds) | ({0} if rounds else set()))
+    for r in needed:
+        for method in cfg.heatmaps.methods:
+            path = run.heatmap_file(r, method)
+            if not path.is_file():
+                raise UserError(f"'{path}' is missing; run {STEP6} first (it computes heatmaps.methods for rounds "
+                                f"{','.join(map(str, needed))})")
 
 
 def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None) -> dict[str, torch.Tensor]:
@@ -62,43 +88,71 @@ def transform_metrics(model, images, method: str, cfg: Config, seed: int, target
     return {f"transform_{k}": res[k] for k in ("spearman", "top_iou", "ssim")}
 
 
+def _fingerprints(run: rd.RunDir, r: int) -> str:
+    """Round ``r``'s metrics come from its checkpoint and, for the consistency with the dense maps, round 0's."""
+    fp = run.round_fingerprint(r)
+    if r == 0:
+        return fp
+    return fp + "+" + (run.round_fingerprint(0) if run.checkpoint(0, run.cfg.test.checkpoint).is_file() else "none")
+
+
+def _current_tcav(run: rd.RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
+    """Whether round ``r``'s TCAV rows were made from its current checkpoint (every layer of them)."""
+    fp = run.round_fingerprint(r)
+    layers = sorted(set(tcav.loc[tcav["round"] == r, "layer"]))
+    if all(run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp) for layer in layers):
+        return True
+    log(f"round {r}: TCAV scores are stale (step 1 was redone); rerun step 5 for the TCAV agreement rows")
+    return False
+
+
+@rd.locked("metrics")
 def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     run = rd.RunDir(cfg)
     rounds = finished_rounds(cfg, rounds, log)
+    _require_maps(cfg, run, rounds)
     run.save_config("metrics")
     batch, info = heatmap_images(cfg, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
     targets = batch["label"].to(device) if cfg.heatmaps.target == "true" else None  # None: the predicted class
     table = pd.read_csv(run.explanation_metrics()) if run.explanation_metrics().is_file() and not force \
         else pd.DataFrame(columns=COLUMNS)
-    tcav = pd.read_csv(run.tcav_scores()) if run.tcav_scores().is_file() else None
+    tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
+        if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
-        if not force and (table["round"] == r).any():
+        stamp = _fingerprints(run, r)
+        if not force and (table["round"] == r).any() and run.up_to_date("metrics", rd.round_name(r), stamp, log):
             continue
+        for method in cfg.heatmaps.methods:  # maps made before step 1 was redone are not measured
+            for q in sorted({r, 0}):
+                if run.heatmap_file(q, method).is_file():
+                    run.require_up_to_date("heatmaps", f"{rd.round_name(q)}/{method}", run.round_fingerprint(q),
+                                           "step 6 (main_heatmap_save.py)")
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
         model.requires_grad_(False)
         rows = []
         for method in cfg.heatmaps.methods:
-            maps = _maps(run, r, method, device)
+            maps = _maps(run, r, method, device, images, batch["id"])
             if maps is None:
                 continue
-            dense = _maps(run, 0, method, device) if r > 0 else maps
+            dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
             if method in cfg.metrics.transform_methods:
                 values.update(transform_metrics(model, images, method, cfg, derived_seed(cfg.seed, 37, r), targets))
             rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": method, "metric": name,
                       "value": float(torch.as_tensor(v, dtype=torch.float64).nanmean()), "n_images": len(v)}
                      for name, v in values.items()]
-        if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any():
+        if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
+                and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log):
             summary = tcav_agreement_summary(tcav_agreement(tcav[tcav["round"] == r], tcav[tcav["round"] == 0]))
             n_pairs = int(summary["n_pairs"])
             rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": "tcav",
                       "metric": "tcav_abs_diff", "value": summary["mean_abs_diff"], "n_images": n_pairs},
                      {"round": r, "weights_remaining": ckpt["weights_remaining"], "method": "tcav",
                       "metric": "tcav_flip", "value": summary["flip_rate"], "n_images": n_pairs}]
-        table = pd.concat([table[table["round"] != r], pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
-        table = table.sort_values(["round", "method", "metric"]).reset_index(drop=True)
-        rd.save_csv(run.explanation_metrics(), table)
+        table = rd.upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
+                                columns=COLUMNS, replace={"round": r})
+        run.record_fingerprint("metrics", rd.round_name(r), stamp)
     log(summary_table(table).to_string())
     log(f"step 7 done: {run.explanation_metrics()}")
     return table

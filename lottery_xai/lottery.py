@@ -58,12 +58,42 @@ def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int | Non
     """The model of round ``r`` (best-val or last checkpoint), in eval mode on ``device``, with its checkpoint.
     ``num_classes=None`` reads the class count from the checkpoint's classifier (no dataset needed)."""
     which = which or cfg.test.checkpoint
-    ckpt = rd.load_torch(run.require(run.checkpoint(r, which), "step 1 (main_lth_pruning.py)"))
+    path = run.require(run.checkpoint(r, which), STEP1)
+    ckpt = rd.load_torch(path, step=STEP1, keys=("state_dict", "weights_remaining"))
     if num_classes is None:
-        num_classes = int(ckpt["state_dict"][architecture(cfg.model_arch).classifier + ".weight"].shape[0])
+        classifier = ckpt["state_dict"].get(architecture(cfg.model_arch).classifier + ".weight")
+        if getattr(classifier, "ndim", 0) != 2:
+            raise foreign_checkpoint(path, f"no {cfg.model_arch} classifier in it")
+        num_classes = int(classifier.shape[0])
     model = new_model(cfg, num_classes, cfg.seed)
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(check_state(model, ckpt["state_dict"], path))
     return model.to(device).eval(), ckpt
+
+
+STEP1 = "step 1 (main_lth_pruning.py)"
+
+
+def foreign_checkpoint(path, detail: str) -> UserError:
+    return UserError(f"checkpoint '{path}' was written for another architecture or dataset ({detail}); "
+                     f"use the config it was made with or rerun {STEP1} with --force")
+
+
+def check_state(model: torch.nn.Module, state, path) -> dict:
+    """``state`` if it fits ``model`` (same parameter and buffer names and shapes), else a UserError naming ``path``."""
+    if not isinstance(state, dict):
+        raise rd.unreadable(path, f"its state_dict is a {type(state).__name__}", STEP1)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise foreign_checkpoint(path, f"{len(missing)} of this model's tensors missing, e.g. {missing[0]}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise foreign_checkpoint(path, f"{len(unexpected)} tensors this model does not have, e.g. {unexpected[0]}")
+    for k, v in expected.items():
+        shape = tuple(getattr(state[k], "shape", ()) or ())
+        if shape != tuple(v.shape):
+            raise foreign_checkpoint(path, f"{k} is {list(shape)} in the file, {list(v.shape)} in this model")
+    return state
 
 
 @dataclass
@@ -125,22 +155,38 @@ class LotteryRun:
                     f"the reinit control takes round {r}'s masks from '{self.mask_run.root}', which has no round {r}; "
                     f"run main_lth_pruning.py with pruning.rewind={self.cfg.pruning.reinit_masks_from} first "
                     "(or set pruning.reinit_masks_from=self)")
-            return {n: m.bool() for n, m in rd.load_torch(path)["masks"].items()}
-        prev = rd.load_torch(self.run.checkpoint(r - 1))
+            step = f"main_lth_pruning.py --set pruning.rewind={self.cfg.pruning.reinit_masks_from}"
+            return self._masks(rd.load_torch(path, step=step, keys=("masks",))["masks"], path)
+        path = self.run.checkpoint(r - 1)
+        prev = rd.load_torch(path, step=STEP1, keys=("state_dict", "masks"))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 2, r))
-        return prune(prev["state_dict"], {n: m.bool() for n, m in prev["masks"].items()},
+        return prune(self._state(prev["state_dict"], path), self._masks(prev["masks"], path),
                      keep_fractions(self.cfg, self.names, r), self.cfg.pruning.scope, self.cfg.pruning.method, generator)
+
+    def _masks(self, masks, path) -> Masks:
+        """The masks of a checkpoint, checked against this model's prunable tensors."""
+        params = dict(self.template.named_parameters())
+        if not isinstance(masks, dict) or sorted(masks) != sorted(self.names) or any(
+                tuple(getattr(m, "shape", ())) != tuple(params[n].shape) for n, m in masks.items()):
+            raise foreign_checkpoint(path, "its masks do not match this model's prunable tensors")
+        return {n: m.bool() for n, m in masks.items()}
+
+    def _state(self, state, path) -> dict:
+        return check_state(self.template, state, path)
+
+    def _load_state(self, path, step: str = STEP1) -> dict:
+        return self._state(rd.load_torch(path, step=step, keys=("state_dict",))["state_dict"], path)
 
     def starting_state(self, r: int) -> dict:
         rewind = self.cfg.pruning.rewind
         if r == 0:
-            return rd.load_torch(self.run.init_state())["state_dict"]
+            return self._load_state(self.run.init_state())
         if rewind == "init" or rewind in ("epoch:0", "iter:0"):
-            return rd.load_torch(self.run.init_state())["state_dict"]
+            return self._load_state(self.run.init_state())
         if rewind.startswith(("epoch:", "iter:")):
-            return rd.load_torch(self.run.require(self.run.rewind_state(), "round 0 of step 1"))["state_dict"]
+            return self._load_state(self.run.require(self.run.rewind_state(), "round 0 of step 1"))
         if rewind == "finetune":
-            return rd.load_torch(self.run.checkpoint(r - 1))["state_dict"]
+            return self._load_state(self.run.checkpoint(r - 1))
         # reinit: fresh random weights, a different draw every round, the same mask
         return new_model(self.cfg, self.num_classes, derived_seed(self.cfg.seed, 3, r)).state_dict()
 
@@ -233,15 +279,16 @@ class LotteryRun:
     def summary_rows(self) -> list[dict]:
         rows = []
         for r in self.run.finished_rounds():
-            ckpt = rd.load_torch(self.run.checkpoint(r))
+            ckpt = rd.load_torch(self.run.checkpoint(r), step=STEP1, keys=tuple(SUMMARY_COLUMNS[1:]))
             rows.append({"round": r, **{k: ckpt[k] for k in SUMMARY_COLUMNS[1:-1]}, "train_seconds": ckpt["train_seconds"]})
         return rows
 
     def write_summary(self, rows: list[dict]) -> None:
+        """Read-modify-write: rows of rounds another process finished meanwhile are kept."""
         if self.dist.main:
-            frame = pd.DataFrame(sorted(rows, key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
-            rd.save_csv(self.run.pruning_summary(), frame)
+            rd.upsert_table(self.run.pruning_summary(), rows, keys=["round"], sort=["round"], columns=SUMMARY_COLUMNS)
 
+    @rd.locked("pruning")  # one process per run directory (rank 0 takes it under torchrun)
     def run_rounds(self, rounds: list[int]) -> pd.DataFrame:
         if self.dist.main:
             self.run.save_config("pruning")

@@ -12,6 +12,22 @@ from .config import Config, load_config
 from .errors import UserError
 
 
+class MissingInput(UserError):
+    """A figure's input is not on disk yet (its step has not run): step 8 skips that figure."""
+
+
+def _need(path: Path, step: str) -> Path:
+    if not path.is_file():
+        raise MissingInput(f"'{path}' is missing; run {step} first")
+    return path
+
+
+STEP2, STEP4, STEP5, STEP6, STEP7 = ("step 2 (main_lth_test.py)", "step 4 (main_lth_generate_cavs.py)",
+                                     "step 5 (main_lth_tcav.py)", "step 6 (main_heatmap_save.py)",
+                                     "step 7 (main_explanation_metrics.py)")
+METRIC_COLUMNS = ["round", "weights_remaining", "method", "metric", "value"]
+
+
 def open_run(config: str | Path | None = None, overrides: list[str] | str | None = None) -> Config:
     """The config of a run, as a notebook opens it (``overrides`` as ``--set`` strings, or one space-separated string)."""
     if isinstance(overrides, str):
@@ -27,9 +43,10 @@ def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
         candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
     if cfg.pruning.method != "random":
         candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
-    frames = {label: pd.read_csv(r.test_metrics()) for label, r in candidates.items() if r.test_metrics().is_file()}
+    frames = {label: rd.read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=STEP2)
+              for label, r in candidates.items() if r.test_metrics().is_file()}
     if not frames:
-        raise UserError(f"'{run.test_metrics()}' is missing; run step 2 (main_lth_test.py) first")
+        raise MissingInput(f"'{run.test_metrics()}' is missing; run {STEP2} first")
     return frames
 
 
@@ -40,7 +57,8 @@ def plot_accuracy(cfg: Config, save: bool = True):
 
 def tcav_table(cfg: Config) -> pd.DataFrame:
     run = rd.RunDir(cfg)
-    return pd.read_csv(run.require(run.tcav_scores(), "step 5 (main_lth_tcav.py)"))
+    columns = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "significant"]
+    return rd.read_csv(_need(run.tcav_scores(), STEP5), columns, step=STEP5)
 
 
 def plot_tcav(cfg: Config, save: bool = True) -> list:
@@ -55,7 +73,7 @@ def plot_tcav(cfg: Config, save: bool = True) -> list:
 
 def plot_cav_accuracy(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
-    acc = pd.read_csv(run.require(run.cav_accuracy(), "step 4 (main_lth_generate_cavs.py)"))
+    acc = rd.read_csv(_need(run.cav_accuracy(), STEP4), ["round", "layer", "concept", "accuracy", "kind"], step=STEP4)
     return plots.cav_accuracy_vs_round(acc, run.plot("cav_accuracy") if save else None)
 
 
@@ -67,17 +85,24 @@ def heatmap_methods(cfg: Config) -> list[str]:
 def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = None, save: bool = True):
     """Grid for one method: rows are images, columns are rounds labelled with the weights remaining."""
     run = rd.RunDir(cfg)
-    images = np.load(run.require(run.heatmap_images(), "step 6 (main_heatmap_save.py)"), allow_pickle=False)
+    images = rd.load_npz(_need(run.heatmap_images(), STEP6), keys=("ids", "labels", "images", "class_names"))
+    count = len(images["ids"])
+    if images["images"].ndim != 4 or len(images["images"]) != count or len(images["labels"]) != count:
+        raise rd.unreadable(run.heatmap_images(), f"{len(images['images'])} images for {count} ids")
     n = n_images or cfg.heatmaps.grid_images
-    pick = _spread(len(images["ids"]), n)
+    pick = _spread(count, n)
     maps, remaining = {}, {}
     for r in run.rounds():
         path = run.heatmap_file(r, method)
         if path.is_file():
-            maps[r] = np.load(path)["maps"][pick].astype(np.float32)
-            remaining[r] = float(np.load(path)["weights_remaining"])
+            stored = rd.load_npz(path, keys=("maps", "weights_remaining"), step=STEP6)
+            if stored["maps"].ndim != 3 or len(stored["maps"]) != count:
+                raise rd.unreadable(path, f"maps of shape {list(stored['maps'].shape)} for the {count} images of "
+                                          f"{run.heatmap_images().name}", STEP6)
+            maps[r] = stored["maps"][pick].astype(np.float32)
+            remaining[r] = float(stored["weights_remaining"])
     if not maps:
-        raise UserError(f"no heatmaps for method '{method}' in {run.root / 'heatmaps'}; run step 6 first")
+        raise MissingInput(f"no heatmaps for method '{method}' in {run.root / 'heatmaps'}; run {STEP6} first")
     titles = [str(images["class_names"][images["labels"][i]]) for i in pick]
     maps = {r: _unit(m) for r, m in maps.items()}
     return plots.heatmap_grid(images["images"][pick], maps, remaining, titles, method,
@@ -88,7 +113,7 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
     from .metrics import METRICS
 
     run = rd.RunDir(cfg)
-    frame = pd.read_csv(run.require(run.explanation_metrics(), "step 7 (main_explanation_metrics.py)"))
+    frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
     figures = []
     for metric in frame["metric"].unique():
         spec = METRICS.get(metric.split("@")[0])
@@ -101,10 +126,12 @@ def plot_roar(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
     from .roar import roar_epochs
 
-    frame = pd.read_csv(run.require(run.roar_results(), "main_roar.py"))
+    frame = rd.read_csv(_need(run.roar_results(), "main_roar.py"),
+                        ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "test_acc"],
+                        step="main_roar.py")
     frame = frame[(frame["retrain"] == cfg.roar.retrain) & (frame["epochs"] == roar_epochs(cfg))]
     if frame.empty:
-        raise UserError(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
+        raise MissingInput(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
                         f"{roar_epochs(cfg)} epochs; run main_roar.py with these settings first")
     return plots.roar_curves(frame, path=run.plot("roar") if save else None)
 
@@ -115,7 +142,7 @@ def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "ra
     from .metrics import METRICS
 
     run = rd.RunDir(cfg)
-    frame = pd.read_csv(run.require(run.explanation_metrics(), "step 7 (main_explanation_metrics.py)"))
+    frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
     frame = frame[frame["method"].isin([method, baseline])]
     rows = []
     for r in (frame["round"].min(), frame["round"].max()):
@@ -132,9 +159,14 @@ def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "ra
     return pd.DataFrame(rows)
 
 
+@rd.locked("plots")
 def make_all_plots(cfg: Config, log=print) -> list[Path]:
-    """Every figure whose inputs exist; returns the files written."""
+    """Every figure whose inputs exist (the missing ones are named in the log; an unreadable input is an
+    error); returns the figure files of the run. Nothing at all to draw is a UserError."""
     run = rd.RunDir(cfg)
+    if not run.root.is_dir():
+        raise UserError(f"run directory '{run.root}' not found; run step 1 (main_lth_pruning.py) first "
+                        "(or check logs and experiment_name)")
     before = set(run.root.joinpath("plots").glob("*.png"))
     jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
             ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg)),
@@ -142,11 +174,15 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
     # step 6 draws the grids; redraw one only when a map file is newer than it
     jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)
              if not _up_to_date(run.plot(f"heatmaps_{m}"), [run.heatmap_file(r, m) for r in run.rounds()])]
+    missing = []
     for label, job in jobs:
         try:
             job()
-        except UserError as exc:
+        except MissingInput as exc:
+            missing.append(exc)
             log(f"skipped {label} plot: {exc}")
+    if len(missing) == len(jobs) and not heatmap_methods(cfg):
+        raise UserError(f"nothing to draw for run {run.name}: {missing[0]}")
     written = sorted(set(run.root.joinpath("plots").glob("*.png")) | before)
     return written
 

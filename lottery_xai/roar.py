@@ -29,7 +29,7 @@ from .activations import StreamWriter
 from .attribution import attribute
 from .config import Config, replace
 from .errors import UserError
-from .lottery import load_data, load_round_model, new_model
+from .lottery import STEP1, check_state, load_data, load_round_model, new_model
 from .loaders import derived_seed
 from .models import architecture
 from .pruning import apply_masks, reset_batchnorm_stats
@@ -39,6 +39,8 @@ from .training import evaluate, train_round
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
            "best_val_acc", "n_test", "train_seconds"]
 SPLITS = ("train", "val", "test")
+KEYS = ["round", "method", "percent_removed", "seed", "retrain", "epochs"]  # one ROAR point
+SORT = ["round", "retrain", "epochs", "method", "percent_removed", "seed"]
 
 
 def rank_dtype(n_pixels: int):
@@ -149,8 +151,10 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
                 raise
             rd.save_npy(run.roar_data(split, "labels"), labels)
             writer.commit()
-    data = {s: {"images": np.load(run.roar_data(s, "images"), mmap_mode="r"),
-                "labels": np.load(run.roar_data(s, "labels"))} for s in SPLITS}
+    data = {}
+    for s in SPLITS:  # no --force rewrites these caches: an unreadable one is deleted and made again
+        images = rd.load_npy(run.roar_data(s, "images"), mmap=True, ndim=4)
+        data[s] = {"images": images, "labels": rd.load_npy(run.roar_data(s, "labels"), ndim=1, rows=len(images))}
     if not run.roar_data("train", "fill").is_file():
         images = data["train"]["images"]
         total = np.zeros(images.shape[1], dtype=np.float64)
@@ -158,17 +162,23 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
             total += images[start:start + 256].astype(np.float64).sum(axis=(0, 2, 3))
         fill = (total / (len(images) * images.shape[2] * images.shape[3])).astype(np.float32)
         rd.save_npy(run.roar_data("train", "fill"), fill)
-    data["fill"] = torch.from_numpy(np.load(run.roar_data("train", "fill")))
+    channels = data["train"]["images"].shape[1]
+    fill = rd.load_npy(run.roar_data("train", "fill"), ndim=1, rows=channels)
+    data["fill"] = torch.from_numpy(np.asarray(fill, dtype=np.float32))
     log("ROAR images: " + ", ".join(f"{s} {len(data[s]['labels'])}" for s in SPLITS))
     return data
 
 
-def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str], data: dict, device) -> None:
-    """Maps of every image of every split by the round's model, stored as ranks (once per round and method)."""
+def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str], data: dict, device,
+                  log=None) -> None:
+    """Maps of every image of every split by the round's model, stored as ranks (once per round, method and
+    checkpoint: ranks made from another checkpoint of the round are recomputed)."""
+    fp = run.round_fingerprint(r)
     for method in methods:
         for split_index, split in enumerate(SPLITS):
             path = run.roar_ranks(r, method, split)
-            if path.is_file():
+            unit = f"{rd.round_name(r)}/ranks_{method}_{split}"
+            if path.is_file() and run.up_to_date("roar", unit, fp, log):
                 continue
             images, labels = data[split]["images"], data[split]["labels"]
             n, _, h, w = images.shape
@@ -190,6 +200,17 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                 writer.abort()
                 raise
             writer.commit()
+            run.record_fingerprint("roar", unit, fp)
+
+
+def _ranks(run: rd.RunDir, r: int, method: str, split: str, images) -> np.ndarray:
+    """The stored pixel ranks of a split, one row of H*W per image."""
+    n, _, h, w = images.shape
+    ranks = rd.load_npy(run.roar_ranks(r, method, split), "main_roar.py", mmap=True, ndim=2, rows=n)
+    if ranks.shape[1] != h * w:
+        raise rd.unreadable(run.roar_ranks(r, method, split), f"{ranks.shape[1]} ranks per image, expected {h * w}",
+                            "main_roar.py")
+    return ranks
 
 
 def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_index: int):
@@ -197,7 +218,8 @@ def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed
     if cfg.roar.retrain == "dense":
         return new_model(cfg, num_classes, derived_seed(cfg.seed, 23, seed_index)), None
     model = new_model(cfg, num_classes, cfg.seed)
-    model.load_state_dict(rd.load_torch(run.require(run.init_state(), "step 1 (main_lth_pruning.py)"))["state_dict"])
+    path = run.require(run.init_state(), STEP1)
+    model.load_state_dict(check_state(model, rd.load_torch(path, step=STEP1, keys=("state_dict",))["state_dict"], path))
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     if ckpt.get("round", 0):
         reset_batchnorm_stats(model)
@@ -205,6 +227,7 @@ def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed
     return model, masks
 
 
+@rd.locked("roar")
 def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
     methods = _check(cfg)
@@ -225,9 +248,18 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
             for method in methods:
                 for split in SPLITS:
                     run.roar_ranks(r, method, split).unlink(missing_ok=True)
-        compute_ranks(cfg, run, r, model, methods, data, device)
+        fp = run.round_fingerprint(r)
+        if not run.up_to_date("roar", f"{rd.round_name(r)}/results", fp):
+            # the round's points were retrained from another checkpoint's ranks or masks: drop them first,
+            # then record the checkpoint, so that every row of the round left in the table is current
+            if run.roar_results().is_file():
+                if (table["round"] == r).any():
+                    log(f"round {r}: outputs stale (step 1 was redone), recomputing its ROAR points")
+                table = rd.upsert_table(run.roar_results(), [], keys=KEYS, sort=SORT, columns=COLUMNS, replace={"round": r})
+            run.record_fingerprint("roar", f"{rd.round_name(r)}/results", fp)
+        compute_ranks(cfg, run, r, model, methods, data, device, log)
         del model
-        ranks = {m: {s: np.load(run.roar_ranks(r, m, s), mmap_mode="r") for s in SPLITS} for m in methods}
+        ranks = {m: {s: _ranks(run, r, m, s, data[s]["images"]) for s in SPLITS} for m in methods}
         for seed_index in range(cfg.roar.seeds):
             for percent in percents:
                 point = dict(r=r, percent=percent, seed=seed_index, retrain=cfg.roar.retrain, epochs=tc.epochs)
@@ -253,11 +285,7 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
                     rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "retrain": cfg.roar.retrain,
                              "epochs": tc.epochs, "method": m, "percent_removed": percent, "seed": seed_index, **scores}
                             for m in group]
-                    stale = _matches(table, methods=group, **point)
-                    table = pd.concat([table[~stale], pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
-                    table = table.sort_values(["round", "retrain", "epochs", "method", "percent_removed", "seed"])
-                    table = table.reset_index(drop=True)
-                    rd.save_csv(run.roar_results(), table)
+                    table = rd.upsert_table(run.roar_results(), rows, keys=KEYS, sort=SORT, columns=COLUMNS)
                     log(f"ROAR round {r} {'/'.join(group)} {percent:g}% seed {seed_index}: test acc {scores['test_acc']:.4f}")
     from .report import plot_roar
 

@@ -4,15 +4,38 @@ Every step writes under ``{logs}/{experiment_name}/`` (see doc/architecture in t
 a later step finds everything through :class:`RunDir`. Every file is written atomically
 (a temporary name in the same folder, then ``os.replace``), so a killed step leaves either
 the old file or the new one.
+
+Safety of a run directory shared by several processes and reruns:
+
+- Step lock: every step holds ``{root}/.locks/{step}.lock`` (``RunDir.lock``, an exclusive
+  ``flock``) for its whole run; a second process on the same run and step stops with one line
+  naming the holder. The kernel releases the lock when its holder dies, so a killed step never
+  leaves a stale lock. Under torchrun only rank 0 takes it. On taking it, the step removes the
+  temporaries (``.*.tmp``) a killed run of the same step left in its own folders
+  (``RunDir.temporaries``): with the lock held nothing else writes there.
+- Tables: every results table is updated read-modify-write under a short lock of its own
+  (``upsert_table``): the rows on disk are re-read, the rows being replaced dropped, the new
+  ones added, so two runs that split the rounds never lose each other's rows.
+- Fingerprints: a round's fingerprint is the start of the SHA-256 of the checkpoint file the
+  later steps load (``test.checkpoint``). Every step records, in ``{its folder}/fingerprints.json``,
+  the fingerprint of the checkpoint each unit of output (a round, a round's split, layer or
+  method) was made from; a unit counts as complete only when its files exist and its recorded
+  fingerprint is the current one, so outputs made before step 1 was redone are recomputed, and a
+  step refuses inputs (activations, CAVs, maps) made from another checkpoint.
 """
 from __future__ import annotations
 
+import fcntl
+import functools
+import hashlib
 import io
+import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -62,6 +85,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a failed rename: name the file the step was writing
+        if exc.filename is None or str(exc.filename) == str(tmp):
+            exc.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -206,6 +233,108 @@ def save_csv(path: str | Path, frame) -> None:
     write_text(path, frame.to_csv(index=False))
 
 
+# ---------------------------------------------------------------- locks, tables, fingerprints
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """A short exclusive ``flock`` on ``.{name}.lock`` beside ``path`` (blocking: held only for one update)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _read_table(path: Path, columns) -> "pd.DataFrame":  # noqa: F821
+    """A table as written by ``save_csv``, read back exactly: floats round-trip bit for bit and only
+    empty fields are missing values (a class or concept named ``NA`` or ``None`` stays a name)."""
+    import pandas as pd
+
+    if not path.exists():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}  # 3.x: exact by default
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], **exact)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=list(columns))
+    except Exception as exc:
+        raise unreadable(path, _reason(exc)) from None
+    lacking = [c for c in columns if c not in frame.columns]
+    if lacking:
+        raise unreadable(path, f"no column {', '.join(map(str, lacking))}")
+    return frame
+
+
+def upsert_table(path: str | Path, rows, keys: list[str], sort: list[str], columns: list[str],
+                 replace: dict | None = None):
+    """Add ``rows`` to the table at ``path``, replacing the rows on disk with the same ``keys`` values
+    (and, with ``replace``, every row whose columns equal all its values); returns the table written.
+
+    Read-modify-write under the table's own lock: the table is re-read from disk at each update, so
+    rows another process added meanwhile (other rounds, other settings) are kept."""
+    import pandas as pd
+
+    path, columns = Path(path), list(columns)
+    rows = pd.DataFrame(rows, columns=columns) if not isinstance(rows, pd.DataFrame) else rows[columns]
+    with _file_lock(path):
+        old = _read_table(path, columns)
+        if len(old):
+            new_keys = set(rows[keys].itertuples(index=False, name=None))
+            drop = np.array([k in new_keys for k in old[keys].itertuples(index=False, name=None)], dtype=bool)
+            if replace:
+                drop |= np.logical_and.reduce([(old[c] == v).to_numpy(dtype=bool) for c, v in replace.items()])
+            old = old.loc[~drop, columns]
+        parts = [f for f in (old, rows) if len(f)]
+        table = pd.concat(parts, ignore_index=True) if len(parts) == 2 else (parts[0] if parts else rows)
+        table = table.sort_values(sort).reset_index(drop=True)
+        save_csv(path, table)
+    return table
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def fingerprint(path: str | Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a file's bytes; cached per process by (path, inode, size, mtime)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+_HELD: set[tuple[str, int]] = set()  # (lock file, pid) of the step locks this process holds
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        pid, host = os.pread(fd, 256, 0).decode().split()[:2]
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "another process"
+    return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
+
+
+def locked(step: str) -> Callable:
+    """Decorator of a step entry point ``fn(cfg, ...)`` (or a method of an object with ``.cfg``):
+    the whole call runs under ``RunDir(cfg).lock(step)``."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            first = args[0]
+            cfg = first if isinstance(first, Config) else first.cfg
+            with RunDir(cfg).lock(step):
+                return fn(*args, **kwargs)
+        return inner
+    return wrap
+
+
 class RunDir:
     """Paths of one run. ``RunDir(cfg).checkpoint(3)`` and friends; nothing else builds paths."""
 
@@ -319,3 +448,110 @@ class RunDir:
         if not path.exists():
             raise UserError(f"'{path}' is missing; run {step} first")
         return path
+
+    # -- one process per run directory and step
+    def lock_file(self, step: str) -> Path:
+        return self.root / ".locks" / f"{step}.lock"
+
+    @contextmanager
+    def lock(self, step: str) -> Iterator[None]:
+        """Hold ``step``'s lock for the block; a second process on this run and step gets a UserError.
+
+        An exclusive non-blocking ``flock`` (released by the kernel when the holder dies: no stale lock);
+        the file holds the holder's pid and host for the message. Re-entrant within a process; under
+        torchrun only rank 0 takes it. Once held, the step's leftover temporaries are removed."""
+        from .cli import is_main_process
+
+        path = self.lock_file(step)
+        key = (str(path), os.getpid())
+        if not is_main_process() or key in _HELD or (step != "pruning" and not self.root.is_dir()):
+            yield  # (a run that step 1 has not started has nothing to protect: the step stops on its inputs)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # close-on-exec: exec'd children do not inherit it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"run directory '{self.root}' is in use by step {step} ({holder}); "
+                            "wait for it or stop it") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            _HELD.add(key)
+            self.remove_temporaries(step)
+            yield
+        finally:
+            _HELD.discard(key)
+            os.close(fd)  # releases the lock
+
+    def temporaries(self, step: str) -> list[Path]:
+        """Temporary files (``.*.tmp``: atomic writes, activation and rank memory maps, CAV files) that
+        only ``step`` makes: leftovers of a killed run of it, safe to remove while its lock is held."""
+        plots = self.root / "plots"
+        shared = (".heatmaps_", ".roar.png.")  # plots/ files that steps 6 and ROAR draw themselves
+        own = {"pruning": [self.pruning_dir], "test": [self.root / "test"], "activations": [self.root / "activations"],
+               "cavs": [self.root / "cavs"], "tcav": [self.root / "tcav"], "heatmaps": [self.root / "heatmaps"],
+               "metrics": [self.root / "metrics"], "roar": [self.root / "roar"]}.get(step, [])
+        found = [p for folder in own for p in folder.rglob(".*.tmp")]
+        found += list(self.root.glob(f".{self.config_file(step).name}.*.tmp"))
+        if step == "heatmaps":
+            found += list(plots.glob(".heatmaps_*.tmp"))
+        elif step == "roar":
+            found += list(plots.glob(".roar.png.*.tmp"))
+        elif step == "plots":
+            found += [p for p in plots.glob(".*.tmp") if not p.name.startswith(shared)]
+        return sorted(p for p in found if p.is_file())
+
+    def remove_temporaries(self, step: str) -> list[Path]:
+        found = self.temporaries(step)
+        for p in found:
+            p.unlink(missing_ok=True)
+        return found
+
+    # -- fingerprints: which checkpoint each output was made from
+    def round_fingerprint(self, r: int) -> str:
+        """The fingerprint of the checkpoint of round ``r`` that later steps load (``test.checkpoint``)."""
+        return fingerprint(self.checkpoint(r, self.cfg.test.checkpoint))
+
+    def fingerprints_file(self, step: str) -> Path:
+        folder = {"test": "test", "activations": "activations", "cavs": "cavs", "tcav": "tcav",
+                  "heatmaps": "heatmaps", "metrics": "metrics", "roar": "roar"}[step]
+        return self.root / folder / "fingerprints.json"
+
+    def fingerprints(self, step: str) -> dict:
+        """``{unit: fingerprint}`` recorded by ``step`` (a unit: ``round_XX`` or ``round_XX/<split|layer|method>``)."""
+        path = self.fingerprints_file(step)
+        return read_json(path) if path.is_file() else {}
+
+    def record_fingerprint(self, step: str, unit: str, value: str) -> None:
+        """Record that ``unit``'s outputs of ``step`` are now complete and made from ``value``'s checkpoint(s)."""
+        path = self.fingerprints_file(step)
+        with _file_lock(path):
+            data = self.fingerprints(step)
+            data[unit] = value
+            write_text(path, json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+
+    def up_to_date(self, step: str, unit: str, value: str, log: Callable | None = None) -> bool:
+        """Whether the existing outputs of ``unit`` were made from the current checkpoint(s) ``value``
+        (call it only when their files exist); logs why they will be recomputed when not."""
+        recorded = self.fingerprints(step).get(unit)
+        if recorded == value:
+            return True
+        if log is not None:
+            why = "step 1 was redone" if recorded else "no checkpoint fingerprint recorded with them"
+            r = int(unit.split("/")[0].rsplit("_", 1)[1])
+            log(f"round {r}: outputs stale ({why}), recomputing {step}/{unit}")
+        return False
+
+    def require_up_to_date(self, step: str, unit: str, value: str, rerun: str) -> None:
+        """Refuse an input (``step``'s ``unit``) made from another checkpoint than the current one."""
+        recorded = self.fingerprints(step).get(unit)
+        if recorded != value:
+            why = ("step 1 was redone after it was written" if recorded
+                   else "no checkpoint fingerprint is recorded with it")
+            raise UserError(f"{step} output {unit} in '{self.root}' is stale ({why}); rerun {rerun} first")

@@ -1,8 +1,9 @@
 """Steps 3-6 over every pruning round: activations, CAVs, TCAV, attribution maps.
 
 Each step reads what the earlier steps left in the run directory, skips rounds whose
-outputs are complete (``force`` redoes them), and writes atomically. The methods live in
-:mod:`lottery_xai.activations`, :mod:`lottery_xai.concepts` and :mod:`lottery_xai.attribution`;
+outputs are complete and made from the current checkpoint (``force`` redoes them), and writes
+atomically; it holds its step lock throughout and records each output's checkpoint fingerprint
+(see :mod:`lottery_xai.rundir`). The methods live in :mod:`lottery_xai.activations`, :mod:`lottery_xai.concepts` and :mod:`lottery_xai.attribution`;
 this module only walks the rounds and the files.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ def resolve_names(requested: list[str], known: list[str], what: str, key: str) -
 
 # ---------------------------------------------------------------- step 3
 
+@rd.locked("activations")
 def activations_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Bottleneck activations of every split and round, streamed to .npy memory maps."""
     run = rd.RunDir(cfg)
@@ -63,29 +65,56 @@ def activations_step(cfg: Config, device: torch.device, rounds: list[int], force
     datasets, info = load_data(cfg, cfg.activations.splits, augment=False)
     layers = list(cfg.bb_layers_for_concepts)
     for r in tqdm(rounds, desc="activation rounds"):
+        fp = run.round_fingerprint(r)
         for split, dataset in datasets.items():
             outs = {layer: run.activation_file(r, split, layer) for layer in layers}
             extra = {what: run.activation_meta(r, split, what) for what in ("labels", "concepts", "ids")}
-            if not force and all(p.is_file() for p in [*outs.values(), *extra.values()]):
+            unit = f"{rd.round_name(r)}/{split}"
+            if not force and all(p.is_file() for p in [*outs.values(), *extra.values()]) \
+                    and run.up_to_date("activations", unit, fp, log):
                 continue
             model, _ = load_round_model(cfg, run, r, info.num_classes, device)
             loader = make_loader(dataset, cfg, device, train=False)
             save_activations(model, layers, loader, outs, flattening=cfg.cav_flattening_type, n_images=len(dataset),
                              dtype=cfg.activations.dtype, device=device, extra_paths=extra)
+            run.record_fingerprint("activations", unit, fp)
     log(f"step 3 done: activations of {len(rounds)} rounds in {run.root / 'activations'}")
 
 
 # ---------------------------------------------------------------- step 4
 
-def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str) -> tuple[np.ndarray, np.ndarray]:
+STEP3 = "step 3 (main_lth_save_activations.py)"
+
+
+def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str, info=None) -> tuple[np.ndarray, np.ndarray]:
+    """The activations and concept labels of the CAV splits, checked against each other (and, given the
+    dataset's ``info``, against its splits and concepts)."""
     acts, concepts = [], []
     for split in cfg.cav.splits:
-        path = run.require(run.activation_file(r, split, layer), "step 3 (main_lth_save_activations.py)")
-        acts.append(np.load(path, mmap_mode="r"))
-        concepts.append(np.load(run.activation_meta(r, split, "concepts")))
+        path = run.require(run.activation_file(r, split, layer), STEP3)
+        run.require_up_to_date("activations", f"{rd.round_name(r)}/{split}", run.round_fingerprint(r), STEP3)
+        expected = len(info.split_ids[split]) if info is not None else None
+        ids = rd.load_npy(run.activation_meta(r, split, "ids"), STEP3, ndim=1, rows=expected)
+        act = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+        concepts_path = run.activation_meta(r, split, "concepts")
+        labels = rd.load_npy(concepts_path, STEP3, ndim=2, rows=len(ids))
+        if info is not None and labels.shape[1] != info.n_concepts:
+            raise rd.unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", STEP3)
+        if acts and act.shape[1] != acts[0].shape[1]:
+            raise rd.unreadable(path, f"{act.shape[1]} values per image, {acts[0].shape[1]} in the "
+                                      f"{cfg.cav.splits[0]} split", STEP3)
+        acts.append(act)
+        concepts.append(labels)
     return np.concatenate(acts).astype(np.float32), np.concatenate(concepts)
 
 
+def _activation_width(cfg: Config, run: rd.RunDir, r: int, layer: str) -> int | None:
+    """Values per image of round ``r``'s stored activations of ``layer`` (None when step 3 left none)."""
+    path = run.activation_file(r, cfg.cav.splits[0], layer)
+    return rd.load_npy(path, STEP3, mmap=True, ndim=2).shape[1] if path.is_file() else None
+
+
+@rd.locked("cavs")
 def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
     from .concepts.cav import fit_all_cavs, load_cavs, save_cavs  # scikit-learn: imported by the steps that fit
@@ -96,38 +125,41 @@ def cavs_step(cfg: Config, rounds: list[int], force: bool = False, log=print) ->
     _, info = load_data(cfg, ())
     concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
     columns = [info.concept_names.index(c) for c in concepts]
-    rows = []
+    table = rd.read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
     for r in tqdm(rounds, desc="CAV rounds"):
+        fp, rows = run.round_fingerprint(r), []
         for layer in cfg.bb_layers_for_concepts:
             path = run.cav_file(r, layer)
-            if force or not path.is_file():
-                acts, labels = _stacked(cfg, run, r, layer)
+            unit = f"{rd.round_name(r)}/{layer}"
+            if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log):
+                acts, labels = _stacked(cfg, run, r, layer, info)
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
                                       negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
                                       seed=derived_seed(cfg.seed, 6, r), n_jobs=cfg.cav.n_jobs,
                                       test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
                                       max_per_set=cfg.cav.max_per_set or None)
                 save_cavs(path, result)
+                run.record_fingerprint("cavs", unit, fp)
             result = load_cavs(path)
+            width = _activation_width(cfg, run, r, layer)
+            if width is not None and result["cavs"].shape[-1] != width:
+                raise rd.unreadable(path, f"CAVs of {result['cavs'].shape[-1]} values, the activations of {layer} "
+                                          f"have {width}", "step 4 (main_lth_generate_cavs.py)")
             for c, name in enumerate(result["concepts"]):
                 rows += [{"round": r, "layer": layer, "concept": name, "run": k, "accuracy": a, "kind": "concept"}
                          for k, a in enumerate(result["accuracy"][c])]
             rows += [{"round": r, "layer": layer, "concept": "random", "run": k, "accuracy": a, "kind": "random"}
                      for k, a in enumerate(result["random_accuracy"])]
-    table = pd.DataFrame(rows, columns=CAV_ACCURACY_COLUMNS)
-    if run.cav_accuracy().is_file():  # keep rounds and layers not processed this time
-        old = pd.read_csv(run.cav_accuracy())
-        done = set(zip(table["round"], table["layer"]))
-        old = old[[(r, l) not in done for r, l in zip(old["round"], old["layer"])]]
-        table = pd.concat([old, table], ignore_index=True)
-    table = table.sort_values(["round", "layer", "kind", "concept", "run"]).reset_index(drop=True)
-    rd.save_csv(run.cav_accuracy(), table)
+        # read-modify-write after each round: rounds and layers not processed here are kept
+        table = rd.upsert_table(run.cav_accuracy(), rows, keys=["round", "layer"],
+                                sort=["round", "layer", "kind", "concept", "run"], columns=CAV_ACCURACY_COLUMNS)
     log(f"step 4 done: CAVs in {run.root / 'cavs'}, accuracies in {run.cav_accuracy()}")
     return table
 
 
 # ---------------------------------------------------------------- step 5
 
+@rd.locked("tcav")
 def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """TCAV with significance for the classes in labels_for_tcav and the concepts in concepts_for_tcav."""
     from .concepts.cav import load_cavs
@@ -147,26 +179,33 @@ def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     table = pd.read_csv(run.tcav_scores()) if run.tcav_scores().is_file() and not force else \
         pd.DataFrame(columns=TCAV_COLUMNS)
     for r in tqdm(rounds, desc="TCAV rounds"):
+        fp = run.round_fingerprint(r)
         todo = [layer for layer in cfg.bb_layers_for_concepts
-                if force or table[(table["round"] == r) & (table["layer"] == layer)].empty]
+                if force or table[(table["round"] == r) & (table["layer"] == layer)].empty
+                or not run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp, log)]
         if not todo:
             continue
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
         model.requires_grad_(False)  # gradients reach the layer only, never the parameters
         for layer in todo:
-            cav_result = load_cavs(run.require(run.cav_file(r, layer), "step 4 (main_lth_generate_cavs.py)"))
+            cav_path = run.require(run.cav_file(r, layer), "step 4 (main_lth_generate_cavs.py)")
+            run.require_up_to_date("cavs", f"{rd.round_name(r)}/{layer}", fp, "step 4 (main_lth_generate_cavs.py)")
+            cav_result = load_cavs(cav_path)
             grads = gradients_by_class(model, layer, loader, list(class_index.values()),
                                        flattening=cfg.cav_flattening_type, device=device,
                                        max_images=cfg.tcav.max_images_per_class or None)
+            widths = {int(np.shape(g)[-1]) for g in grads.values() if len(g)}
+            if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
+                raise rd.unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
+                                              f"of this model gives {widths.pop()}", "step 4 (main_lth_generate_cavs.py)")
             scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result, concepts,
                               alpha=cfg.tcav.alpha)
             scores.insert(0, "layer", layer)
             scores.insert(0, "weights_remaining", ckpt["weights_remaining"])
             scores.insert(0, "round", r)
-            table = table[~((table["round"] == r) & (table["layer"] == layer))]
-            table = pd.concat([table, scores[TCAV_COLUMNS]], ignore_index=True) if len(table) else scores[TCAV_COLUMNS]
-            table = table.sort_values(["round", "layer", "class", "concept"]).reset_index(drop=True)
-            rd.save_csv(run.tcav_scores(), table)
+            table = rd.upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
+                                    sort=["round", "layer", "class", "concept"], columns=TCAV_COLUMNS)
+            run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}", fp)
     log(f"step 5 done: {run.tcav_scores()}")
     return table
 
@@ -179,8 +218,17 @@ def heatmap_images(cfg: Config, device: torch.device):
     datasets, info = load_data(cfg, ("test",), augment=False)
     test = datasets["test"]
     if run.heatmap_images().is_file():
-        stored = np.load(run.heatmap_images())
+        # --force alone does not rewrite this file (every round's maps refer to it): it has to be deleted first
+        path, fix = run.heatmap_images(), "step 6 (main_heatmap_save.py), after deleting the file,"
+        stored = rd.load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
         indices = stored["indices"]
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(stored["ids"]) != len(indices):
+            raise rd.unreadable(path, f"indices of shape {list(indices.shape)} for {len(stored['ids'])} ids", fix)
+        ids = getattr(test, "ids", None)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(test)
+                             or (ids is not None and not np.array_equal(np.asarray(ids)[indices], stored["ids"]))):
+            raise rd.unreadable(path, "its images are not in this dataset's test split (written for another dataset)",
+                                fix)
     else:
         classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
         labels = np.asarray(test.labels) if hasattr(test, "labels") else np.array([int(test[i]["label"]) for i in range(len(test))])
@@ -226,6 +274,7 @@ def configured_maps(cfg: Config, method: str, model, images: torch.Tensor, targe
         for i, (chunk, t) in enumerate(zip(images.split(size), targets.split(size)))])
 
 
+@rd.locked("heatmaps")
 def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
     run = rd.RunDir(cfg)
@@ -234,7 +283,9 @@ def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: b
     batch, info = heatmap_images(cfg, device)
     images = batch["image"].to(device)
     for r in tqdm(rounds, desc="heatmap rounds"):
-        todo = [m for m in cfg.heatmaps.methods if force or not run.heatmap_file(r, m).is_file()]
+        fp = run.round_fingerprint(r)
+        todo = [m for m in cfg.heatmaps.methods if force or not run.heatmap_file(r, m).is_file()
+                or not run.up_to_date("heatmaps", f"{rd.round_name(r)}/{m}", fp, log)]
         if not todo:
             continue
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
@@ -247,6 +298,7 @@ def heatmaps_step(cfg: Config, device: torch.device, rounds: list[int], force: b
             rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
                         labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
                         maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])
+            run.record_fingerprint("heatmaps", f"{rd.round_name(r)}/{method}", fp)
     from .report import plot_heatmaps
 
     for method in cfg.heatmaps.methods:

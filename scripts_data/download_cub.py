@@ -17,6 +17,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lottery_xai.data.cub import prepare_cub
+from lottery_xai.cli import os_error_message
 from lottery_xai.errors import UserError
 
 
@@ -36,6 +37,9 @@ def main(argv=None) -> int:
                               val_fraction=args.val_fraction, min_classes=args.min_classes)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only or impossible output path
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 2
     print(f"CUB prepared: {summary['n_classes']} classes, {summary['n_concepts']} of {summary['n_attributes']} "
           f"attributes kept (min_classes={summary['min_classes']}), train/val/test "

@@ -16,6 +16,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lottery_xai.data.mnist import prepare_mnist_eo
+from lottery_xai.cli import os_error_message
 from lottery_xai.errors import UserError
 
 
@@ -32,6 +33,9 @@ def main(argv=None) -> int:
                                    val_fraction=args.val_fraction)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only or impossible output path
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 2
     print(f"MNIST even/odd prepared from {summary['source']}: train/val/test "
           f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and source.json in {args.json_root}")

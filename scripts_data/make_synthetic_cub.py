@@ -16,6 +16,7 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lottery_xai.data.synthetic import generate_synthetic_cub, prepare_synthetic_cub
+from lottery_xai.cli import os_error_message
 from lottery_xai.errors import UserError
 
 
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
                                              train_fraction=args.train_fraction, val_fraction=args.val_fraction)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a read-only or impossible output path
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 2
     state = "already there" if summary["skipped"] else "written"
     line = f"synthetic CUB: {summary['n_images']} images {state} in {args.out} ({time.perf_counter() - start:.1f} s)"

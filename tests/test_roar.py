@@ -112,6 +112,5 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
 def test_roar_rejects_bad_percents(tiny_data, tmp_path):
     from lottery_xai.errors import UserError
 
-    cfg = load_config(None, tiny_overrides(tiny_data, tmp_path, "roar.percents=[0,120]"))
-    with pytest.raises(UserError, match="roar.percents"):
-        roar_step(cfg, CPU, [0], log=quiet)
+    with pytest.raises(UserError, match="roar.percents"):  # refused with the config, before any step runs
+        load_config(None, tiny_overrides(tiny_data, tmp_path, "roar.percents=[0,120]"))

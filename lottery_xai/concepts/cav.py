@@ -27,6 +27,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
+from ..workers import die_with_parent
 
 CLASSIFIERS = ("logistic", "svm", "sgd")
 NEGATIVES = ("rest", "random")
@@ -160,6 +161,14 @@ def random_sets(n: int, set_size: int, n_random: int, rng: np.random.Generator) 
     return out
 
 
+def _parallel(n_jobs: int) -> Parallel:
+    """joblib's Parallel whose worker processes die with this one (see :mod:`lottery_xai.workers`)."""
+    try:
+        return Parallel(n_jobs=n_jobs, initializer=die_with_parent, initargs=(os.getpid(),))
+    except TypeError:  # a joblib that takes no executor arguments (< 1.3): its workers end at their idle timeout
+        return Parallel(n_jobs=n_jobs)
+
+
 def _fit_one(acts, pos_idx, neg_idx, classifier, test_fraction, seed, C):
     """Worker: one CAV fit, or None when the sets are too small."""
     try:
@@ -227,9 +236,10 @@ def fit_all_cavs(
     tasks += [("random", -1, r, p, q, int(s)) for r, ((p, q), s) in enumerate(zip(rsets, fit_seeds))]
 
     # one BLAS thread per fit: the problems are tiny, threads only add contention (8x slower on 2 busy
-    # cores); the parallelism is across fits (joblib workers get the same limit from joblib itself)
+    # cores); the parallelism is across fits (joblib workers get the same limit from joblib itself).
+    # The workers (loky processes, reused from call to call) die with this process, even when it is killed.
     with threadpool_limits(limits=1, user_api="blas"):
-        results = Parallel(n_jobs=n_jobs)(
+        results = _parallel(n_jobs)(
             delayed(_fit_one)(acts, p, q, classifier, test_fraction, s, C) for (_, _, _, p, q, s) in tasks
         )
 
@@ -294,10 +304,16 @@ def load_cavs(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"CAV file '{path}' does not exist; run the CAV step (main_lth_generate_cavs.py) first")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in _KEYS if k not in f.files]
-        if missing:
-            raise UserError(f"CAV file '{path}' lacks {', '.join(missing)}; rerun the CAV step with --force")
-        out = {k: f[k] for k in _KEYS}
+    from .. import rundir as rd  # the run directory's safe readers
+
+    step = "step 4 (main_lth_generate_cavs.py)"
+    out = {k: v for k, v in rd.load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS}
+    n_concepts = out["concepts"].size
+    cavs, random_cavs = out["cavs"], out["random_cavs"]
+    if out["concepts"].ndim != 1 or cavs.ndim != 3 or random_cavs.ndim != 2 or len(cavs) != n_concepts \
+            or cavs.shape[-1] != random_cavs.shape[-1] or out["accuracy"].shape != cavs.shape[:2] \
+            or out["random_accuracy"].shape != random_cavs.shape[:1]:
+        raise rd.unreadable(path, f"inconsistent shapes: {n_concepts} concepts, cavs {list(cavs.shape)}, "
+                                  f"random_cavs {list(random_cavs.shape)}", step)
     out["concepts"] = [str(s) for s in out["concepts"]]
     return out

@@ -13,14 +13,13 @@ Every item is a dict that the default collate batches:
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lottery_xai.data.cub import CUBDataset, find_cub_root
+from lottery_xai.data.cub import REDO, CUBDataset, check_concepts, check_splits, find_cub_root, read_json_file, read_part_names
 from lottery_xai.data.mnist import CLASS_NAMES as MNIST_CLASS_NAMES
 from lottery_xai.data.mnist import CONCEPT_NAMES as MNIST_CONCEPT_NAMES
 from lottery_xai.data.mnist import MNISTEvenOddDataset
@@ -107,8 +106,8 @@ def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS
     data_root, json_root = Path(data_root), Path(json_root)
     _require_prepared(name, data_root, json_root)
     mean, std = (HALF_MEAN, HALF_STD) if name == "mnist_eo" else (IMAGENET_MEAN, IMAGENET_STD)
-    with open(json_root / "splits.json") as handle:
-        split_ids = {k: [int(i) for i in v] for k, v in json.load(handle).items()}
+    fix = f"prepare it again: {_prep_command(name, data_root, json_root)}"
+    split_ids = check_splits(read_json_file(json_root / "splits.json", fix), json_root / "splits.json", fix)
 
     datasets = {}
     for split in splits:
@@ -127,13 +126,11 @@ def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS
         class_concepts = np.array([[int(d % 2 == k) for d in range(10)] for k in range(2)], dtype=np.uint8)
         defining = {c: [n for d, n in enumerate(concept_names) if d % 2 == k] for k, c in enumerate(class_names)}
     else:
-        with open(json_root / "concepts.json") as handle:
-            concepts = json.load(handle)
+        concepts = check_concepts(read_json_file(json_root / "concepts.json", fix), json_root / "concepts.json", fix)
         class_names, concept_names = list(concepts["class_names"]), list(concepts["attribute_names"])
         class_concepts = np.asarray(concepts["class_concepts"], dtype=np.uint8).reshape(len(class_names), -1)
         root = find_cub_root(data_root)
-        with open(root / "parts" / "parts.txt") as handle:
-            part_names = [line.strip().partition(" ")[2] for line in handle if line.strip()]
+        part_names = read_part_names(root)
         defining = _defining_attributes(root, set(concept_names))
     info = DatasetInfo(name=name, class_names=class_names, concept_names=concept_names, part_names=part_names,
                        num_classes=len(class_names), n_concepts=len(concept_names), mean=tuple(mean), std=tuple(std),
@@ -146,6 +143,7 @@ def _defining_attributes(root: Path, kept: set) -> dict | None:
     path = root / "class_attributes.json"
     if not path.is_file():
         return None
-    with open(path) as handle:
-        truth = json.load(handle)
-    return {cls: [a for a in attributes if a in kept] for cls, attributes in truth["defining_attributes"].items()}
+    truth = read_json_file(path, REDO).get("defining_attributes")
+    if not isinstance(truth, dict) or not all(isinstance(v, list) for v in truth.values()):
+        raise UserError(f"{path} has no defining_attributes mapping (class -> attribute names): {REDO}")
+    return {cls: [a for a in attributes if a in kept] for cls, attributes in truth.items()}

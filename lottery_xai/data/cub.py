@@ -120,22 +120,78 @@ def _require(path: Path) -> Path:
     return path
 
 
+REDO = "re-extract the dataset (or regenerate the synthetic one with --overwrite)"
+
+
+def _read_text(path: Path) -> str:
+    """A CUB text table; binary junk is a UserError naming the file."""
+    try:
+        return _require(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text file (binary data): {REDO}") from None
+
+
+def read_json_file(path: Path, fix: str, kind: type = dict):
+    """A prepared JSON file; a missing, binary, truncated or wrongly shaped one is a UserError naming it and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing {path}: {fix}")
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path} cannot be read ({reason}); it may be truncated: {fix}") from None
+    if not isinstance(obj, kind):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not a{'n object' if kind is dict else ' ' + kind.__name__}: {fix}")
+    return obj
+
+
+def check_splits(splits: dict, path: Path, fix: str) -> dict[str, list[int]]:
+    """The ``{split: [image ids]}`` of a splits.json, checked."""
+    out = {}
+    for name in SPLITS:
+        ids = splits.get(name)
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise UserError(f"{path} has no list of image ids for split '{name}': {fix}")
+        out[name] = ids
+    return out
+
+
+def check_concepts(concepts: dict, path: Path, fix: str) -> dict:
+    """A concepts.json: class and attribute names and a [classes, attributes] 0/1 table, checked."""
+    names, attributes = concepts.get("class_names"), concepts.get("attribute_names")
+    table = concepts.get("class_concepts")
+    if not isinstance(names, list) or not isinstance(attributes, list) or not isinstance(table, list):
+        raise UserError(f"{path} lacks class_names, attribute_names or class_concepts: {fix}")
+    try:
+        shape = np.asarray(table, dtype=np.float64).shape
+    except (TypeError, ValueError):
+        shape = None
+    if shape != (len(names), len(attributes)):
+        raise UserError(f"{path}: class_concepts has shape {shape}, expected ({len(names)}, {len(attributes)}): {fix}")
+    return concepts
+
+
 def _read_pairs(path: Path) -> tuple[list[int], list[str]]:
     """`<id> <text>` lines -> (ids, texts); the text may contain spaces."""
     ids, texts = [], []
-    with open(_require(path)) as handle:
-        for line in handle:
-            line = line.strip()
-            if line:
-                first, _, rest = line.partition(" ")
-                ids.append(int(first))
-                texts.append(rest.strip())
+    for number, line in enumerate(_read_text(path).splitlines(), 1):
+        line = line.strip()
+        if line:
+            first, _, rest = line.partition(" ")
+            if not first.isdigit() or not rest.strip():
+                raise UserError(f"{path} line {number} is malformed ({line[:40]!r}, expected '<id> <text>'): {REDO}")
+            ids.append(int(first))
+            texts.append(rest.strip())
     return ids, texts
 
 
 def _read_numbers(path: Path, columns: int) -> np.ndarray:
     """Whitespace-separated numeric table with a fixed number of columns, read in one pass."""
-    values = np.array(_require(path).read_text().split(), dtype=np.float64)
+    try:
+        values = np.array(_read_text(path).split(), dtype=np.float64)
+    except ValueError:
+        raise UserError(f"{path} holds something that is not a number: {REDO}") from None
     if values.size % columns:
         raise UserError(f"{path} is malformed (expected {columns} numbers per line): re-extract the dataset")
     return values.reshape(-1, columns)
@@ -154,6 +210,11 @@ def read_class_names(root: Path) -> list[str]:
     return [name.split(".", 1)[1] if "." in name and name.split(".", 1)[0].isdigit() else name for name in names]
 
 
+def read_part_names(root: Path) -> list[str]:
+    """Part names in part-id order (parts/parts.txt)."""
+    return _read_pairs(root / "parts" / "parts.txt")[1]
+
+
 def read_attribute_names(root: Path) -> list[str]:
     """Attribute names in attribute-id order."""
     return _read_pairs(_attribute_names_path(root))[1]
@@ -161,9 +222,12 @@ def read_attribute_names(root: Path) -> list[str]:
 
 def read_class_attribute_percentages(root: Path) -> np.ndarray:
     """class_attribute_labels_continuous.txt as a float array [n_classes, n_attributes] of percentages."""
-    path = _require(root / "attributes" / "class_attribute_labels_continuous.txt")
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
-    return np.array(rows, dtype=np.float64)
+    path = root / "attributes" / "class_attribute_labels_continuous.txt"
+    rows = [line.split() for line in _read_text(path).splitlines() if line.strip()]
+    try:
+        return np.array(rows, dtype=np.float64)
+    except ValueError:
+        raise UserError(f"{path} is malformed (rows of unequal length or not numbers): {REDO}") from None
 
 
 def read_cub_tables(root: str | os.PathLike) -> dict:
@@ -184,7 +248,8 @@ def read_cub_tables(root: str | os.PathLike) -> dict:
     boxes = _read_numbers(root / "bounding_boxes.txt", 5)
     for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", split), ("bounding_boxes.txt", boxes)):
         if len(table) != n:
-            raise UserError(f"{root / name} has {len(table)} rows for {n} images: re-extract the dataset")
+            raise UserError(f"{root / name} has {len(table)} rows for the {n} images of {root / 'images.txt'} "
+                            f"(one of them is truncated): {REDO}")
     order = np.argsort(labels[:, 0])
     label = labels[order, 1].astype(np.int64) - 1
     is_train = split[np.argsort(split[:, 0]), 1] > 0
@@ -192,6 +257,11 @@ def read_cub_tables(root: str | os.PathLike) -> dict:
     boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
     _, part_names = _read_pairs(root / "parts" / "parts.txt")
     locs = _read_numbers(root / "parts" / "part_locs.txt", 5)
+    image_index, part_index = locs[:, 0].astype(np.int64) - 1, locs[:, 1].astype(np.int64) - 1
+    if len(locs) and (image_index.min() < 0 or image_index.max() >= n or part_index.min() < 0
+                      or part_index.max() >= len(part_names)):
+        raise UserError(f"{root / 'parts' / 'part_locs.txt'} names images or parts that images.txt and parts.txt "
+                        f"do not have: {REDO}")
     parts = np.zeros((n, len(part_names), 3), dtype=np.float64)
     parts[locs[:, 0].astype(np.int64) - 1, locs[:, 1].astype(np.int64) - 1] = locs[:, 2:]
     parts[parts[:, :, 2] <= 0] = 0.0
@@ -246,8 +316,10 @@ def _recommended_min_classes(root: Path) -> int:
     """min_classes recorded by the synthetic generator, else CUB's 10."""
     truth = root / "class_attributes.json"
     if truth.is_file():
-        with open(truth) as handle:
-            return int(json.load(handle).get("recommended_min_classes", CUB_MIN_CLASSES))
+        value = read_json_file(truth, REDO).get("recommended_min_classes", CUB_MIN_CLASSES)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UserError(f"{truth}: recommended_min_classes is {value!r}, not an integer: {REDO}")
+        return value
     return CUB_MIN_CLASSES
 
 
@@ -338,8 +410,18 @@ class CUBDataset(torch.utils.data.Dataset):
         if root is None:
             raise UserError(_missing_cub_message(data_root))
         json_root = Path(json_root)
-        splits, concepts = (_read_json(json_root / name) for name in ("splits.json", "concepts.json"))
+        fix = "rerun scripts_data/download_cub.py (or make_synthetic_cub.py) to prepare it again"
+        splits = check_splits(_read_json(json_root / "splits.json"), json_root / "splits.json", fix)
+        concepts = check_concepts(_read_json(json_root / "concepts.json"), json_root / "concepts.json", fix)
         tables = read_cub_tables(root)
+        bad = [i for name in SPLITS for i in splits[name] if not 1 <= i <= len(tables["ids"])]
+        if bad:
+            raise UserError(f"{json_root / 'splits.json'} lists image id {bad[0]}, which {root / 'images.txt'} "
+                            f"({len(tables['ids'])} images) does not have: it was prepared from another dataset; {fix}")
+        if len(concepts["class_names"]) != len(tables["class_names"]):
+            raise UserError(f"{json_root / 'concepts.json'} has {len(concepts['class_names'])} classes, "
+                            f"{root / 'classes.txt'} {len(tables['class_names'])}: it was prepared from another "
+                            f"dataset; {fix}")
         self.root, self.split, self.transform, self.load_size = root, split, transform, load_size
         self.seed, self.epoch = seed, None
         self.ids = np.asarray(splits[split], dtype=np.int64)
@@ -367,8 +449,10 @@ class CUBDataset(torch.utils.data.Dataset):
         path = self.root / "images" / self.paths[index]
         try:
             image, (sx, sy) = load_rgb(path, self.load_size)
-        except OSError as error:  # missing or truncated file (PIL's UnidentifiedImageError is an OSError)
-            raise UserError(f"cannot read image {path} ({error}): re-extract the dataset") from error
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+            # missing, truncated or foreign file (PIL's UnidentifiedImageError is an OSError, a broken PNG a SyntaxError)
+            reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+            raise UserError(f"cannot read image {path} ({reason}): {REDO}") from None
         box = self.boxes[index] * np.array([sx, sy, sx, sy], dtype=np.float32)
         parts = self.parts[index].copy()
         parts[:, :2] *= np.array([sx, sy], dtype=np.float32)
@@ -388,7 +472,4 @@ class CUBDataset(torch.utils.data.Dataset):
 
 
 def _read_json(path: Path):
-    if not path.is_file():
-        raise UserError(f"missing {path}: run scripts_data/download_cub.py (or make_synthetic_cub.py) to create it")
-    with open(path) as handle:
-        return json.load(handle)
+    return read_json_file(path, "run scripts_data/download_cub.py (or make_synthetic_cub.py) to prepare it again")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import json
 import os
 import struct
 from pathlib import Path
@@ -19,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from lottery_xai.data.cub import SPLITS, stratified_val_split, write_json_atomic
+from lottery_xai.data.cub import SPLITS, check_splits, read_json_file, stratified_val_split, write_json_atomic
 from lottery_xai.data.transforms import apply_transform
 from lottery_xai.errors import UserError
 
@@ -41,15 +40,21 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (plain or .gz): magic 0 0 <dtype code> <ndim>, big-endian int32 dims, data."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (EOFError, gzip.BadGzipFile) as error:  # a truncated or corrupt .gz
+        raise UserError(f"{path} cannot be read ({error or type(error).__name__}): re-download it from {MNIST_URL}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise UserError(f"{path} is not an IDX file (bad magic number): re-download it from {MNIST_URL}")
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    count = int(np.prod(dims)) if dims else 1
-    data = np.frombuffer(raw, dtype=dtype, count=count, offset=4 + 4 * ndim)
+    try:
+        dims = struct.unpack(f">{ndim}i", raw[4:4 + 4 * ndim])
+        count = int(np.prod(dims)) if dims else 1
+        data = np.frombuffer(raw, dtype=dtype, count=count, offset=4 + 4 * ndim)
+    except (struct.error, ValueError):
+        raise UserError(f"{path} is truncated (shorter than its header says): re-download it from {MNIST_URL}") from None
     return data.reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -179,11 +184,18 @@ class MNISTEvenOddDataset(torch.utils.data.Dataset):
             if not (json_root / name).is_file():
                 raise UserError(f"missing {json_root / name}: run: python scripts_data/download_mnist_E_O.py "
                                 f"--data_root {data_root} --json_root {json_root}")
-        with open(json_root / "splits.json") as handle:
-            self.ids = np.asarray(json.load(handle)[split], dtype=np.int64)
-        with open(json_root / "source.json") as handle:
-            self.source = json.load(handle)
+        fix = f"prepare it again: python scripts_data/download_mnist_E_O.py --data_root {data_root} --json_root {json_root}"
+        splits = check_splits(read_json_file(json_root / "splits.json", fix), json_root / "splits.json", fix)
+        self.ids = np.asarray(splits[split], dtype=np.int64)
+        self.source = read_json_file(json_root / "source.json", fix)
+        if self.source.get("source") not in ("idx", "sklearn") or (
+                self.source["source"] == "idx" and not (isinstance(self.source.get("files"), dict)
+                                                        and all(k in self.source["files"] for k in IDX_FILES))):
+            raise UserError(f"{json_root / 'source.json'} names no MNIST source (idx with its files, or sklearn): {fix}")
         images, digits = load_mnist_arrays(self.source)
+        if len(self.ids) and (self.ids.min() < 0 or self.ids.max() >= len(images) or (digits[self.ids] < 0).any()):
+            raise UserError(f"{json_root / 'splits.json'} lists image ids the MNIST source does not have "
+                            f"(prepared from other files?): {fix}")
         # One contiguous copy of this split's pixels (the whole dataset is small).
         self.images = torch.from_numpy(np.ascontiguousarray(images[self.ids]))
         self.digits = digits[self.ids]

@@ -427,8 +427,11 @@ def is_complete(out: str | os.PathLike, **settings) -> bool:
     marker = Path(out) / "class_attributes.json"
     if not marker.is_file():
         return False
-    with open(marker) as handle:
-        return json.load(handle).get("generator") == _generation_settings(**settings)
+    try:
+        truth = json.loads(marker.read_bytes().decode("utf-8"))
+    except ValueError:  # a truncated or binary marker: not this dataset (regenerating it needs --overwrite)
+        return False
+    return isinstance(truth, dict) and truth.get("generator") == _generation_settings(**settings)
 
 
 def generate_synthetic_cub(out: str | os.PathLike, n_classes: int = 12, images_per_class: int = 150,
