@@ -15,10 +15,6 @@ METRIC_COLUMNS = ["round", "weights_remaining", "test_acc", "test_loss", "n_imag
 PER_CLASS_COLUMNS = ["round", "weights_remaining", "class", "accuracy", "n_images"]
 
 
-def _read(path, columns) -> pd.DataFrame:
-    return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=columns)
-
-
 @rd.locked("test")
 def evaluate_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
                 log=print) -> pd.DataFrame:
@@ -29,7 +25,7 @@ def evaluate_rounds(cfg: Config, device: torch.device, rounds: list[int], force:
     run.save_config("test")
     datasets, info = load_data(cfg, ("test",), augment=False)
     loader = make_loader(datasets["test"], cfg, device, train=False)
-    metrics = _read(run.test_metrics(), METRIC_COLUMNS)
+    metrics = rd.read_csv(run.test_metrics(), METRIC_COLUMNS, missing_ok=True)
     finished = set(run.finished_rounds())
     missing = [r for r in rounds if r not in finished]
     if missing:

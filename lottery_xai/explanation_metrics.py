@@ -115,7 +115,7 @@ def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bo
     batch, info = heatmap_images(cfg, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
     targets = batch["label"].to(device) if cfg.heatmaps.target == "true" else None  # None: the predicted class
-    table = pd.read_csv(run.explanation_metrics()) if run.explanation_metrics().is_file() and not force \
+    table = rd.read_csv(run.explanation_metrics(), COLUMNS) if run.explanation_metrics().is_file() and not force \
         else pd.DataFrame(columns=COLUMNS)
     tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
         if run.tcav_scores().is_file() else None

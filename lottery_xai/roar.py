@@ -235,7 +235,7 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     rounds = finished_rounds(cfg, rounds, log)
     run.save_config("roar")
     data = prepare_images(cfg, run, device, log)
-    table = pd.read_csv(run.roar_results()) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
+    table = rd.read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
     flip = cfg.data.augment and cfg.dataset != "mnist_eo"
     percents = sorted({float(p) for p in cfg.roar.percents})

@@ -189,8 +189,10 @@ def read_csv(path: str | Path, columns: list | tuple = (), step: str | None = No
     if missing_ok and not path.exists():
         return pd.DataFrame(columns=list(columns))
     _must_exist(path, step)
-    try:
-        frame = pd.read_csv(path)
+    try:  # read back exactly what save_csv wrote: floats bit for bit, only empty fields missing
+        # (a class or concept named ``NA`` or ``None`` stays a name)
+        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}  # 3.x: exact by default
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], **exact)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except Exception as exc:
@@ -247,26 +249,6 @@ def _file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _read_table(path: Path, columns) -> "pd.DataFrame":  # noqa: F821
-    """A table as written by ``save_csv``, read back exactly: floats round-trip bit for bit and only
-    empty fields are missing values (a class or concept named ``NA`` or ``None`` stays a name)."""
-    import pandas as pd
-
-    if not path.exists():
-        return pd.DataFrame(columns=list(columns))
-    try:
-        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}  # 3.x: exact by default
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], **exact)
-    except pd.errors.EmptyDataError:
-        frame = pd.DataFrame(columns=list(columns))
-    except Exception as exc:
-        raise unreadable(path, _reason(exc)) from None
-    lacking = [c for c in columns if c not in frame.columns]
-    if lacking:
-        raise unreadable(path, f"no column {', '.join(map(str, lacking))}")
-    return frame
-
-
 def upsert_table(path: str | Path, rows, keys: list[str], sort: list[str], columns: list[str],
                  replace: dict | None = None):
     """Add ``rows`` to the table at ``path``, replacing the rows on disk with the same ``keys`` values
@@ -279,7 +261,7 @@ def upsert_table(path: str | Path, rows, keys: list[str], sort: list[str], colum
     path, columns = Path(path), list(columns)
     rows = pd.DataFrame(rows, columns=columns) if not isinstance(rows, pd.DataFrame) else rows[columns]
     with _file_lock(path):
-        old = _read_table(path, columns)
+        old = read_csv(path, columns, missing_ok=True)
         if len(old):
             new_keys = set(rows[keys].itertuples(index=False, name=None))
             drop = np.array([k in new_keys for k in old[keys].itertuples(index=False, name=None)], dtype=bool)

@@ -176,7 +176,7 @@ def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
     class_index = {name: info.class_names.index(name) for name in classes}
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
-    table = pd.read_csv(run.tcav_scores()) if run.tcav_scores().is_file() and not force else \
+    table = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS) if run.tcav_scores().is_file() and not force else \
         pd.DataFrame(columns=TCAV_COLUMNS)
     for r in tqdm(rounds, desc="TCAV rounds"):
         fp = run.round_fingerprint(r)
