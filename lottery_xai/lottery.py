@@ -8,6 +8,7 @@ in the middle of a round and rerun gives the same checkpoints as an uninterrupte
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -17,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import rundir as rd
-from .config import Config
+from .config import Config, to_dict
 from .errors import UserError
 from .loaders import derived_seed, make_loader
 from .models import architecture, build_model
@@ -250,12 +251,18 @@ class LotteryRun:
 
             ddp = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         on_iter, on_epoch = self._rewind_snapshot() if r == 0 else (None, None)
+        settings = self._resume_settings(r)
+        resume = self._load_resume(r, settings)
+        save_resume = None
+        if self.dist.main:
+            def save_resume(state):  # one file, replaced atomically at every epoch end
+                rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))
         if self.on_iteration is not None:
             user, mine = self.on_iteration, on_iter
             on_iter = (lambda it, m: (mine(it, m) if mine else None, user(r, it, m)))
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
                              on_iteration=on_iter, on_epoch=on_epoch, desc=f"round {r}", train_sampler=sampler,
-                             ddp_model=ddp)
+                             ddp_model=ddp, resume=resume, save_resume=save_resume)
         remaining, total_remaining = remaining_fractions(model, masks)
         meta = {
             "round": r,
@@ -273,8 +280,41 @@ class LotteryRun:
             rd.save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
             # written last: its presence marks the round complete
             rd.save_torch({**meta, "state_dict": result.last_state, "which": "last"}, self.run.checkpoint(r, "last"))
+            self.run.resume_state(r).unlink(missing_ok=True)
         self._barrier()
         return meta
+
+    # ---------------------------------------------------------------- resuming inside a round
+    def _resume_settings(self, r: int) -> str:
+        """What a resumable state of round ``r`` must have been made with to be continued: the
+        settings that change training, the device kind, the number of processes, and the files
+        the round starts from."""
+        cfg = to_dict(self.cfg)
+        keep = {k: cfg[k] for k in ("dataset", "seed", "img_size", "model_arch", "pretrained", "prune_iterations",
+                                     "prune_percent", "data", "train", "pruning")}
+        keep["device"], keep["world"] = self.device.type, self.dist.world
+        sources = [self.run.init_state()] + ([self.run.checkpoint(r - 1)] if r > 0 else [])
+        if self.mask_run is not None and r > 0:
+            sources.append(self.mask_run.checkpoint(r))
+        keep["sources"] = [rd.fingerprint(p) if p.is_file() else "" for p in sources]
+        return json.dumps(keep, sort_keys=True, default=str)
+
+    def _load_resume(self, r: int, settings: str) -> dict | None:
+        """The state saved at the last finished epoch of an interrupted round ``r``, or None (also when
+        it was made with other settings or cannot be read: it is then ignored and overwritten)."""
+        path = self.run.resume_state(r)
+        if self.force or not path.is_file():
+            return None
+        try:
+            state = rd.load_torch(path, map_location="cpu", keys=("settings", "epoch"))
+        except UserError as exc:
+            self.log(f"round {r}: {exc}; starting the round from its first epoch")
+            return None
+        if state["settings"] != settings:
+            self.log(f"round {r}: '{path}' was saved with other settings; starting the round from its first epoch")
+            return None
+        self.log(f"round {r}: resuming after epoch {state['epoch']} of {self.cfg.train.epochs}")
+        return state
 
     def summary_rows(self) -> list[dict]:
         rows = []

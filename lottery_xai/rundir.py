@@ -359,6 +359,10 @@ class RunDir:
     def checkpoint(self, r: int, which: str = "last") -> Path:
         return self.round_dir(r) / ("checkpoint.pt" if which == "last" else "best.pt")
 
+    def resume_state(self, r: int) -> Path:
+        """Everything needed to continue round ``r`` after its last finished epoch (deleted once the round is complete)."""
+        return self.round_dir(r) / "resume.pt"
+
     def round_log(self, r: int) -> Path:
         return self.round_dir(r) / "epochs.csv"
 

@@ -95,10 +95,26 @@ class RoundResult:
     seconds: float = 0.0
 
 
+def _rng_state(loader) -> dict:
+    state = {"torch": torch.get_rng_state(), "loader": loader.generator.get_state() if getattr(loader, "generator", None) is not None else None}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(loader, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("loader") is not None and getattr(loader, "generator", None) is not None:
+        loader.generator.set_state(state["loader"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, masks: Masks, device: torch.device,
                 num_classes: int, *, on_iteration: Callable[[int, nn.Module], None] | None = None,
                 on_epoch: Callable[[int, nn.Module], None] | None = None, desc: str = "train",
-                train_sampler=None, ddp_model: nn.Module | None = None) -> RoundResult:
+                train_sampler=None, ddp_model: nn.Module | None = None,
+                resume: dict | None = None, save_resume: Callable[[dict], None] | None = None) -> RoundResult:
     """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step.
 
     Validation runs after each epoch's training, so the final weights are scored. The best
@@ -106,15 +122,28 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     and ``on_epoch(epoch, model)`` (1-based counts of finished steps/epochs) are the extension
     points (late-rewinding snapshots, tests that interrupt a run). ``ddp_model`` is the
     DistributedDataParallel wrapper to run forwards through, when training with torchrun.
+
+    ``save_resume(state)`` receives, at every epoch end, everything needed to go on from there:
+    model, optimizer and schedule states, the global and loader generators, the best state so far
+    and the history. ``train_round(..., resume=state)`` continues from such a state and ends with
+    exactly the weights an uninterrupted run would have.
     """
     start = time.perf_counter()
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc, len(train_loader))
     forward = ddp_model if ddp_model is not None else model
     best_acc, best_state, best_epoch, history = -1.0, None, 0, []
-    iteration = 0
+    iteration, first, elapsed = 0, 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        best_acc, best_state, best_epoch = resume["best_acc"], resume["best_state"], resume["best_epoch"]
+        history, iteration, elapsed = list(resume["history"]), resume["iteration"], resume["seconds"]
+        first = resume["epoch"] + 1
+        _set_rng_state(train_loader, resume["rng"])
     with MaskEnforcer(model, masks, optimizer):
-        for epoch in range(1, tc.epochs + 1):
+        for epoch in range(first, tc.epochs + 1):
             if train_sampler is not None:
                 train_sampler.set_epoch(epoch)
             dataset = getattr(train_loader, "dataset", None)
@@ -145,6 +174,24 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if on_epoch is not None:
                 on_epoch(epoch, model)
+            if save_resume is not None and epoch < tc.epochs:
+                save_resume({
+                    "epoch": epoch, "iteration": iteration, "seconds": elapsed + time.perf_counter() - start,
+                    "model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
+                    "scheduler": scheduler.state_dict(), "best_acc": best_acc, "best_state": best_state,
+                    "best_epoch": best_epoch, "history": history, "rng": _rng_state(train_loader),
+                })
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return RoundResult(last_state, best_state, best_acc, history[-1]["val_acc"], best_epoch, history,
-                       time.perf_counter() - start)
+                       elapsed + time.perf_counter() - start)
+
+
+def _cpu(tree):
+    """A copy of a (nested) state dict with every tensor on the CPU."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu().clone()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
