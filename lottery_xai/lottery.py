@@ -97,6 +97,18 @@ def check_state(model: torch.nn.Module, state, path) -> dict:
     return state
 
 
+def mask_digest(masks: Masks) -> str:
+    """A short SHA-256 digest of the masks' names, shapes and bits (equal masks, equal digests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        m = masks[name].detach().cpu().bool().contiguous()
+        h.update(f"{name}:{tuple(m.shape)};".encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class Distributed:
     rank: int = 0
@@ -221,6 +233,17 @@ class LotteryRun:
         if self.dist.world > 1:
             torch.distributed.barrier()
 
+    def _check_same_on_ranks(self, r: int, masks: Masks) -> None:
+        """Under torchrun every process computes the masks itself: stop if any process got others."""
+        if self.dist.world <= 1:
+            return
+        digest = mask_digest(masks)
+        gathered = [None] * self.dist.world
+        torch.distributed.all_gather_object(gathered, digest)
+        if len(set(gathered)) > 1:
+            raise RuntimeError(f"round {r}: the processes computed different masks ({gathered}); "
+                               "check that every process reads the same run directory")
+
     def initial_model(self, r: int, masks: Masks) -> torch.nn.Module:
         """The model round ``r`` starts training from: rewound (or reinitialised) survivors, pruned ones at 0."""
         model = new_model(self.cfg, self.num_classes, self.cfg.seed)
@@ -233,6 +256,7 @@ class LotteryRun:
     def train_one(self, r: int) -> dict:
         cfg = self.cfg
         masks = self.masks_for_round(r)
+        self._check_same_on_ranks(r, masks)
         model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, 1, r))  # augmentation draws
