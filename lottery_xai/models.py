@@ -96,10 +96,10 @@ def _local_weights(enum_name: str):
 ARCHITECTURES: dict[str, Architecture] = {
     "small_resnet": Architecture(
         lambda k, pretrained, size: _small_resnet(k, pretrained, size), "layer4", "layer3", "fc"),
-    "resnet18": Architecture(_torchvision("resnet18", "ResNet18_Weights", "fc"), "layer4", "layer4", "fc"),
-    "resnet34": Architecture(_torchvision("resnet34", "ResNet34_Weights", "fc"), "layer4", "layer4", "fc"),
-    "resnet50": Architecture(_torchvision("resnet50", "ResNet50_Weights", "fc"), "layer4", "layer4", "fc"),
-    "resnet101": Architecture(_torchvision("resnet101", "ResNet101_Weights", "fc"), "layer4", "layer4", "fc"),
+    "resnet18": Architecture(_torchvision("resnet18", "ResNet18_Weights", "fc"), "layer4", "layer3", "fc"),
+    "resnet34": Architecture(_torchvision("resnet34", "ResNet34_Weights", "fc"), "layer4", "layer3", "fc"),
+    "resnet50": Architecture(_torchvision("resnet50", "ResNet50_Weights", "fc"), "layer4", "layer3", "fc"),
+    "resnet101": Architecture(_torchvision("resnet101", "ResNet101_Weights", "fc"), "layer4", "layer3", "fc"),
     "vgg11_bn": Architecture(_torchvision("vgg11_bn", "VGG11_BN_Weights", "classifier"), "features.27", "features.27", "classifier.6"),
     "vgg16_bn": Architecture(_torchvision("vgg16_bn", "VGG16_BN_Weights", "classifier"), "features.42", "features.42", "classifier.6"),
 }
@@ -133,6 +133,36 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise UserError(f"layer '{name}' does not exist in this model{hint}") from None
+
+
+LINEAR_TAIL = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Linear)
+
+
+@torch.no_grad()
+def linear_after(model: nn.Module, layer: str, img_size: int) -> bool:
+    """Whether everything the forward pass runs after ``layer`` is average pooling, flattening and
+    linear layers (as after a ResNet's last block). There the gradient of a logit with respect to the
+    layer's pooled activation is the same for every image, so TCAV scores there are 0 or 1 per CAV.
+    Seen from the modules that run (one forward of a blank image, in eval mode); operations written
+    as functions in a ``forward`` (``torch.flatten``) are not modules and count as nothing."""
+    target = get_layer(model, layer)
+    inside = {id(m) for m in target.modules()}
+    order: list[nn.Module] = []
+    seen_target = []
+    hooks = [target.register_forward_hook(lambda *_: seen_target.append(True))]
+    for m in model.modules():
+        if not list(m.children()) and id(m) not in inside:
+            hooks.append(m.register_forward_hook(lambda mod, *_: order.append(mod) if seen_target else None))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        model(torch.zeros(1, 3, img_size, img_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return bool(order) and all(isinstance(m, LINEAR_TAIL) for m in order)
 
 
 def check_layers(model: nn.Module, names: list[str]) -> None:

@@ -9,6 +9,7 @@ this module only walks the rounds and the files.
 from __future__ import annotations
 
 import difflib
+import re
 
 import numpy as np
 import pandas as pd
@@ -42,19 +43,55 @@ def finished_rounds(cfg: Config, rounds: list[int], log=print) -> list[int]:
     return [r for r in rounds if r in done]
 
 
+_NUMBER_PREFIX = re.compile(r"^\d+\.(.+)$")  # CUB's folder form, '036.Northern_Flicker'
+
+
+def _known_name(name: str, known: list[str]) -> str | None:
+    """``name`` itself when known, else the known name after a numeric ``NNN.`` prefix (CUB's folder form), else None."""
+    if name in known:
+        return name
+    match = _NUMBER_PREFIX.match(name)
+    if match and match.group(1) in known:
+        return match.group(1)
+    return None
+
+
 def resolve_names(requested: list[str], known: list[str], what: str, key: str) -> list[str]:
-    """``[all]`` -> every name; otherwise check each name, suggesting close matches for a typo."""
+    """``[all]`` -> every name; otherwise check each name, suggesting close matches for a typo.
+
+    A name may carry CUB's numeric folder prefix (``036.Northern_Flicker``): the loader strips it
+    from the dataset's names, so the prefixed form resolves to ``Northern_Flicker``.
+    """
     if list(requested) == ["all"]:
         return list(known)
+    resolved: dict[str, str] = {}
     for name in requested:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        found = _known_name(name, known)
+        if found is None:
+            bare = _NUMBER_PREFIX.match(name)
+            close = difflib.get_close_matches(bare.group(1) if bare else name, known, n=3, cutoff=0.4)
             hint = f"; close matches: {', '.join(close)}" if close else f"; {len(known)} {what}s exist"
             raise UserError(f"{what} '{name}' in {key} is not in the dataset{hint}")
-    return list(requested)
+        if found in resolved:
+            raise UserError(f"{key} names {what} '{found}' twice ('{resolved[found]}' and '{name}'); keep one")
+        resolved[found] = name
+    return list(resolved)
 
 
 # ---------------------------------------------------------------- step 3
+
+def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
+    """Warn about every configured concept layer after which only pooling and linear layers run."""
+    from .lottery import new_model
+    from .models import linear_after
+
+    model = new_model(cfg, num_classes, cfg.seed)
+    tails = [layer for layer in cfg.bb_layers_for_concepts if linear_after(model, layer, cfg.img_size)]
+    for layer in tails:
+        log(f"warning: only pooling and linear layers follow '{layer}', so the class-logit gradient there is the "
+            "same for every image and each CAV's TCAV score is 0 or 1; put an earlier layer in bb_layers_for_concepts")
+    return tails
+
 
 @rd.locked("activations")
 def activations_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
@@ -63,6 +100,7 @@ def activations_step(cfg: Config, device: torch.device, rounds: list[int], force
     rounds = finished_rounds(cfg, rounds, log)
     run.save_config("activations")
     datasets, info = load_data(cfg, cfg.activations.splits, augment=False)
+    warn_linear_tail(cfg, info.num_classes, log)
     layers = list(cfg.bb_layers_for_concepts)
     for r in tqdm(rounds, desc="activation rounds"):
         fp = run.round_fingerprint(r)
@@ -172,6 +210,7 @@ def tcav_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
     rounds = finished_rounds(cfg, rounds, log)
     run.save_config("tcav")
     datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
+    warn_linear_tail(cfg, info.num_classes, log)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
     concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
     class_index = {name: info.class_names.index(name) for name in classes}

@@ -284,7 +284,8 @@ BAD_VALUES = [
     ("metrics.top_fraction=0", "metrics.top_fraction"),
     ("cav.splits=[]", "cav.splits"),
     ("tcav.splits=[tset]", "did you mean 'test'"),
-    ("activations.splits=[train]", "cav.splits"),  # the CAVs' val split would have no activations
+    ("activations.splits=[val]", "cav.splits"),  # the CAVs' train split would have no activations
+    ("cav.splits=[train,val]", "share val"),  # TCAV would score CAV training images
 ]
 
 

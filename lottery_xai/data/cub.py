@@ -198,10 +198,23 @@ def _read_numbers(path: Path, columns: int) -> np.ndarray:
 
 
 def _attribute_names_path(root: Path) -> Path:
-    for candidate in (root / "attributes" / "attributes.txt", root / "attributes.txt", root.parent / "attributes.txt"):
+    """attributes.txt: inside the CUB folder, or beside it (where CUB_200_2011.tgz puts it).
+
+    "Beside" is looked up both next to ``root`` as given and next to the folder it resolves to, so
+    a CUB_200_2011 folder linked into data_root still finds the attributes.txt of its real parent.
+    """
+    candidates = [root / "attributes" / "attributes.txt", root / "attributes.txt", root.parent / "attributes.txt"]
+    real = root.resolve()
+    if real != root:
+        candidates += [real / "attributes" / "attributes.txt", real / "attributes.txt"]
+    candidates.append(real.parent / "attributes.txt")
+    candidates = list(dict.fromkeys(candidates))
+    for candidate in candidates:
         if candidate.is_file():
             return candidate
-    return _require(root / "attributes.txt")
+    raise UserError(f"missing CUB file attributes.txt (looked for {', '.join(map(str, candidates))}): CUB_200_2011.tgz "
+                    f"holds it beside the CUB_200_2011 folder; pass the archive, or the folder that holds both, with "
+                    f"--src (or re-extract CUB_200_2011.tgz from {CUB_URL})")
 
 
 def read_class_names(root: Path) -> list[str]:
