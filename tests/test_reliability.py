@@ -186,7 +186,7 @@ RUN_FILES = [  # (id, file in the run folder, corruption, script, extra argument
      ["train_layer3.npy"]),
     ("activations-wrong-rows", "activations/round_00/train_layer3.npy", fewer_rows, STEP4, ["--force"],
      ["train_layer3.npy", "rows"]),
-    ("activation-ids-random-bytes", "activations/round_00/val_ids.npy", garbage, STEP4, ["--force"], ["val_ids.npy"]),
+    ("activation-ids-random-bytes", "activations/round_00/train_ids.npy", garbage, STEP4, ["--force"], ["train_ids.npy"]),
     ("heatmap-truncated", "heatmaps/round_00/gradcam.npz", truncate, STEP7, [], ["gradcam.npz"]),
     ("heatmap-wrong-count", "heatmaps/round_00/random.npz", fewer_maps, STEP7, [], ["random.npz", "images.npz"]),
     ("heatmap-images-random-bytes", "heatmaps/images.npz", garbage, STEP7, [], ["images.npz", "after deleting"]),
