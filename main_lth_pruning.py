@@ -4,23 +4,14 @@
     torchrun --nproc_per_node=N main_lth_pruning.py ...   # DistributedDataParallel; rank 0 writes
 """
 from lottery_xai.cli import main_entry, parse, resolve_device
-from lottery_xai.lottery import LotteryRun, setup_distributed
+from lottery_xai.pipeline.prune import prune_step
+from lottery_xai.rundir import RunDir
 
 
 @main_entry
 def main():
     args, cfg = parse(__doc__)
-    device = resolve_device(cfg.device)
-    dist = setup_distributed(device)
-    if dist.world > 1 and device.type == "cuda":
-        import torch
-
-        device = torch.device("cuda", dist.local_rank)
-    run = LotteryRun(cfg, device, force=args.force, dist=dist)
-    summary = run.run_rounds(args.round_list)
-    if dist.main:
-        print(summary.to_string(index=False))
-        print(f"step 1 done: checkpoints and summary in {run.run.pruning_dir}")
+    prune_step(RunDir(cfg), resolve_device(cfg.device), args.round_list, force=args.force)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,14 @@
     python main_plots.py [--config config/BB_synthetic.yaml]
 """
 from lottery_xai.cli import main_entry, parse
-from lottery_xai.report import make_all_plots
+from lottery_xai.pipeline.plots import plots_step
 from lottery_xai.rundir import RunDir
 
 
 @main_entry
 def main():
     _, cfg = parse(__doc__)
-    written = make_all_plots(cfg)
-    print(f"step 8 done: {len(written)} figures in {RunDir(cfg).root / 'plots'}")
+    plots_step(RunDir(cfg))
 
 
 if __name__ == "__main__":

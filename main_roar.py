@@ -7,7 +7,9 @@ p % are replaced by the training mean and the architecture is retrained from scr
 """
 from lottery_xai.cli import main_entry, parse, resolve_device, select_rounds
 from lottery_xai.config import n_rounds
-from lottery_xai.roar import roar_step
+from lottery_xai.pipeline.roar import roar_step
+from lottery_xai.report import plot_roar
+from lottery_xai.rundir import RunDir
 
 
 @main_entry
@@ -15,7 +17,8 @@ def main():
     args, cfg = parse(__doc__)
     configured = [r if r >= 0 else n_rounds(cfg) + r for r in cfg.roar.rounds]  # -1 = the sparsest round
     rounds = args.round_list if args.rounds else select_rounds(",".join(map(str, configured)), cfg)
-    roar_step(cfg, resolve_device(cfg.device), rounds, force=args.force)
+    roar_step(RunDir(cfg), resolve_device(cfg.device), rounds, force=args.force)
+    plot_roar(cfg)  # the step computes; its figure is drawn here (and again by step 8)
 
 
 if __name__ == "__main__":

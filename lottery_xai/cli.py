@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import errno
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -34,6 +33,9 @@ def parse(description: str, argv=None, extra: Callable[[argparse.ArgumentParser]
     if args.device:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.config, overrides)
+    from .pipeline.rounds import check_methods  # the attribution registry (imports torch, as every step does)
+
+    check_methods(cfg)
     args.round_list = select_rounds(args.rounds, cfg)
     return args, cfg
 
@@ -60,10 +62,6 @@ def resolve_device(name: str):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
     return torch.device(name)
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def one_line(text) -> str:

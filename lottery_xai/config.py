@@ -9,7 +9,6 @@ the newer settings are grouped by concern.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .names import unknown_name
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "BB_synthetic.yaml"
 
@@ -50,6 +50,7 @@ class TrainConfig:
     lr_step_epochs: int = opt(30, "step schedule: epochs between decays", minimum=1)
     lr_gamma: float = opt(0.1, "step schedule: decay factor", minimum=0.0, maximum=1.0)
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss", minimum=0.0, maximum=1.0)
+    loss: str = opt("cross_entropy", "training loss (lottery_xai.training.losses)", choices=["cross_entropy"])
     amp: bool = opt(True, "bfloat16 automatic mixed precision (CUDA only; ignored on the CPU)")
     channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on the CPU)")
 
@@ -206,9 +207,7 @@ def _unknown(key: str) -> UserError:
     if key in REMOVED_KEYS:
         return UserError(f"config key '{key}' is no longer read by the pipeline ({REMOVED_KEYS[key]}); "
                          "delete it from the config")
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else "; see the README's key table"
-    return UserError(f"unknown config key '{key}'{hint}")
+    return unknown_name(f"unknown config key '{key}'", key, all_keys(), n=1, otherwise="see the README's key table")
 
 
 def _coerce(key: str, value: Any, ftype, default: Any) -> Any:
@@ -251,9 +250,8 @@ def _coerce(key: str, value: Any, ftype, default: Any) -> Any:
 def _validate_field(key: str, value: Any, meta: dict) -> None:
     choices, lo, hi, pattern = meta.get("choices"), meta.get("min"), meta.get("max"), meta.get("pattern")
     if choices is not None and value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"config key '{key}' is {value!r}; allowed: {', '.join(map(str, choices))}{hint}")
+        raise unknown_name(f"config key '{key}' is {value!r}; allowed: {', '.join(map(str, choices))}", value, choices,
+                           n=1, cutoff=0.6)
     if lo is not None and value < lo:
         raise UserError(f"config key '{key}' is {value}; it must be >= {lo}")
     if hi is not None and value > hi:
@@ -399,9 +397,8 @@ def _check_names(key: str, values: list, *, empty: str | None, known=None, extra
         allowed = [*known, *extra]
         for value in values:
             if value not in allowed:
-                close = difflib.get_close_matches(str(value), allowed, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(allowed)}"
-                raise UserError(f"config key '{key}' names {value!r}, which is unknown; {hint}")
+                raise unknown_name(f"config key '{key}' names {value!r}, which is unknown", value, allowed, n=1,
+                                   cutoff=0.6, otherwise=f"allowed: {', '.join(allowed)}")
 
 
 def _check_numbers(key: str, values: list, low: float, high: float, low_open: bool, high_open: bool) -> None:
@@ -418,8 +415,6 @@ def _check_numbers(key: str, values: list, low: float, high: float, low_open: bo
 def check_values(cfg: Config) -> None:
     """Values that a key's type and range accept but that make no sense (an empty list of methods, pruning
     100 %, a run folder outside ``logs``), rejected before any step starts working."""
-    from .attribution import METHODS  # the registry of attribution methods (imports torch, as every step does)
-
     name = cfg.experiment_name
     if name and (name in (".", "..") or any(ch in name for ch in "/\\\0") or name != name.strip()):
         raise UserError(f"config key 'experiment_name' is {name!r}; it must be one folder name inside logs "
@@ -442,12 +437,7 @@ def check_values(cfg: Config) -> None:
     _check_names("labels_for_tcav", cfg.labels_for_tcav, empty="use [all] or name at least one class")
     _check_names("concepts_for_tcav", cfg.concepts_for_tcav, empty="use [all] or name at least one concept")
     _check_names("bb_layers_for_concepts", cfg.bb_layers_for_concepts, empty="name at least one layer, e.g. [layer3]")
-    methods = list(METHODS)
-    _check_names("heatmaps.methods", cfg.heatmaps.methods, empty="name at least one attribution method, e.g. [gradcam]",
-                 known=methods)
-    _check_names("metrics.transform_methods", cfg.metrics.transform_methods, empty=None, known=methods)  # [] = none
-    _check_names("roar.methods", cfg.roar.methods, empty="name at least one attribution method, e.g. [gradcam]",
-                 known=methods)
+    check_method_names(cfg, None)
     for key, splits in (("activations.splits", cfg.activations.splits), ("cav.splits", cfg.cav.splits),
                         ("tcav.splits", cfg.tcav.splits)):
         _check_names(key, splits, empty=f"name at least one of {', '.join(SPLIT_NAMES)}", known=SPLIT_NAMES)
@@ -460,6 +450,22 @@ def check_values(cfg: Config) -> None:
     if not cfg.roar.rounds:
         raise UserError("config key 'roar.rounds' is an empty list; name at least one round, e.g. [0] (-1 = the sparsest)")
     _check_names("roar.rounds", cfg.roar.rounds, empty=None)
+
+
+def check_method_names(cfg: Config, methods: list[str] | None) -> None:
+    """The attribution-method lists: not empty (``metrics.transform_methods`` may be: none), and, given
+    the registry's ``methods`` (the scripts and the pipeline pass it; the config layer does not import
+    the methods), made of known names."""
+    _check_names("heatmaps.methods", cfg.heatmaps.methods, empty="name at least one attribution method, e.g. [gradcam]",
+                 known=methods)
+    _check_names("metrics.transform_methods", cfg.metrics.transform_methods, empty=None, known=methods)  # [] = none
+    _check_names("roar.methods", cfg.roar.methods, empty="name at least one attribution method, e.g. [gradcam]",
+                 known=methods)
+
+
+def roar_epochs(cfg: Config) -> int:
+    """Epochs of each ROAR retrain: ``roar.epochs``, or ``train.epochs`` when it is 0."""
+    return cfg.roar.epochs or cfg.train.epochs
 
 
 def n_rounds(cfg: Config) -> int:

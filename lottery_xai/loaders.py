@@ -1,10 +1,29 @@
 """Data loaders built the same way by every step: seeded shuffling, pinned memory on CUDA."""
 from __future__ import annotations
 
+from enum import IntEnum
+
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .config import Config
+
+
+class SeedPurpose(IntEnum):
+    """What a derived seed is for: ``derived_seed(cfg.seed, SeedPurpose.PRUNE, r)``. The values are
+    part of every run's results: never renumber one, only add new ones."""
+    AUGMENT = 1          # step 1: the global generator of round r (augmentation draws)
+    PRUNE = 2            # step 1: random pruning / tie-breaking of round r's masks
+    REINIT = 3           # step 1: the reinit control's fresh weights of round r
+    DATA_ORDER = 4       # step 1: the data order of round r
+    CAV = 6              # step 4: CAV runs and random sets of round r
+    HEATMAPS = 7         # step 6: the random baseline (and other seeded maps) of round r
+    ROAR_RANK_TIES = 17  # ROAR: tie-breaking permutation of the pixel ranks (round, split)
+    ROAR_MAPS = 19       # ROAR: seeded maps of a batch (round, split, start)
+    ROAR_INIT = 23       # ROAR: a dense retrain's fresh weights (seed index)
+    ROAR_ORDER = 29      # ROAR: the retrain's batch order and flips (seed index)
+    ROAR_TRAIN = 31      # ROAR: the retrain's global generator (seed index)
+    TRANSFORMS = 37      # step 7: random transformations of the consistency check of round r
 
 
 def derived_seed(seed: int, *parts: int) -> int:

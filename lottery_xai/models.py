@@ -1,7 +1,6 @@
 """Backbone registry and layer lookup by dotted name."""
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .names import unknown_name
 
 
 class BasicBlock(nn.Module):
@@ -113,9 +113,8 @@ def _small_resnet(num_classes: int, pretrained: bool, img_size: int) -> nn.Modul
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        close = difflib.get_close_matches(name, ARCHITECTURES, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"model_arch '{name}' is unknown{hint} (known: {', '.join(ARCHITECTURES)})")
+        raise unknown_name(f"model_arch '{name}' is unknown (known: {', '.join(ARCHITECTURES)})", name, ARCHITECTURES,
+                           n=1, cutoff=0.6)
     return ARCHITECTURES[name]
 
 
@@ -130,9 +129,8 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         return model.get_submodule(name)
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise UserError(f"layer '{name}' does not exist in this model{hint}") from None
+        raise unknown_name(f"layer '{name}' does not exist in this model", name, names, cutoff=0.6,
+                           otherwise=f"its modules include {', '.join(names[:12])}") from None
 
 
 LINEAR_TAIL = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, nn.Linear)

@@ -303,6 +303,11 @@ def _lock_holder(fd: int) -> str:
     return f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
 
 
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or a plain process (the one that writes)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def locked(step: str) -> Callable:
     """Decorator of a step entry point ``fn(cfg, ...)`` (or a method of an object with ``.cfg``):
     the whole call runs under ``RunDir(cfg).lock(step)``."""
@@ -446,8 +451,6 @@ class RunDir:
         An exclusive non-blocking ``flock`` (released by the kernel when the holder dies: no stale lock);
         the file holds the holder's pid and host for the message. Re-entrant within a process; under
         torchrun only rank 0 takes it. Once held, the step's leftover temporaries are removed."""
-        from .cli import is_main_process
-
         path = self.lock_file(step)
         key = (str(path), os.getpid())
         if not is_main_process() or key in _HELD or (step != "pruning" and not self.root.is_dir()):

@@ -19,3 +19,10 @@ def tiny_data(tmp_path_factory):
 def tiny_overrides(data, logs, *extra):
     return [f"data_root={data}", f"json_root={data}/prepared", f"logs={logs}", "img_size=32", "train.epochs=2",
             "data.batch_size=8", "prune_iterations=2", "prune_percent=50", "device=cpu", *extra]
+
+
+def iteration_hook(fn):
+    """``LotteryRun(..., callbacks=iteration_hook(fn))``: ``fn(round, iteration, model)`` after every training step."""
+    from lottery_xai.training import every_iteration
+
+    return lambda r: [every_iteration(lambda it, model: fn(r, it, model))]

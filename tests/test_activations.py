@@ -69,7 +69,7 @@ def test_layer_activations_stop_at_the_layer():
     got = layer_activations(model, "3", x)  # Boom (layer 4) would raise if the forward went on
     torch.testing.assert_close(got, expected)
     assert not got.requires_grad
-    with pytest.raises(UserError, match="close matches"):
+    with pytest.raises(UserError, match="did you mean"):
         layer_activations(model, "33", x)
 
 

@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
-from lottery_xai.lottery import Distributed, LotteryRun, mask_digest
+from lottery_xai.pipeline.prune import LotteryRun, mask_digest
+from lottery_xai.training.distributed import Distributed
 
 from conftest import tiny_overrides
 

@@ -4,10 +4,10 @@ import torch
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
-from lottery_xai.lottery import LotteryRun
+from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pruning import remaining_fractions
 
-from conftest import tiny_overrides
+from conftest import iteration_hook, tiny_overrides
 
 DEVICE = torch.device("cpu")
 
@@ -95,7 +95,7 @@ def test_killed_run_resumes_to_identical_checkpoints(tiny_data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        LotteryRun(killed, DEVICE, on_iteration=kill, log=lambda *_: None).run_rounds([0, 1, 2])
+        LotteryRun(killed, DEVICE, callbacks=iteration_hook(kill), log=lambda *_: None).run_rounds([0, 1, 2])
     run_b = rd.RunDir(killed)
     assert run_b.finished_rounds() == [0] and not run_b.checkpoint(1).exists()
     assert not list(run_b.round_dir(1).glob("*.tmp"))

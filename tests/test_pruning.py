@@ -6,7 +6,7 @@ from torch import nn
 from lottery_xai.config import TrainConfig
 from lottery_xai.pruning import (MaskEnforcer, apply_masks, full_masks, prunable_names, prune, remaining_fractions,
                                  target_fractions)
-from lottery_xai.training import train_round
+from lottery_xai.training import every_iteration, train_round
 
 
 class Tiny(nn.Module):
@@ -56,7 +56,7 @@ def test_pruned_weights_stay_exactly_zero_through_training(optimizer, momentum, 
         seen.append(all(bool((params[n][~mask] == 0).all()) for n, mask in masks.items()))
 
     tc = TrainConfig(epochs=2, optimizer=optimizer, lr=0.1, momentum=momentum, weight_decay=wd)
-    res = train_round(model, batches, batches, tc, masks, torch.device("cpu"), 3, on_iteration=check)
+    res = train_round(model, batches, batches, tc, masks, torch.device("cpu"), 3, callbacks=[every_iteration(check)])
     assert seen and all(seen)
     for n, mask in masks.items():
         assert (res.last_state[n][~mask] == 0).all()

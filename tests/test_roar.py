@@ -7,8 +7,10 @@ from torch import nn
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config, replace
-from lottery_xai.lottery import LotteryRun
-from lottery_xai.roar import RemovedBatches, _fresh_model, pixel_ranks, rank_dtype, remove_top, retrain, roar_step
+from lottery_xai.pipeline.prune import LotteryRun
+from lottery_xai.metrics import pixel_rank
+from lottery_xai.pipeline.roar import fresh_model, roar_step
+from lottery_xai.training.roar import RemovedBatches, rank_dtype, remove_top, retrain
 
 from conftest import tiny_overrides
 
@@ -19,11 +21,11 @@ quiet = lambda *_: None  # noqa: E731
 def test_ranks_are_a_permutation_with_seeded_random_ties():
     maps = torch.zeros(3, 8, 8)
     maps[:, 2, 5] = 1.0
-    ranks = pixel_ranks(maps, torch.Generator().manual_seed(0))
+    ranks = pixel_rank(maps, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ranks.sort(dim=1).values, torch.arange(64).expand(3, 64))
     assert (ranks[:, 2 * 8 + 5] == 0).all()  # the maximum is removed first
-    again = pixel_ranks(maps, torch.Generator().manual_seed(0))
-    other = pixel_ranks(maps, torch.Generator().manual_seed(1))
+    again = pixel_rank(maps, generator=torch.Generator().manual_seed(0))
+    other = pixel_rank(maps, generator=torch.Generator().manual_seed(1))
     assert torch.equal(ranks, again) and not torch.equal(ranks, other)
     # the flat region is not removed row by row: the 10 next pixels are not the first 10 of the raster
     assert set(torch.nonzero(ranks[0] < 11).flatten().tolist()) != set(range(11)) | {21}
@@ -32,7 +34,7 @@ def test_ranks_are_a_permutation_with_seeded_random_ties():
 
 def test_remove_top_replaces_exactly_the_top_pixels():
     images = torch.randn(4, 3, 10, 10)
-    ranks = pixel_ranks(torch.rand(4, 10, 10), torch.Generator().manual_seed(0))
+    ranks = pixel_rank(torch.rand(4, 10, 10), generator=torch.Generator().manual_seed(0))
     fill = torch.tensor([7.0, 8.0, 9.0])
     out = remove_top(images, ranks, 30, fill)
     removed = (out != images).any(dim=1)
@@ -57,8 +59,8 @@ def test_roar_drops_faster_for_the_true_evidence_than_for_random():
     truth = torch.zeros(16, 16)
     truth[2:6, 2:6] = 1.0  # the true evidence: the 16 pixels of the patch
     rank_gen = torch.Generator().manual_seed(1)
-    ranks = {"true": {s: pixel_ranks(truth.expand(len(y), 16, 16), rank_gen) for s, (x, y) in data.items()},
-             "random": {s: pixel_ranks(torch.rand(len(y), 16, 16, generator=rank_gen), rank_gen) for s, (x, y) in data.items()}}
+    ranks = {"true": {s: pixel_rank(truth.expand(len(y), 16, 16), generator=rank_gen) for s, (x, y) in data.items()},
+             "random": {s: pixel_rank(torch.rand(len(y), 16, 16, generator=rank_gen), generator=rank_gen) for s, (x, y) in data.items()}}
     fill = data["train"][0].mean(dim=(0, 2, 3))
     accuracy = {}
     for method in ("true", "random"):
@@ -92,6 +94,10 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
         ranks = np.load(run.roar_ranks(1, "gradcam", split))
         assert ranks.dtype == np.uint16 and ranks.shape[1] == 32 * 32
         assert (np.sort(ranks[:3], axis=1) == np.arange(32 * 32)).all()
+    assert not run.plot("roar").exists()  # the step computes only; main_roar.py (or step 8) draws
+    from lottery_xai.report import plot_roar
+
+    plot_roar(run.cfg)
     assert run.plot("roar").is_file()
     assert len(pd.read_csv(run.roar_results())) == len(table)
     # a rerun resumes: nothing left to train, same table
@@ -100,7 +106,7 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
     # the ticket variant adds its own rows (same run directory) and starts from the round's mask on the initial weights
     ticket = replace(cfg, **{"roar.retrain": "ticket"})
     ckpt = rd.load_torch(run.checkpoint(1, "best"))
-    model, masks = _fresh_model(ticket, run, ckpt, 4, 0)
+    model, masks = fresh_model(ticket, run, ckpt, 4, 0)
     init = rd.load_torch(run.init_state())["state_dict"]
     for name, mask in masks.items():
         weight = dict(model.named_parameters())[name]

@@ -16,11 +16,14 @@ import torch
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.errors import UserError
-from lottery_xai.evaluation import evaluate_rounds
-from lottery_xai.explanation_metrics import metrics_step
-from lottery_xai.lottery import LotteryRun
-from lottery_xai.roar import roar_step
-from lottery_xai.steps import activations_step, cavs_step, heatmaps_step, tcav_step
+from lottery_xai.pipeline.test import evaluate_rounds
+from lottery_xai.pipeline.metrics import metrics_step
+from lottery_xai.pipeline.prune import LotteryRun
+from lottery_xai.pipeline.roar import roar_step
+from lottery_xai.pipeline.activations import activations_step
+from lottery_xai.pipeline.cavs import cavs_step
+from lottery_xai.pipeline.heatmaps import heatmaps_step
+from lottery_xai.pipeline.tcav import tcav_step
 
 from conftest import tiny_overrides
 

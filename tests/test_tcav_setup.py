@@ -10,7 +10,7 @@ from lottery_xai.concepts.tcav import gradients_by_class
 from lottery_xai.config import Config, load_config
 from lottery_xai.errors import UserError
 from lottery_xai.models import build_model, linear_after
-from lottery_xai.steps import warn_linear_tail
+from lottery_xai.pipeline.activations import warn_linear_tail
 
 
 def test_default_splits_are_disjoint():

@@ -7,7 +7,6 @@ options and normalises the maps.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Callable
 
@@ -20,6 +19,7 @@ from lottery_xai.attribution.cam import grad_x_activation, grad_x_activation_map
 from lottery_xai.attribution.gradients import integrated_gradients, saliency
 from lottery_xai.attribution.perturbation import occlusion
 from lottery_xai.errors import UserError
+from lottery_xai.names import unknown_name
 
 METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "gradcam": gradcam,
@@ -58,9 +58,7 @@ def get_method(name: str) -> Callable[..., torch.Tensor]:
     """The attribution function registered as `name`; UserError with the closest names when unknown."""
     if name in METHODS:
         return METHODS[name]
-    close = difflib.get_close_matches(str(name), list(METHODS), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else f"choose from {', '.join(METHODS)}"
-    raise UserError(f"unknown attribution method {name!r}; {hint}")
+    raise unknown_name(f"unknown attribution method {name!r}", name, METHODS, otherwise=f"choose from {', '.join(METHODS)}")
 
 
 def normalize_maps(maps: torch.Tensor, mode: str = "max") -> torch.Tensor:
@@ -111,9 +109,8 @@ def attribute(
     ]
     for option in options:
         if option not in accepted:
-            close = difflib.get_close_matches(option, accepted, n=1, cutoff=0.5)
-            hint = f"did you mean {close[0]!r}?" if close else f"{name} takes {', '.join(accepted) or 'no options'}"
-            raise UserError(f"attribution method {name!r} has no option {option!r}; {hint}")
+            raise unknown_name(f"attribution method {name!r} has no option {option!r}", option, accepted, n=1,
+                               otherwise=f"{name} takes {', '.join(accepted) or 'no options'}")
     if normalize not in NORMALIZE_MODES:
         raise UserError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
     maps = method(model, images, targets, layer=layer, **options)

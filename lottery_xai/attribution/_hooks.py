@@ -6,7 +6,6 @@ to the layer never touches (or computes gradients for) the parameters below it.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Sequence
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery_xai.errors import UserError
+from lottery_xai.models import get_layer
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None
 
@@ -22,13 +22,7 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     """The submodule of `model` with dotted name `layer`; UserError naming close matches when there is none."""
     if not isinstance(layer, str) or not layer:
         raise UserError(f"layer must be a dotted module name such as 'layer4', got {layer!r}")
-    try:
-        return model.get_submodule(layer)
-    except AttributeError:
-        names = [name for name, _ in model.named_modules() if name]
-        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"valid names include {', '.join(names[:12])}"
-        raise UserError(f"layer {layer!r} is not a module of the model; {hint}") from None
+    return get_layer(model, layer)
 
 
 class LayerCapture:

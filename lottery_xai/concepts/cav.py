@@ -13,7 +13,6 @@ Choices (algorithms.md section 3 leaves them open):
 """
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
+from ..names import unknown_name
 from ..workers import die_with_parent
 
 CLASSIFIERS = ("logistic", "svm", "sgd")
@@ -273,9 +273,7 @@ def select_concepts(result: dict, names: list[str] | None) -> list[int]:
     out = []
     for name in names:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise UserError(f"concept '{name}' is not among the CAVs' concepts{hint}")
+            raise unknown_name(f"concept '{name}' is not among the CAVs' concepts", name, known, cutoff=0.6)
         out.append(known.index(name))
     return out
 

@@ -12,7 +12,6 @@ Every item is a dict that the default collate batches:
 """
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from lottery_xai.data.mnist import CONCEPT_NAMES as MNIST_CONCEPT_NAMES
 from lottery_xai.data.mnist import MNISTEvenOddDataset
 from lottery_xai.data.transforms import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, denormalize
 from lottery_xai.errors import UserError
+from lottery_xai.names import unknown_name
 
 DATASET_NAMES = ("synthetic_cub", "cub", "mnist_eo")
 SPLITS = ("train", "val", "test")
@@ -51,9 +51,8 @@ class DatasetInfo:
 
 def _check_name(name: str) -> None:
     if name not in DATASET_NAMES:
-        close = difflib.get_close_matches(str(name), DATASET_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown dataset {name!r}{hint}: use one of {', '.join(DATASET_NAMES)}")
+        raise unknown_name(f"unknown dataset {name!r}", name, DATASET_NAMES, n=1, cutoff=0.6,
+                           otherwise=f"use one of {', '.join(DATASET_NAMES)}")
 
 
 def _prep_command(name: str, data_root, json_root) -> str:

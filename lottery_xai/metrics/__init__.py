@@ -28,14 +28,6 @@ __all__ = [
     "transform_consistency", "resized_crop", "sample_crop_boxes",
 ]
 
-def roar_retrain(**kwargs):
-    """ROAR's measurement (see :func:`lottery_xai.roar.retrain`): retrain on images whose top pixels
-    were removed, return the test accuracy. Imported lazily: it pulls in the training code."""
-    from lottery_xai.roar import retrain
-
-    return retrain(**kwargs)
-
-
 _DECLARATIONS = [
     # faithfulness
     MetricSpec("deletion_auc", "faithfulness", False, {"model"}, deletion_insertion,
@@ -49,10 +41,10 @@ _DECLARATIONS = [
     MetricSpec("lerf_aopc", "faithfulness", False, {"model"}, pixel_perturbation,
                "average probability drop when the least relevant 1-10 % of pixels are replaced by the mean",
                output="aopc", options={"order": "lerf"}),
-    MetricSpec("roar_test_acc", "faithfulness", False, {"retraining"}, roar_retrain,
+    MetricSpec("roar_test_acc", "faithfulness", False, {"retraining"}, None,
                "test accuracy of the architecture retrained from scratch after the top-p % pixels of every image "
                "were replaced by the training mean (ROAR; main_roar.py); a lower curve than random is better",
-               output="test_acc"),
+               output="test_acc", step="main_roar.py"),
     # localisation
     MetricSpec("energy_in_box", "localisation", True, {"box"}, energy_in_box,
                "percentage of (positive) map energy inside the bounding box; its mean is the content heatmap"),

@@ -6,13 +6,13 @@ hard-coding them (the Quantus idea). The concrete metrics are declared in
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
 from lottery_xai.errors import UserError
+from lottery_xai.names import unknown_name
 
 FAMILIES = frozenset({"faithfulness", "localisation", "consistency"})
 # "tcav_scores" is not a per-image input: it marks the metrics computed from two TCAV tables.
@@ -34,10 +34,11 @@ class MetricSpec:
     family: str
     higher_is_better: bool
     needs: frozenset[str]
-    fn: Callable[..., Any]
+    fn: Callable[..., Any] | None
     help: str
     output: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    step: str | None = None  # computed by this script's own step instead of by `fn` in step 7 (ROAR retrains)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -50,6 +51,8 @@ class MetricSpec:
 
     def compute(self, **kwargs: Any) -> Any:
         """Call `fn` with this metric's fixed options plus `kwargs` and return this metric's values."""
+        if self.fn is None:
+            raise UserError(f"metric {self.name!r} is computed by {self.step}, not by step 7")
         clash = set(kwargs) & set(self.options)
         if clash:
             raise UserError(f"metric {self.name!r} fixes {sorted(clash)}; do not pass them")
@@ -73,9 +76,8 @@ def get_metric(name: str) -> MetricSpec:
     try:
         return METRICS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(METRICS), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"known: {', '.join(sorted(METRICS))}"
-        raise UserError(f"unknown explanation metric {name!r}; {hint}") from None
+        raise unknown_name(f"unknown explanation metric {name!r}", name, METRICS,
+                           otherwise=f"known: {', '.join(sorted(METRICS))}") from None
 
 
 def check_eval_mode(model: torch.nn.Module) -> None:

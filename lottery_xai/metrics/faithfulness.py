@@ -23,13 +23,20 @@ from lottery_xai.metrics.base import check_eval_mode, check_maps
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10)
 
 
-def pixel_rank(maps: torch.Tensor, descending: bool = True) -> torch.Tensor:
+def pixel_rank(maps: torch.Tensor, descending: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rank of every pixel in attribution order, [N, H*W] int64 (0 = first to be perturbed).
 
-    Ties are broken deterministically by a stable sort on the row-major pixel index.
+    Ties are broken by a stable sort on the row-major pixel index, or, given ``generator``, on one
+    random permutation of the pixels drawn from it (ROAR: a flat region is then removed in random,
+    not row-major, order).
     """
     flat = maps.reshape(maps.shape[0], -1)
-    order = torch.sort(flat, dim=1, descending=descending, stable=True).indices
+    if generator is not None:
+        flat = flat.float()
+        perm = torch.randperm(flat.shape[1], generator=generator).to(flat.device)
+        order = perm[torch.sort(flat[:, perm], dim=1, descending=descending, stable=True).indices]
+    else:
+        order = torch.sort(flat, dim=1, descending=descending, stable=True).indices
     positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
 

@@ -1,4 +1,4 @@
-"""The lottery-ticket round loop: train, prune, rewind, train again (algorithms.md section 1).
+"""Step 1, the lottery-ticket round loop: train, prune, rewind, train again (algorithms.md section 1).
 
 Round 0 trains the dense network. Round r >= 1 takes the masks of round r-1, prunes the
 alive weights of round r-1's final weights, rewinds the survivors (or reinitialises them,
@@ -8,44 +8,26 @@ in the middle of a round and rerun gives the same checkpoints as an uninterrupte
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir as rd
-from .config import Config, to_dict
-from .errors import UserError
-from .loaders import derived_seed, make_loader
-from .models import architecture, build_model
-from .pruning import (Masks, apply_masks, full_masks, prunable_names, prune, remaining_fractions,
-                      reset_batchnorm_stats, target_fractions)
-from .training import prepare_model, train_round
+from .. import rundir as rd
+from ..config import Config, to_dict
+from ..errors import UserError
+from ..loaders import SeedPurpose, derived_seed, make_loader
+from ..models import architecture
+from ..pruning import (Masks, apply_masks, full_masks, prune, remaining_fractions, reset_batchnorm_stats,
+                       target_fractions)
+from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
+from ..training.distributed import Distributed
+from .rounds import STEP1, as_run, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
 
 SUMMARY_COLUMNS = ["round", "weights_remaining", "total_weights_remaining", "best_val_acc", "last_val_acc", "train_seconds"]
-
-
-def load_data(cfg: Config, splits=("train", "val", "test"), augment: bool | None = None):
-    """Datasets of the configured dataset and its DatasetInfo."""
-    from .data import build_datasets
-
-    return build_datasets(cfg.dataset, cfg.data_root, cfg.json_root, cfg.img_size, splits=tuple(splits),
-                          augment_train=cfg.data.augment if augment is None else augment, seed=cfg.seed)
-
-
-def new_model(cfg: Config, num_classes: int, seed: int) -> torch.nn.Module:
-    """A freshly initialised model; the initial weights depend only on ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(cfg.model_arch, num_classes, cfg.pretrained, cfg.img_size)
-
-
-def model_masks_template(cfg: Config, model: torch.nn.Module) -> list[str]:
-    return prunable_names(model, cfg.pruning.prune_bn)
 
 
 def keep_fractions(cfg: Config, names: list[str], round_index: int) -> dict[str, float]:
@@ -55,52 +37,8 @@ def keep_fractions(cfg: Config, names: list[str], round_index: int) -> dict[str,
     return {n: (fc if n == classifier else body) for n in names}
 
 
-def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int | None, device, which: str | None = None):
-    """The model of round ``r`` (best-val or last checkpoint), in eval mode on ``device``, with its checkpoint.
-    ``num_classes=None`` reads the class count from the checkpoint's classifier (no dataset needed)."""
-    which = which or cfg.test.checkpoint
-    path = run.require(run.checkpoint(r, which), STEP1)
-    ckpt = rd.load_torch(path, step=STEP1, keys=("state_dict", "weights_remaining"))
-    if num_classes is None:
-        classifier = ckpt["state_dict"].get(architecture(cfg.model_arch).classifier + ".weight")
-        if getattr(classifier, "ndim", 0) != 2:
-            raise foreign_checkpoint(path, f"no {cfg.model_arch} classifier in it")
-        num_classes = int(classifier.shape[0])
-    model = new_model(cfg, num_classes, cfg.seed)
-    model.load_state_dict(check_state(model, ckpt["state_dict"], path))
-    return model.to(device).eval(), ckpt
-
-
-STEP1 = "step 1 (main_lth_pruning.py)"
-
-
-def foreign_checkpoint(path, detail: str) -> UserError:
-    return UserError(f"checkpoint '{path}' was written for another architecture or dataset ({detail}); "
-                     f"use the config it was made with or rerun {STEP1} with --force")
-
-
-def check_state(model: torch.nn.Module, state, path) -> dict:
-    """``state`` if it fits ``model`` (same parameter and buffer names and shapes), else a UserError naming ``path``."""
-    if not isinstance(state, dict):
-        raise rd.unreadable(path, f"its state_dict is a {type(state).__name__}", STEP1)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise foreign_checkpoint(path, f"{len(missing)} of this model's tensors missing, e.g. {missing[0]}")
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise foreign_checkpoint(path, f"{len(unexpected)} tensors this model does not have, e.g. {unexpected[0]}")
-    for k, v in expected.items():
-        shape = tuple(getattr(state[k], "shape", ()) or ())
-        if shape != tuple(v.shape):
-            raise foreign_checkpoint(path, f"{k} is {list(shape)} in the file, {list(v.shape)} in this model")
-    return state
-
-
 def mask_digest(masks: Masks) -> str:
     """A short SHA-256 digest of the masks' names, shapes and bits (equal masks, equal digests)."""
-    import hashlib
-
     h = hashlib.sha256()
     for name in sorted(masks):
         m = masks[name].detach().cpu().bool().contiguous()
@@ -109,41 +47,18 @@ def mask_digest(masks: Masks) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on the CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local)
-    return Distributed(dist.get_rank(), world, local)
-
-
 class LotteryRun:
     """Runs or resumes the rounds of one experiment (one run directory)."""
 
-    def __init__(self, cfg: Config, device: torch.device, *, force: bool = False, dist: Distributed | None = None,
-                 on_iteration: Callable | None = None, log: Callable[[str], None] = print):
-        self.cfg, self.device, self.force = cfg, device, force
+    def __init__(self, run: rd.RunDir | Config, device: torch.device, *, force: bool = False,
+                 dist: Distributed | None = None, callbacks: Callable[[int], Sequence[Callback]] | None = None,
+                 log: Callable[[str], None] = print):
+        """``callbacks(r)``: extra training callbacks for round ``r`` (tests interrupt a round with them)."""
+        self.run = as_run(run)
+        cfg = self.cfg = self.run.cfg
+        self.device, self.force = device, force
         self.dist = dist or Distributed()
-        self.run = rd.RunDir(cfg)
-        self.on_iteration = on_iteration
+        self.round_callbacks = callbacks
         self.log = log if self.dist.main else (lambda *_: None)
         self.datasets, self.info = load_data(cfg, ("train", "val"))
         self.num_classes = self.info.num_classes
@@ -172,7 +87,7 @@ class LotteryRun:
             return self._masks(rd.load_torch(path, step=step, keys=("masks",))["masks"], path)
         path = self.run.checkpoint(r - 1)
         prev = rd.load_torch(path, step=STEP1, keys=("state_dict", "masks"))
-        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, 2, r))
+        generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, SeedPurpose.PRUNE, r))
         return prune(self._state(prev["state_dict"], path), self._masks(prev["masks"], path),
                      keep_fractions(self.cfg, self.names, r), self.cfg.pruning.scope, self.cfg.pruning.method, generator)
 
@@ -201,26 +116,26 @@ class LotteryRun:
         if rewind == "finetune":
             return self._load_state(self.run.checkpoint(r - 1))
         # reinit: fresh random weights, a different draw every round, the same mask
-        return new_model(self.cfg, self.num_classes, derived_seed(self.cfg.seed, 3, r)).state_dict()
+        return new_model(self.cfg, self.num_classes, derived_seed(self.cfg.seed, SeedPurpose.REINIT, r)).state_dict()
 
-    def _rewind_snapshot(self):
-        """Callbacks that save the late-rewinding point during round 0."""
+    def _rewind_snapshot(self) -> list[Callback]:
+        """The callback that saves the late-rewinding point during round 0 (none for other rewinds)."""
         rewind = self.cfg.pruning.rewind
         kind, _, k = rewind.partition(":")
         if kind not in ("epoch", "iter") or int(k) == 0:
-            return None, None
+            return []
         k = int(k)
         path = self.run.rewind_state()
 
-        def save(model):
+        def save(_count, model):
             if self.dist.main:
                 rd.save_torch({"state_dict": {n: v.detach().cpu() for n, v in model.state_dict().items()}, "rewind": rewind}, path)
 
         if kind == "epoch":
             if k >= self.cfg.train.epochs:
                 raise UserError(f"pruning.rewind={rewind} needs train.epochs > {k}")
-            return None, (lambda epoch, model: save(model) if epoch == k else None)
-        return (lambda it, model: save(model) if it == k else None), None
+            return [at_epoch(k, save)]
+        return [at_iteration(k, save)]
 
     # ---------------------------------------------------------------- the loop
     def ensure_init(self) -> None:
@@ -259,33 +174,33 @@ class LotteryRun:
         self._check_same_on_ranks(r, masks)
         model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
-        torch.manual_seed(derived_seed(cfg.seed, 1, r))  # augmentation draws
+        torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.AUGMENT, r))  # augmentation draws
         sampler = None
         if self.dist.world > 1:
             from torch.utils.data.distributed import DistributedSampler
 
             sampler = DistributedSampler(self.datasets["train"], self.dist.world, self.dist.rank, shuffle=True,
-                                         seed=derived_seed(cfg.seed, 4, r))
+                                         seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r))
         train_loader = make_loader(self.datasets["train"], cfg, self.device, train=True,
-                                   seed=derived_seed(cfg.seed, 4, r), sampler=sampler)
+                                   seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r), sampler=sampler)
         val_loader = make_loader(self.datasets["val"], cfg, self.device, train=False)
         ddp = None
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             ddp = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
-        on_iter, on_epoch = self._rewind_snapshot() if r == 0 else (None, None)
+        callbacks = self._rewind_snapshot() if r == 0 else []
+        if self.round_callbacks is not None:
+            callbacks += list(self.round_callbacks(r))
         settings = self._resume_settings(r)
         resume = self._load_resume(r, settings)
         save_resume = None
         if self.dist.main:
             def save_resume(state):  # one file, replaced atomically at every epoch end
                 rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))
-        if self.on_iteration is not None:
-            user, mine = self.on_iteration, on_iter
-            on_iter = (lambda it, m: (mine(it, m) if mine else None, user(r, it, m)))
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
-                             on_iteration=on_iter, on_epoch=on_epoch, desc=f"round {r}", train_sampler=sampler,
+                             loss=get_loss(cfg.train.loss, cfg.train), callbacks=callbacks, desc=f"round {r}",
+                             train_sampler=sampler,
                              ddp_model=ddp, resume=resume, save_resume=save_resume)
         remaining, total_remaining = remaining_fractions(model, masks)
         meta = {
@@ -372,3 +287,19 @@ class LotteryRun:
                      f"{meta['train_seconds']:.0f}s")
         self.write_summary(list(rows.values()))
         return pd.DataFrame(sorted(rows.values(), key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
+
+
+def prune_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False,
+               log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Step 1: the requested rounds, under torchrun with every process of the group (rank 0 writes)."""
+    from ..training.distributed import setup_distributed
+
+    dist = setup_distributed(device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    lottery = LotteryRun(run, device, force=force, dist=dist, log=log)
+    summary = lottery.run_rounds(rounds)
+    if dist.main:
+        log(summary.to_string(index=False))
+        log(f"step 1 done: checkpoints and summary in {lottery.run.pruning_dir}")
+    return summary

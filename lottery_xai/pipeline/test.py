@@ -5,22 +5,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir as rd
-from .config import Config
-from .loaders import make_loader
-from .lottery import load_data, load_round_model
-from .training import evaluate
+from .. import rundir as rd
+from ..config import Config
+from ..loaders import make_loader
+from .rounds import as_run, load_data, load_round_model
+from ..training import evaluate
 
 METRIC_COLUMNS = ["round", "weights_remaining", "test_acc", "test_loss", "n_images"]
 PER_CLASS_COLUMNS = ["round", "weights_remaining", "class", "accuracy", "n_images"]
 
 
 @rd.locked("test")
-def evaluate_rounds(cfg: Config, device: torch.device, rounds: list[int], force: bool = False,
+def evaluate_rounds(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False,
                 log=print) -> pd.DataFrame:
     """Evaluate each finished round's checkpoint on the test split; resumable, one row per round
     (a round whose row was made from another checkpoint than the current one is evaluated again)."""
-    run = rd.RunDir(cfg)
+    run = as_run(run)
+    cfg = run.cfg
     run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")
     run.save_config("test")
     datasets, info = load_data(cfg, ("test",), augment=False)

@@ -1,4 +1,4 @@
-"""ROAR: remove and retrain (Hooker et al. 2019), for the model of any pruning round.
+"""The ROAR step: remove and retrain (Hooker et al. 2019), for the model of any pruning round.
 
 For a round's model and an attribution method, every train/val/test image gets a map once; the
 map is stored as pixel ranks (0 = most important; ties broken by a seeded random permutation, so
@@ -16,7 +16,6 @@ their ranks); training adds horizontal flips when ``data.augment`` is on (not fo
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -24,95 +23,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir as rd
-from .activations import StreamWriter
-from .attribution import attribute
-from .config import Config, replace
-from .errors import UserError
-from .lottery import STEP1, check_state, load_data, load_round_model, new_model
-from .loaders import derived_seed
-from .models import architecture
-from .pruning import apply_masks, reset_batchnorm_stats
-from .steps import finished_rounds, layer_for, method_options
-from .training import evaluate, train_round
+from .. import rundir as rd
+from ..activations import StreamWriter
+from ..attribution import attribute
+from ..config import Config, replace, roar_epochs
+from ..errors import UserError
+from ..loaders import SeedPurpose, derived_seed
+from ..metrics.faithfulness import pixel_rank
+from ..models import architecture
+from ..pruning import apply_masks, reset_batchnorm_stats
+from ..training.roar import RemovedBatches, rank_dtype, retrain
+from .rounds import (STEP1, SPLITS, as_run, check_state, finished_rounds, layer_for, load_data, load_round_model,
+                     method_options, new_model)
 
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
            "best_val_acc", "n_test", "train_seconds"]
-SPLITS = ("train", "val", "test")
 KEYS = ["round", "method", "percent_removed", "seed", "retrain", "epochs"]  # one ROAR point
 SORT = ["round", "retrain", "epochs", "method", "percent_removed", "seed"]
-
-
-def rank_dtype(n_pixels: int):
-    """uint16 ranks while they fit (up to 256 x 256 pixels), int32 beyond."""
-    return np.uint16 if n_pixels <= np.iinfo(np.uint16).max + 1 else np.int32
-
-
-def pixel_ranks(maps: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Rank of every pixel of each map, [N, H*W] int64, 0 = highest attribution.
-
-    Equal values are ordered by one random permutation drawn from ``generator`` (a map that is
-    flat over a region removes that region in random, not row-major, order).
-    """
-    flat = maps.reshape(maps.shape[0], -1).float()
-    n_pixels = flat.shape[1]
-    perm = torch.randperm(n_pixels, generator=generator).to(flat.device)
-    order = perm[torch.sort(flat[:, perm], dim=1, descending=True, stable=True).indices]
-    positions = torch.arange(n_pixels, device=flat.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, positions)
-
-
-def remove_top(images: torch.Tensor, ranks: torch.Tensor, percent: float, fill: torch.Tensor) -> torch.Tensor:
-    """Images [N,C,H,W] with their top ``percent`` % pixels (by ``ranks`` [N,H*W]) set to ``fill`` [C]."""
-    n, c, h, w = images.shape
-    k = int(round(percent / 100.0 * h * w))
-    if k == 0:
-        return images
-    removed = (ranks.reshape(n, 1, h, w) < k)
-    return torch.where(removed, fill.to(images.dtype).view(1, c, 1, 1), images)
-
-
-class RemovedBatches:
-    """Batches ``{"image", "label"}`` of stored images with their top pixels removed, built batch-wise.
-
-    ``images`` [N,C,H,W] and ``ranks`` [N,H*W] may be numpy memory maps (only one batch is in
-    memory at a time). With ``shuffle`` the order is a fresh permutation each pass, drawn from a
-    generator seeded with ``seed``; with ``flip`` each image is mirrored with probability 0.5.
-    """
-
-    def __init__(self, images, ranks, labels, percent: float, fill: torch.Tensor, batch_size: int, *,
-                 shuffle: bool = False, flip: bool = False, seed: int = 0):
-        self.images, self.ranks, self.labels = images, ranks, np.asarray(labels)
-        self.percent, self.fill, self.batch_size = percent, torch.as_tensor(fill, dtype=torch.float32), batch_size
-        self.shuffle, self.flip = shuffle, flip
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
-
-    def __iter__(self):
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator).numpy() if self.shuffle else np.arange(n)
-        for start in range(0, n, self.batch_size):
-            idx = np.sort(order[start:start + self.batch_size])
-            images = torch.from_numpy(np.asarray(self.images[idx], dtype=np.float32))
-            ranks = torch.from_numpy(np.asarray(self.ranks[idx]).astype(np.int64))
-            images = remove_top(images, ranks, self.percent, self.fill)
-            if self.flip:
-                mirrored = torch.rand(len(idx), generator=self.generator) < 0.5
-                images = torch.where(mirrored.view(-1, 1, 1, 1), images.flip(-1), images)
-            yield {"image": images, "label": torch.from_numpy(self.labels[idx].astype(np.int64))}
-
-
-def retrain(model: torch.nn.Module, train: RemovedBatches, val: RemovedBatches, test: RemovedBatches, tc, device,
-            num_classes: int, masks: dict | None = None, desc: str = "roar") -> dict:
-    """Train ``model`` on the modified data, keep its best-val state, return its modified-test accuracy."""
-    model = model.to(device)
-    result = train_round(model, train, val, tc, masks or {}, device, num_classes, desc=desc)
-    model.load_state_dict(result.best_state)
-    scored = evaluate(model, test, device, num_classes, tc.amp)
-    return {"test_acc": scored["acc"], "best_val_acc": result.best_val_acc, "n_test": scored["n"],
-            "train_seconds": result.seconds}
 
 
 # ---------------------------------------------------------------- the step
@@ -182,7 +109,7 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                 continue
             images, labels = data[split]["images"], data[split]["labels"]
             n, _, h, w = images.shape
-            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, 17, r, split_index))
+            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, SeedPurpose.ROAR_RANK_TIES, r, split_index))
             writer = StreamWriter(path, n, (h * w,), rank_dtype(h * w))
             try:
                 step = cfg.heatmaps.batch_size
@@ -193,9 +120,9 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                     else:
                         with torch.no_grad():
                             targets = model(chunk).argmax(1)
-                    options = method_options(cfg, method, derived_seed(cfg.seed, 19, r, split_index, start))
+                    options = method_options(cfg, method, derived_seed(cfg.seed, SeedPurpose.ROAR_MAPS, r, split_index, start))
                     maps = attribute(method, model, chunk, targets, layer=layer_for(cfg, method), normalize="none", **options)
-                    writer.write(start, pixel_ranks(maps, generator).cpu().numpy().astype(writer.mm.dtype))
+                    writer.write(start, pixel_rank(maps, generator=generator).cpu().numpy().astype(writer.mm.dtype))
             except BaseException:
                 writer.abort()
                 raise
@@ -213,10 +140,10 @@ def _ranks(run: rd.RunDir, r: int, method: str, split: str, images) -> np.ndarra
     return ranks
 
 
-def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_index: int):
+def fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_index: int):
     """The model a ROAR point retrains: a dense fresh init per seed, or the round's ticket (mask, rewound init)."""
     if cfg.roar.retrain == "dense":
-        return new_model(cfg, num_classes, derived_seed(cfg.seed, 23, seed_index)), None
+        return new_model(cfg, num_classes, derived_seed(cfg.seed, SeedPurpose.ROAR_INIT, seed_index)), None
     model = new_model(cfg, num_classes, cfg.seed)
     path = run.require(run.init_state(), STEP1)
     model.load_state_dict(check_state(model, rd.load_torch(path, step=STEP1, keys=("state_dict",))["state_dict"], path))
@@ -228,11 +155,12 @@ def _fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed
 
 
 @rd.locked("roar")
-def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
+    run = as_run(run)
+    cfg = run.cfg
     methods = _check(cfg)
-    run = rd.RunDir(cfg)
-    rounds = finished_rounds(cfg, rounds, log)
+    rounds = finished_rounds(run, rounds, log)
     run.save_config("roar")
     data = prepare_images(cfg, run, device, log)
     table = rd.read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
@@ -273,12 +201,12 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
                     batches = {s: RemovedBatches(data[s]["images"], source[s], data[s]["labels"], percent, data["fill"],
                                                  cfg.data.batch_size if s == "train" else cfg.data.eval_batch_size,
                                                  shuffle=s == "train", flip=flip and s == "train",
-                                                 seed=derived_seed(cfg.seed, 29, seed_index)) for s in SPLITS}
+                                                 seed=derived_seed(cfg.seed, SeedPurpose.ROAR_ORDER, seed_index)) for s in SPLITS}
                     scores = None if force else _dense_baseline(table, point)
                     if scores is None:
-                        fresh, masks = _fresh_model(cfg, run, ckpt, num_classes, seed_index)
+                        fresh, masks = fresh_model(cfg, run, ckpt, num_classes, seed_index)
                         with torch.random.fork_rng(devices=[]):
-                            torch.manual_seed(derived_seed(cfg.seed, 31, seed_index))
+                            torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.ROAR_TRAIN, seed_index))
                             scores = retrain(fresh, batches["train"], batches["val"], batches["test"], tc, device,
                                              num_classes, masks,
                                              desc=f"roar r{r} {'/'.join(group)} {percent:g}% seed {seed_index}")
@@ -287,9 +215,6 @@ def roar_step(cfg: Config, device: torch.device, rounds: list[int], force: bool 
                             for m in group]
                     table = rd.upsert_table(run.roar_results(), rows, keys=KEYS, sort=SORT, columns=COLUMNS)
                     log(f"ROAR round {r} {'/'.join(group)} {percent:g}% seed {seed_index}: test acc {scores['test_acc']:.4f}")
-    from .report import plot_roar
-
-    plot_roar(cfg)
     log(roar_summary(table).to_string())
     log(f"ROAR done in {time.perf_counter() - started:.0f} s: {run.roar_results()}")
     return table
@@ -315,9 +240,6 @@ def _matches(table: pd.DataFrame, *, r: int, methods: list[str], percent: float,
     return (table["round"] == r) & table["method"].isin(methods) & (table["percent_removed"].astype(float) == percent) \
         & (table["seed"] == seed) & (table["retrain"] == retrain) & (table["epochs"] == epochs)
 
-
-def roar_epochs(cfg: Config) -> int:
-    return cfg.roar.epochs or cfg.train.epochs
 
 
 def roar_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -15,14 +15,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir as rd
-from .config import Config
-from .lottery import load_round_model
-from .loaders import derived_seed
-from .metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
+from .. import rundir as rd
+from ..config import Config
+from ..loaders import SeedPurpose, derived_seed
+from ..metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
                       pointing_game, tcav_agreement, tcav_agreement_summary, transform_consistency)
-from .errors import UserError
-from .steps import TCAV_COLUMNS, configured_maps, finished_rounds, heatmap_images
+from ..errors import UserError
+from .heatmaps import heatmap_images
+from .rounds import as_run, configured_maps, finished_rounds, load_round_model
+from .tcav import TCAV_COLUMNS
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images"]
 
@@ -107,12 +108,13 @@ def _current_tcav(run: rd.RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
 
 
 @rd.locked("metrics")
-def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
-    run = rd.RunDir(cfg)
-    rounds = finished_rounds(cfg, rounds, log)
+def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    run = as_run(run)
+    cfg = run.cfg
+    rounds = finished_rounds(run, rounds, log)
     _require_maps(cfg, run, rounds)
     run.save_config("metrics")
-    batch, info = heatmap_images(cfg, device)
+    batch, info = heatmap_images(run, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
     targets = batch["label"].to(device) if cfg.heatmaps.target == "true" else None  # None: the predicted class
     table = rd.read_csv(run.explanation_metrics(), COLUMNS) if run.explanation_metrics().is_file() and not force \
@@ -138,7 +140,7 @@ def metrics_step(cfg: Config, device: torch.device, rounds: list[int], force: bo
             dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
             if method in cfg.metrics.transform_methods:
-                values.update(transform_metrics(model, images, method, cfg, derived_seed(cfg.seed, 37, r), targets))
+                values.update(transform_metrics(model, images, method, cfg, derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets))
             rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": method, "metric": name,
                       "value": float(torch.as_tensor(v, dtype=torch.float64).nanmean()), "n_images": len(v)}
                      for name, v in values.items()]

@@ -6,15 +6,17 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .pruning import Masks, MaskEnforcer
+from ..config import TrainConfig
+from ..pruning import Masks, MaskEnforcer
+from .callbacks import Callback
+from .losses import get_loss
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -111,16 +113,15 @@ def _set_rng_state(loader, state: dict) -> None:
 
 
 def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, masks: Masks, device: torch.device,
-                num_classes: int, *, on_iteration: Callable[[int, nn.Module], None] | None = None,
-                on_epoch: Callable[[int, nn.Module], None] | None = None, desc: str = "train",
-                train_sampler=None, ddp_model: nn.Module | None = None,
+                num_classes: int, *, loss: Callable | None = None, callbacks: Sequence[Callback] = (),
+                desc: str = "train", train_sampler=None, ddp_model: nn.Module | None = None,
                 resume: dict | None = None, save_resume: Callable[[dict], None] | None = None) -> RoundResult:
     """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step.
 
     Validation runs after each epoch's training, so the final weights are scored. The best
-    validation state is kept in memory and returned with the last state. ``on_iteration(it, model)``
-    and ``on_epoch(epoch, model)`` (1-based counts of finished steps/epochs) are the extension
-    points (late-rewinding snapshots, tests that interrupt a run). ``ddp_model`` is the
+    validation state is kept in memory and returned with the last state. ``loss`` is a loss object
+    of :mod:`.losses` (default: the one ``tc.loss`` names); ``callbacks`` (:mod:`.callbacks`) see
+    every finished step and epoch (late-rewinding snapshots, tests that interrupt a run). ``ddp_model`` is the
     DistributedDataParallel wrapper to run forwards through, when training with torchrun.
 
     ``save_resume(state)`` receives, at every epoch end, everything needed to go on from there:
@@ -132,6 +133,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     optimizer = make_optimizer(model, tc)
     scheduler = make_scheduler(optimizer, tc, len(train_loader))
     forward = ddp_model if ddp_model is not None else model
+    loss_fn = loss if loss is not None else get_loss(tc.loss, tc)
     best_acc, best_state, best_epoch, history = -1.0, None, 0, []
     iteration, first, elapsed = 0, 1, 0.0
     if resume is not None:
@@ -156,7 +158,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 images, labels = to_device(batch, device, tc.channels_last)
                 with autocast(device, tc.amp):
                     logits = forward(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                loss = loss_fn(logits, labels, images=images, model=forward)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -164,16 +166,16 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 iteration += 1
                 loss_sum += float(loss.detach()) * len(labels)
                 seen += len(labels)
-                if on_iteration is not None:
-                    on_iteration(iteration, model)
+                for callback in callbacks:
+                    callback.on_iteration(iteration, model)
             val = evaluate(model, val_loader, device, num_classes, tc.amp, tc.channels_last)
             history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_acc": val["acc"], "val_loss": val["loss"],
                             "lr": optimizer.param_groups[0]["lr"]})
             if val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            if on_epoch is not None:
-                on_epoch(epoch, model)
+            for callback in callbacks:
+                callback.on_epoch(epoch, model)
             if save_resume is not None and epoch < tc.epochs:
                 save_resume({
                     "epoch": epoch, "iteration": iteration, "seconds": elapsed + time.perf_counter() - start,

@@ -11,7 +11,7 @@ import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import rundir as rd  # noqa: E402
+from .. import rundir as rd  # noqa: E402
 
 
 def _save(fig, path: Path | None):

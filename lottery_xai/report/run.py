@@ -1,64 +1,21 @@
-"""Step 8 and the notebooks: read a run's files and draw its figures through :mod:`lottery_xai.plots`."""
+"""Every figure of a run, drawn from the files on disk (step 8 and the notebooks call these same functions)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from . import plots
-from . import rundir as rd
-from .config import Config, load_config
-from .errors import UserError
-
-
-class MissingInput(UserError):
-    """A figure's input is not on disk yet (its step has not run): step 8 skips that figure."""
-
-
-def _need(path: Path, step: str) -> Path:
-    if not path.is_file():
-        raise MissingInput(f"'{path}' is missing; run {step} first")
-    return path
-
-
-STEP2, STEP4, STEP5, STEP6, STEP7 = ("step 2 (main_lth_test.py)", "step 4 (main_lth_generate_cavs.py)",
-                                     "step 5 (main_lth_tcav.py)", "step 6 (main_heatmap_save.py)",
-                                     "step 7 (main_explanation_metrics.py)")
-METRIC_COLUMNS = ["round", "weights_remaining", "method", "metric", "value"]
-
-
-def open_run(config: str | Path | None = None, overrides: list[str] | str | None = None) -> Config:
-    """The config of a run, as a notebook opens it (``overrides`` as ``--set`` strings, or one space-separated string)."""
-    if isinstance(overrides, str):
-        overrides = overrides.split()
-    return load_config(config, overrides or [])
-
-
-def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
-    """Test metrics of this run and of its controls (reinit, random pruning) when they exist on disk."""
-    run = rd.RunDir(cfg)
-    candidates = {f"ticket (rewind {cfg.pruning.rewind})": run}
-    if cfg.pruning.rewind != "reinit":
-        candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
-    if cfg.pruning.method != "random":
-        candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
-    frames = {label: rd.read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=STEP2)
-              for label, r in candidates.items() if r.test_metrics().is_file()}
-    if not frames:
-        raise MissingInput(f"'{run.test_metrics()}' is missing; run {STEP2} first")
-    return frames
+from .. import rundir as rd
+from ..config import Config, roar_epochs
+from ..errors import UserError
+from . import figures as plots
+from .tables import (STEP4, STEP6, STEP7, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, heatmap_methods,
+                     tcav_table)
 
 
 def plot_accuracy(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
     return plots.accuracy_vs_weights(accuracy_runs(cfg), run.plot("accuracy_vs_weights") if save else None)
-
-
-def tcav_table(cfg: Config) -> pd.DataFrame:
-    run = rd.RunDir(cfg)
-    columns = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "significant"]
-    return rd.read_csv(_need(run.tcav_scores(), STEP5), columns, step=STEP5)
 
 
 def plot_tcav(cfg: Config, save: bool = True) -> list:
@@ -75,11 +32,6 @@ def plot_cav_accuracy(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
     acc = rd.read_csv(_need(run.cav_accuracy(), STEP4), ["round", "layer", "concept", "accuracy", "kind"], step=STEP4)
     return plots.cav_accuracy_vs_round(acc, run.plot("cav_accuracy") if save else None)
-
-
-def heatmap_methods(cfg: Config) -> list[str]:
-    run = rd.RunDir(cfg)
-    return [m for m in cfg.heatmaps.methods if any(run.heatmap_file(r, m).is_file() for r in run.rounds())]
 
 
 def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = None, save: bool = True):
@@ -110,7 +62,7 @@ def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = N
 
 
 def plot_metrics(cfg: Config, save: bool = True) -> list:
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     run = rd.RunDir(cfg)
     frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
@@ -124,8 +76,6 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
 
 def plot_roar(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
-    from .roar import roar_epochs
-
     frame = rd.read_csv(_need(run.roar_results(), "main_roar.py"),
                         ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "test_acc"],
                         step="main_roar.py")
@@ -134,29 +84,6 @@ def plot_roar(cfg: Config, save: bool = True):
         raise MissingInput(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
                         f"{roar_epochs(cfg)} epochs; run main_roar.py with these settings first")
     return plots.roar_curves(frame, path=run.plot("roar") if save else None)
-
-
-def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "random") -> pd.DataFrame:
-    """Step 7 at the dense and the sparsest round: ``method`` against ``baseline`` on every map metric,
-    with whether the method does better (in the metric's own direction)."""
-    from .metrics import METRICS
-
-    run = rd.RunDir(cfg)
-    frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
-    frame = frame[frame["method"].isin([method, baseline])]
-    rows = []
-    for r in (frame["round"].min(), frame["round"].max()):
-        part = frame[frame["round"] == r].pivot_table(index="metric", columns="method", values="value")
-        if method not in part or baseline not in part:
-            continue
-        for metric, values in part.iterrows():
-            spec = METRICS.get(metric)
-            higher = True if spec is None else spec.higher_is_better
-            a, b = values[method], values[baseline]
-            rows.append({"round": int(r), "weights_remaining": float(frame.loc[frame["round"] == r, "weights_remaining"].iloc[0]),
-                         "metric": metric, "better": "higher" if higher else "lower", method: a, baseline: b,
-                         "beats_baseline": None if a == b else bool(a > b if higher else a < b)})
-    return pd.DataFrame(rows)
 
 
 @rd.locked("plots")
@@ -206,31 +133,3 @@ def _unit(maps: np.ndarray) -> np.ndarray:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
-
-
-def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = None) -> pd.DataFrame:
-    """On data whose class-defining attributes are known (the embedded synthetic set, MNIST even/odd):
-    the share of (class, defining attribute) pairs whose TCAV is significant and above 0.5, against the
-    share of (class, absent attribute) pairs that are. The first should be high, the second low."""
-    from .lottery import load_data
-
-    _, info = load_data(cfg, ())
-    if info.defining_attributes is None:
-        raise UserError(f"dataset '{cfg.dataset}' has no known class-defining attributes")
-    table = tcav_table(cfg)
-    table = table[table["round"] == round_index]
-    rows = []
-    for lay, g in table.groupby("layer"):
-        if layer is not None and lay != layer:
-            continue
-        hit = g["significant"].astype(bool) & (g["tcav_mean"] > 0.5)
-        defining = [c in info.defining_attributes.get(k, []) for k, c in zip(g["class"], g["concept"])]
-        absent = [not d and info.class_concepts[info.class_names.index(k), info.concept_names.index(c)] == 0
-                  for d, k, c in zip(defining, g["class"], g["concept"])]
-        defining, absent = np.asarray(defining), np.asarray(absent)
-        rows.append({"round": round_index, "layer": lay,
-                     "defining_pairs": int(defining.sum()),
-                     "defining_significant_above_half": float(hit[defining].mean()) if defining.any() else np.nan,
-                     "absent_pairs": int(absent.sum()),
-                     "absent_significant_above_half": float(hit[absent].mean()) if absent.any() else np.nan})
-    return pd.DataFrame(rows)

@@ -1,0 +1,87 @@
+"""Step 4: CAVs of every concept and random-vs-random CAVs, per round and layer."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import rundir as rd
+from ..config import Config
+from ..loaders import SeedPurpose, derived_seed
+from .rounds import as_run, finished_rounds, load_data, resolve_names
+
+CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
+
+STEP3 = "step 3 (main_lth_save_activations.py)"
+
+
+def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str, info=None) -> tuple[np.ndarray, np.ndarray]:
+    """The activations and concept labels of the CAV splits, checked against each other (and, given the
+    dataset's ``info``, against its splits and concepts)."""
+    acts, concepts = [], []
+    for split in cfg.cav.splits:
+        path = run.require(run.activation_file(r, split, layer), STEP3)
+        run.require_up_to_date("activations", f"{rd.round_name(r)}/{split}", run.round_fingerprint(r), STEP3)
+        expected = len(info.split_ids[split]) if info is not None else None
+        ids = rd.load_npy(run.activation_meta(r, split, "ids"), STEP3, ndim=1, rows=expected)
+        act = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+        concepts_path = run.activation_meta(r, split, "concepts")
+        labels = rd.load_npy(concepts_path, STEP3, ndim=2, rows=len(ids))
+        if info is not None and labels.shape[1] != info.n_concepts:
+            raise rd.unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", STEP3)
+        if acts and act.shape[1] != acts[0].shape[1]:
+            raise rd.unreadable(path, f"{act.shape[1]} values per image, {acts[0].shape[1]} in the "
+                                      f"{cfg.cav.splits[0]} split", STEP3)
+        acts.append(act)
+        concepts.append(labels)
+    return np.concatenate(acts).astype(np.float32), np.concatenate(concepts)
+
+
+def _activation_width(cfg: Config, run: rd.RunDir, r: int, layer: str) -> int | None:
+    """Values per image of round ``r``'s stored activations of ``layer`` (None when step 3 left none)."""
+    path = run.activation_file(r, cfg.cav.splits[0], layer)
+    return rd.load_npy(path, STEP3, mmap=True, ndim=2).shape[1] if path.is_file() else None
+
+
+@rd.locked("cavs")
+def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
+    from ..concepts.cav import fit_all_cavs, load_cavs, save_cavs  # scikit-learn: imported by the steps that fit
+
+    run = as_run(run)
+    cfg = run.cfg
+    rounds = finished_rounds(run, rounds, log)
+    run.save_config("cavs")
+    _, info = load_data(cfg, ())
+    concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
+    columns = [info.concept_names.index(c) for c in concepts]
+    table = rd.read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
+    for r in tqdm(rounds, desc="CAV rounds"):
+        fp, rows = run.round_fingerprint(r), []
+        for layer in cfg.bb_layers_for_concepts:
+            path = run.cav_file(r, layer)
+            unit = f"{rd.round_name(r)}/{layer}"
+            if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log):
+                acts, labels = _stacked(cfg, run, r, layer, info)
+                result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
+                                      negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
+                                      seed=derived_seed(cfg.seed, SeedPurpose.CAV, r), n_jobs=cfg.cav.n_jobs,
+                                      test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
+                                      max_per_set=cfg.cav.max_per_set or None)
+                save_cavs(path, result)
+                run.record_fingerprint("cavs", unit, fp)
+            result = load_cavs(path)
+            width = _activation_width(cfg, run, r, layer)
+            if width is not None and result["cavs"].shape[-1] != width:
+                raise rd.unreadable(path, f"CAVs of {result['cavs'].shape[-1]} values, the activations of {layer} "
+                                          f"have {width}", "step 4 (main_lth_generate_cavs.py)")
+            for c, name in enumerate(result["concepts"]):
+                rows += [{"round": r, "layer": layer, "concept": name, "run": k, "accuracy": a, "kind": "concept"}
+                         for k, a in enumerate(result["accuracy"][c])]
+            rows += [{"round": r, "layer": layer, "concept": "random", "run": k, "accuracy": a, "kind": "random"}
+                     for k, a in enumerate(result["random_accuracy"])]
+        # read-modify-write after each round: rounds and layers not processed here are kept
+        table = rd.upsert_table(run.cav_accuracy(), rows, keys=["round", "layer"],
+                                sort=["round", "layer", "kind", "concept", "run"], columns=CAV_ACCURACY_COLUMNS)
+    log(f"step 4 done: CAVs in {run.root / 'cavs'}, accuracies in {run.cav_accuracy()}")
+    return table

@@ -1,0 +1,72 @@
+"""Step 6: attribution maps of the same test images at every round, for every configured method.
+It draws nothing: ``main_heatmap_save.py`` draws the round-by-round grids after it (and step 8 again)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import rundir as rd
+from ..config import Config
+from ..data.transforms import denormalize
+from ..loaders import SeedPurpose, derived_seed
+from .rounds import as_run, configured_maps, finished_rounds, load_data, load_round_model, resolve_names
+
+def heatmap_images(run: rd.RunDir, device: torch.device):
+    """The test images explained at every round (chosen once, stored with the maps), as tensors."""
+    cfg = run.cfg
+    datasets, info = load_data(cfg, ("test",), augment=False)
+    test = datasets["test"]
+    if run.heatmap_images().is_file():
+        # --force alone does not rewrite this file (every round's maps refer to it): it has to be deleted first
+        path, fix = run.heatmap_images(), "step 6 (main_heatmap_save.py), after deleting the file,"
+        stored = rd.load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
+        indices = stored["indices"]
+        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(stored["ids"]) != len(indices):
+            raise rd.unreadable(path, f"indices of shape {list(indices.shape)} for {len(stored['ids'])} ids", fix)
+        ids = getattr(test, "ids", None)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(test)
+                             or (ids is not None and not np.array_equal(np.asarray(ids)[indices], stored["ids"]))):
+            raise rd.unreadable(path, "its images are not in this dataset's test split (written for another dataset)",
+                                fix)
+    else:
+        classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
+        labels = np.asarray(test.labels) if hasattr(test, "labels") else np.array([int(test[i]["label"]) for i in range(len(test))])
+        indices = np.concatenate([np.flatnonzero(labels == info.class_names.index(c))[:cfg.heatmaps.images_per_class]
+                                  for c in classes])
+    items = [test[int(i)] for i in indices]
+    batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "parts", "id")}
+    if not run.heatmap_images().is_file():
+        shown = (denormalize(batch["image"], info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        rd.save_npz(run.heatmap_images(), indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
+                    bbox=batch["bbox"].numpy(), images=shown, class_names=np.asarray(info.class_names, dtype=str))
+    return batch, info
+
+
+@rd.locked("heatmaps")
+def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
+    """Attribution maps of the same test images at every round, for every configured method."""
+    run = as_run(run)
+    cfg = run.cfg
+    rounds = finished_rounds(run, rounds, log)
+    run.save_config("heatmaps")
+    batch, info = heatmap_images(run, device)
+    images = batch["image"].to(device)
+    for r in tqdm(rounds, desc="heatmap rounds"):
+        fp = run.round_fingerprint(r)
+        todo = [m for m in cfg.heatmaps.methods if force or not run.heatmap_file(r, m).is_file()
+                or not run.up_to_date("heatmaps", f"{rd.round_name(r)}/{m}", fp, log)]
+        if not todo:
+            continue
+        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model.requires_grad_(False)
+        with torch.no_grad():
+            predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
+        targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
+        for method in todo:
+            maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r))
+            rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
+                        labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
+                        maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])
+            run.record_fingerprint("heatmaps", f"{rd.round_name(r)}/{method}", fp)
+    log(f"step 6 done: maps in {run.root / 'heatmaps'}")

@@ -1,0 +1,42 @@
+"""Training losses, by name (``train.loss``). A loss is called once per training step with the batch's
+logits and labels, and may also use the images and the model the forward ran through (a loss on
+explanations, such as a Grad-CAM consistency term, needs both). Adding one: a class with that call
+and a ``register_loss`` line."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..names import unknown_name
+
+
+class CrossEntropy:
+    """Cross-entropy of the logits (computed in float32 under autocast), with ``train.label_smoothing``."""
+
+    def __init__(self, tc: TrainConfig):
+        self.label_smoothing = tc.label_smoothing
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor, *, images: torch.Tensor | None = None,
+                 model: nn.Module | None = None) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+
+
+LOSSES: dict[str, Callable[[TrainConfig], Callable]] = {}
+
+
+def register_loss(name: str, builder: Callable[[TrainConfig], Callable]) -> None:
+    """Make ``train.loss: name`` build its loss with ``builder(train_config)``."""
+    LOSSES[name] = builder
+
+
+def get_loss(name: str, tc: TrainConfig):
+    if name not in LOSSES:
+        raise unknown_name(f"unknown training loss {name!r}", name, LOSSES, otherwise=f"known: {', '.join(LOSSES)}")
+    return LOSSES[name](tc)
+
+
+register_loss("cross_entropy", CrossEntropy)
