@@ -163,6 +163,13 @@ def linear_after(model: nn.Module, layer: str, img_size: int) -> bool:
     return bool(order) and all(isinstance(m, LINEAR_TAIL) for m in order)
 
 
+def require_eval(model: nn.Module, purpose: str) -> None:
+    """UserError when any submodule is in training mode (BatchNorm and dropout would make ``purpose``
+    depend on the batch)."""
+    if any(module.training for module in model.modules()):
+        raise UserError(f"the model is in training mode; call model.eval() before computing {purpose}")
+
+
 def check_layers(model: nn.Module, names: list[str]) -> None:
     for n in names:
         get_layer(model, n)

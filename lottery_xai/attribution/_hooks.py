@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery_xai.errors import UserError
-from lottery_xai.models import get_layer
+from lottery_xai.models import get_layer, require_eval
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None
 
@@ -153,8 +153,7 @@ def check_images(images) -> None:
 
 def check_eval(model: nn.Module) -> None:
     """UserError when any submodule is in training mode (BatchNorm and dropout would change the maps)."""
-    if any(module.training for module in model.modules()):
-        raise UserError("the model is in training mode; call model.eval() before computing attribution maps")
+    require_eval(model, "attribution maps")
 
 
 def check_logits(logits, n: int) -> None:

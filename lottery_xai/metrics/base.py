@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from lottery_xai.errors import UserError
+from lottery_xai.models import require_eval
 from lottery_xai.names import unknown_name
 
 FAMILIES = frozenset({"faithfulness", "localisation", "consistency"})
@@ -82,8 +83,7 @@ def get_metric(name: str) -> MetricSpec:
 
 def check_eval_mode(model: torch.nn.Module) -> None:
     """Refuse a model in training mode: BatchNorm/Dropout would make scores depend on the batch."""
-    if model.training:
-        raise UserError("the model is in training mode; call model.eval() before computing explanation metrics")
+    require_eval(model, "explanation metrics")
 
 
 def check_maps(maps: torch.Tensor, images: torch.Tensor | None = None, name: str = "maps") -> torch.Tensor:
