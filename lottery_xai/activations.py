@@ -7,7 +7,7 @@ import mmap
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,32 +64,113 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+class LayerCapture:
+    """The one layer capture of the package: a forward hook that records a module's output.
+
+    ``mode="leaf"`` (explanations, TCAV): the output becomes a fresh leaf that requires grad and grad
+    mode is switched on at the layer, so a forward started under ``torch.no_grad()`` records only
+    layer -> logits and ``torch.autograd.grad`` to the layer touches no parameter below it.
+    ``mode="attached"`` (training losses): the output stays attached to the graph below it.
+    In both the forward continues on a clone (an in-place op after the layer, ``ReLU(inplace=True)``
+    or ``out += identity``, can neither modify the captured tensor nor fail on a leaf).
+    ``mode="value"`` (activations): the output is stored as it is and the forward is not changed.
+    A module that runs twice in one forward is an error (``repeat="error"``) or keeps its first
+    output (``repeat="first"``). ``then(name)`` runs after each capture (``StopForward`` may be raised
+    from it to end the forward early). The hook is removed on exit, whatever happens.
+    """
+
+    def __init__(self, module: nn.Module, name: str, mode: str = "leaf", repeat: str = "error",
+                 then: Callable[[str], None] | None = None):
+        if mode not in ("leaf", "attached", "value") or repeat not in ("error", "first"):
+            raise ValueError(f"unknown capture mode {mode!r} or repeat {repeat!r}")
+        self.module, self.name, self.mode, self.repeat, self.then = module, name, mode, repeat, then
+        self.activation: torch.Tensor | None = None
+        self._calls = 0
+        self._handle = None
+
+    def __enter__(self) -> "LayerCapture":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        self._handle.remove()
+        self._handle = None
+        return False
+
+    def reset(self) -> None:
+        self.activation, self._calls = None, 0
+
+    def _hook(self, module: nn.Module, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise UserError(f"layer {self.name!r} returns {type(output).__name__}, not a tensor; "
+                            "pick a layer whose output is a feature map")
+        self._calls += 1
+        if self._calls > 1:
+            if self.repeat == "first":
+                return None
+            raise UserError(f"layer {self.name!r} runs more than once per forward pass (a shared module); "
+                            "pick a layer that runs once, e.g. its parent block")
+        if self.mode == "value":
+            self.activation = output
+            if self.then is not None:
+                self.then(self.name)
+            return None
+        if self.mode == "leaf":
+            activation = output.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record only from here to the logits
+        else:
+            activation = output if output.requires_grad else output.requires_grad_(True)
+        self.activation = activation
+        if self.then is not None:
+            self.then(self.name)
+        return activation.clone()
+
+
+def forward_with_capture(model: nn.Module, images: torch.Tensor, layer: str, *, detach: bool = True,
+                         repeat: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model(images)`` once and return (activation of ``layer``, logits [N, K]); ``detach``:
+    ``mode="leaf"`` (no graph below the layer) or ``"attached"``, see :class:`LayerCapture`."""
+    capture = LayerCapture(get_layer(model, layer), layer, "leaf" if detach else "attached", repeat)
+    with capture:
+        with torch.no_grad() if detach else torch.enable_grad():  # restores the caller's grad mode on exit
+            logits = model(images)
+    if capture.activation is None:
+        raise UserError(f"layer {layer!r} did not run in the forward pass; pick a layer on the path to the logits")
+    n = images.shape[0]
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise UserError(f"the model must return logits [N, K] with N = {n}, got {shape}")
+    return capture.activation, logits
+
+
+class _Store(dict):
+    resets: list = []
+
+
 @contextlib.contextmanager
 def _capture(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Hooks that store each layer's output and stop the forward once all of them have run."""
-    modules = {name: get_layer(model, name) for name in layers}
-    store: dict[str, torch.Tensor] = {}
+    """Value captures of ``layers`` that stop the forward once all of them have run."""
+    captures: dict[str, LayerCapture] = {}
+    store = _Store()
 
-    def make_hook(name: str):
-        def hook(module, inputs, output):
-            if not isinstance(output, torch.Tensor):
-                raise UserError(f"layer '{name}' returns {type(output).__name__}, not a tensor; choose a module that returns one")
-            store.setdefault(name, output)  # a module run twice keeps its first output
-            if len(store) == len(modules):
-                raise _StopForward
-        return hook
+    def done(name: str):
+        store[name] = captures[name].activation
+        if len(store) == len(captures):
+            raise _StopForward
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in modules.items()]
-    try:
+    captures.update({name: LayerCapture(get_layer(model, name), name, "value", "first", then=done) for name in layers})
+    with contextlib.ExitStack() as stack:
+        for c in captures.values():
+            stack.enter_context(c)
+        store.resets = [c.reset for c in captures.values()]
         yield store
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _run_captured(model: nn.Module, images: torch.Tensor, store: dict, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """One forward with `_capture` hooks in place; returns {layer: output}."""
     store.clear()
+    for reset in getattr(store, "resets", ()):
+        reset()
     try:
         model(images)
     except _StopForward:

@@ -1,8 +1,8 @@
-"""Shared machinery of the attribution methods: layer lookup and capture, input checks, target choice.
+"""Shared machinery of the attribution methods: input checks, target choice, the gradient to a layer.
 
-The capture runs the network up to the chosen layer without building a graph and
-only records operations from the layer to the logits, so `torch.autograd.grad`
-to the layer never touches (or computes gradients for) the parameters below it.
+
+
+
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery_xai.errors import UserError
+from lottery_xai.activations import LayerCapture, forward_with_capture  # noqa: F401  (the one layer capture)
 from lottery_xai.models import get_layer, require_eval
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None
@@ -23,65 +24,6 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     if not isinstance(layer, str) or not layer:
         raise UserError(f"layer must be a dotted module name such as 'layer4', got {layer!r}")
     return get_layer(model, layer)
-
-
-class LayerCapture:
-    """Context manager that records one module's output during a forward pass, ready for `autograd.grad`.
-
-    detach=True (explanations): the captured activation is a fresh leaf and grad mode is
-    switched on at the layer, so when the forward starts under `torch.no_grad()` the graph
-    spans only layer -> logits. detach=False (training losses): the activation stays attached
-    to the graph below it, so a loss built from it reaches every parameter.
-    The hook is removed on exit, whatever happens.
-    """
-
-    def __init__(self, module: nn.Module, name: str, detach: bool = True):
-        self.module, self.name, self.detach = module, name, detach
-        self.activation: torch.Tensor | None = None
-        self._calls = 0
-        self._handle = None
-
-    def __enter__(self) -> "LayerCapture":
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc_info) -> bool:
-        self._handle.remove()
-        self._handle = None
-        return False
-
-    def _hook(self, module: nn.Module, inputs, output):
-        if not isinstance(output, torch.Tensor):
-            raise UserError(
-                f"layer {self.name!r} returns {type(output).__name__}, not a tensor; pick a layer whose output is a feature map"
-            )
-        self._calls += 1
-        if self._calls > 1:
-            raise UserError(
-                f"layer {self.name!r} runs more than once per forward pass (a shared module); pick a layer that runs once, e.g. its parent block"
-            )
-        if self.detach:
-            activation = output.detach().requires_grad_(True)
-            torch.set_grad_enabled(True)  # record only from here to the logits
-        else:
-            activation = output if output.requires_grad else output.requires_grad_(True)
-        self.activation = activation
-        # Later in-place ops (ReLU(inplace=True), `out += identity`) must not modify the captured tensor.
-        return activation.clone()
-
-
-def forward_with_capture(
-    model: nn.Module, images: torch.Tensor, layer: str, *, detach: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model(images)` once and return (activation of `layer`, logits); see LayerCapture for `detach`."""
-    capture = LayerCapture(resolve_layer(model, layer), layer, detach=detach)
-    with capture:
-        with torch.no_grad() if detach else torch.enable_grad():
-            logits = model(images)
-    if capture.activation is None:
-        raise UserError(f"layer {layer!r} did not run in the forward pass; pick a layer on the path to the logits")
-    check_logits(logits, images.shape[0])
-    return capture.activation, logits
 
 
 def layer_gradient(

@@ -25,7 +25,7 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..activations import eval_mode, model_device
+from ..activations import eval_mode, forward_with_capture, model_device
 from ..errors import UserError
 from ..models import get_layer
 from .cav import select_concepts
@@ -55,41 +55,16 @@ def layer_gradients(
     is computed and parameters need not require grad. The model is used in its current mode.
     """
     _check_flattening(flattening)
-    module = get_layer(model, layer)
     n = images.shape[0]
     targets = torch.as_tensor(targets, dtype=torch.long, device=images.device)
     if targets.dim() == 0:
         targets = targets.expand(n)
     if targets.shape != (n,):
         raise UserError(f"{targets.shape[0]} targets for {n} images")
-    captured: list[torch.Tensor] = []
-
-    def hook(mod, inputs, output):
-        if captured:
-            return None  # a module run twice: the first call is the bottleneck
-        if not isinstance(output, torch.Tensor):
-            raise UserError(f"layer '{layer}' returns {type(output).__name__}, not a tensor; choose a module that returns one")
-        # a fresh leaf that requires grad: autograd stops here, and the caller's tensors are never flagged
-        # (an Identity layer would otherwise hand back the input images themselves)
-        activation = output.detach().requires_grad_(True)
-        captured.append(activation)
-        torch.set_grad_enabled(True)  # record the graph from the layer on only
-        # the forward continues on a clone, so an in-place op after the layer (ReLU(inplace=True)) can
-        # neither overwrite the tensor we differentiate by nor fail on a leaf
-        return activation.clone()
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():  # restores the caller's grad mode on exit
-            logits = model(images)
-    finally:
-        handle.remove()
-    if not captured:
-        raise UserError(f"layer '{layer}' never ran in the model's forward; choose a layer the forward uses")
-    if logits.dim() != 2:
-        raise UserError(f"the model returns shape {tuple(logits.shape)}, not [N, classes] logits")
+    # the layer's output as a fresh leaf: autograd stops there (a module run twice: its first call)
+    activation, logits = forward_with_capture(model, images, layer, repeat="first")
     selected = logits.gather(1, targets[:, None]).sum()
-    (grad,) = torch.autograd.grad(selected, captured[0])
+    (grad,) = torch.autograd.grad(selected, activation)
     if flattening == "avg_pool" and grad.dim() > 2:
         return grad.mean(dim=tuple(range(2, grad.dim())))
     return grad.reshape(n, -1)
