@@ -1,8 +1,8 @@
 """Shared machinery of the attribution methods: input checks, target choice, the gradient to a layer.
 
-
-
-
+The layer capture itself is :class:`lottery_xai.activations.LayerCapture` (also used by TCAV and
+the activation step): it runs the network up to the layer without building a graph and records
+only layer -> logits, so `torch.autograd.grad` to the layer never touches the parameters below it.
 """
 from __future__ import annotations
 
