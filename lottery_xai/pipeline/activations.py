@@ -8,7 +8,7 @@ from .. import rundir as rd
 from ..activations import save_activations
 from ..config import Config
 from ..loaders import make_loader
-from .rounds import as_run, finished_rounds, load_data, load_round_model, new_model
+from .rounds import load_data, load_round_model, new_model, start_step
 
 
 def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
@@ -26,10 +26,7 @@ def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
 @rd.locked("activations")
 def activations_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Bottleneck activations of every split and round, streamed to .npy memory maps."""
-    run = as_run(run)
-    cfg = run.cfg
-    rounds = finished_rounds(run, rounds, log)
-    run.save_config("activations")
+    run, cfg, rounds = start_step(run, "activations", rounds, log)
     datasets, info = load_data(cfg, cfg.activations.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     layers = list(cfg.bb_layers_for_concepts)

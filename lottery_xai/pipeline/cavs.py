@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config
 from ..loaders import SeedPurpose, derived_seed
-from .rounds import as_run, finished_rounds, load_data, resolve_names
+from .rounds import load_data, resolve_names, start_step
 
 CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
 
@@ -48,10 +48,7 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
     """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
     from ..concepts.cav import fit_all_cavs, load_cavs, save_cavs  # scikit-learn: imported by the steps that fit
 
-    run = as_run(run)
-    cfg = run.cfg
-    rounds = finished_rounds(run, rounds, log)
-    run.save_config("cavs")
+    run, cfg, rounds = start_step(run, "cavs", rounds, log)
     _, info = load_data(cfg, ())
     concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
     columns = [info.concept_names.index(c) for c in concepts]

@@ -10,7 +10,7 @@ from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
 from ..loaders import SeedPurpose, derived_seed
-from .rounds import as_run, configured_maps, finished_rounds, load_data, load_round_model, resolve_names
+from .rounds import configured_maps, load_data, load_round_model, resolve_names, start_step
 
 def heatmap_images(run: rd.RunDir, device: torch.device):
     """The test images explained at every round (chosen once, stored with the maps), as tensors."""
@@ -46,10 +46,7 @@ def heatmap_images(run: rd.RunDir, device: torch.device):
 @rd.locked("heatmaps")
 def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
-    run = as_run(run)
-    cfg = run.cfg
-    rounds = finished_rounds(run, rounds, log)
-    run.save_config("heatmaps")
+    run, cfg, rounds = start_step(run, "heatmaps", rounds, log)
     batch, info = heatmap_images(run, device)
     images = batch["image"].to(device)
     for r in tqdm(rounds, desc="heatmap rounds"):

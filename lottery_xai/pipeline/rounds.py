@@ -34,6 +34,15 @@ def check_methods(cfg: Config) -> None:
     check_method_names(cfg, list(METHODS))
 
 
+def start_step(run: rd.RunDir | Config, step: str, rounds: list[int], log=print) -> tuple[rd.RunDir, Config, list[int]]:
+    """Every step's preamble: the run, its config, the requested rounds that step 1 has finished,
+    and the config the step runs with saved as ``config.<step>.yaml``."""
+    run = as_run(run)
+    rounds = finished_rounds(run, rounds, log)
+    run.save_config(step)
+    return run, run.cfg, rounds
+
+
 def finished_rounds(run: rd.RunDir, rounds: list[int], log=print) -> list[int]:
     """The requested rounds that step 1 has finished (a step before step 1 is a user error)."""
     run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")

@@ -12,7 +12,7 @@ from ..config import Config
 from ..errors import UserError
 from ..loaders import make_loader
 from .activations import warn_linear_tail
-from .rounds import as_run, finished_rounds, load_data, load_round_model, resolve_names
+from .rounds import as_run, load_data, load_round_model, resolve_names, start_step
 
 TCAV_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean",
                 "p_value", "significant", "n_images"]
@@ -24,13 +24,10 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     from ..concepts.cav import load_cavs
     from ..concepts.tcav import gradients_by_class, run_tcav
 
-    run = as_run(run)
-    cfg = run.cfg
-    if cfg.cav_flattening_type == "max_pool":
+    if as_run(run).cfg.cav_flattening_type == "max_pool":
         raise UserError("TCAV needs cav_flattening_type flatten or avg_pool: the gradient of a max-pooled "
                         "activation is not a directional derivative")
-    rounds = finished_rounds(run, rounds, log)
-    run.save_config("tcav")
+    run, cfg, rounds = start_step(run, "tcav", rounds, log)
     datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")

@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config
 from ..loaders import make_loader
-from .rounds import as_run, load_data, load_round_model
+from .rounds import load_data, load_round_model, start_step
 from ..training import evaluate
 
 METRIC_COLUMNS = ["round", "weights_remaining", "test_acc", "test_loss", "n_images"]
@@ -20,18 +20,11 @@ def evaluate_rounds(run: rd.RunDir | Config, device: torch.device, rounds: list[
                 log=print) -> pd.DataFrame:
     """Evaluate each finished round's checkpoint on the test split; resumable, one row per round
     (a round whose row was made from another checkpoint than the current one is evaluated again)."""
-    run = as_run(run)
-    cfg = run.cfg
-    run.require(run.pruning_summary(), "step 1 (main_lth_pruning.py)")
-    run.save_config("test")
+    run, cfg, rounds = start_step(run, "test", rounds, log)
     datasets, info = load_data(cfg, ("test",), augment=False)
     loader = make_loader(datasets["test"], cfg, device, train=False)
     metrics = rd.read_csv(run.test_metrics(), METRIC_COLUMNS, missing_ok=True)
-    finished = set(run.finished_rounds())
-    missing = [r for r in rounds if r not in finished]
-    if missing:
-        log(f"rounds {missing} have no checkpoint yet (step 1 not finished); they are skipped")
-    for r in tqdm([r for r in rounds if r in finished], desc="test rounds"):
+    for r in tqdm(rounds, desc="test rounds"):
         fp = run.round_fingerprint(r)
         if not force and r in set(metrics["round"]) and run.up_to_date("test", rd.round_name(r), fp, log):
             continue
