@@ -95,9 +95,9 @@ def _disagreeing_rank(rank, init_file, out):
         lr.dist = Distributed(rank, 2, rank)
         masks = {"w": torch.tensor([True, rank == 0])}
         same = {"w": torch.tensor([True, False])}
-        lr._check_same_on_ranks(0, same)  # equal masks pass
+        lr.check_same_on_ranks(0, same)  # equal masks pass
         try:
-            lr._check_same_on_ranks(1, masks)
+            lr.check_same_on_ranks(1, masks)
             Path(out, f"{rank}.txt").write_text("no error")
         except RuntimeError as exc:
             Path(out, f"{rank}.txt").write_text(str(exc))

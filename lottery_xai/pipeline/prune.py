@@ -148,7 +148,7 @@ class LotteryRun:
         if self.dist.world > 1:
             torch.distributed.barrier()
 
-    def _check_same_on_ranks(self, r: int, masks: Masks) -> None:
+    def check_same_on_ranks(self, r: int, masks: Masks) -> None:
         """Under torchrun every process computes the masks itself: stop if any process got others."""
         if self.dist.world <= 1:
             return
@@ -171,7 +171,7 @@ class LotteryRun:
     def train_one(self, r: int) -> dict:
         cfg = self.cfg
         masks = self.masks_for_round(r)
-        self._check_same_on_ranks(r, masks)
+        self.check_same_on_ranks(r, masks)
         model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.AUGMENT, r))  # augmentation draws
