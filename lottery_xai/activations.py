@@ -15,6 +15,7 @@ from numpy.lib.format import open_memmap
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import rundir as rd
 from .errors import UserError
 from .models import get_layer
 
@@ -191,10 +192,6 @@ def layer_activations(model: nn.Module, layer: str, images: torch.Tensor) -> tor
         return _run_captured(model, images, store, [layer])[layer]
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _release(mm: np.memmap) -> None:
     """Unmap the already-written pages of the shared file mapping from this process. Nothing is lost:
     the kernel moves their dirty state to the page cache, which writes them to the file."""
@@ -204,16 +201,23 @@ def _release(mm: np.memmap) -> None:
 
 
 class StreamWriter:
-    """One pre-sized `.npy` memory map at a temporary name, filled row block by row block, renamed when complete."""
+    """One pre-sized `.npy` memory map at a temporary name (``rundir.atomic_path``, the package's one
+    atomic writer), filled row block by row block, renamed when complete."""
 
     def __init__(self, path: Path, n_rows: int, row_shape: tuple, dtype) -> None:
-        self.path, self.tmp = Path(path), _tmp_name(Path(path))
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # a memory map on a full disk dies with SIGBUS mid-write: check the room first, so a full disk is an OSError
         needed = int(np.prod((n_rows, *row_shape))) * np.dtype(dtype).itemsize
         if needed > shutil.disk_usage(self.path.parent).free:
             raise OSError(errno.ENOSPC, f"{needed / 2**20:.0f} MiB needed", str(self.path))
-        self.mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
+        self._atomic = rd.atomic_path(self.path)
+        self.tmp = self._atomic.__enter__()
+        try:
+            self.mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))
+        except BaseException as exc:
+            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         self.unreleased = 0
 
     def write(self, start: int, block: np.ndarray) -> None:
@@ -227,13 +231,14 @@ class StreamWriter:
         shape = self.mm.shape
         self.mm.flush()
         del self.mm
-        os.replace(self.tmp, self.path)  # atomic: the final name holds a complete file or nothing
+        self._atomic.__exit__(None, None, None)  # atomic: the final name holds a complete file or nothing
         return shape
 
     def abort(self) -> None:
         if hasattr(self, "mm"):
             del self.mm
-        self.tmp.unlink(missing_ok=True)
+        failed = RuntimeError("aborted")
+        self._atomic.__exit__(RuntimeError, failed, None)  # removes the temporary, renames nothing
 
 
 def _as_numpy_column(values) -> np.ndarray:

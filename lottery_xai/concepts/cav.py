@@ -283,17 +283,12 @@ _KEYS = ("concepts", "cavs", "random_cavs", "accuracy", "random_accuracy")
 
 def save_cavs(path: str | os.PathLike, result: dict) -> Path:
     """Write a `fit_all_cavs` result to an `.npz` file atomically (temporary name in the same folder, then rename)."""
+    from .. import rundir as rd
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     arrays = {k: np.asarray(result[k]) for k in _KEYS}
     arrays["concepts"] = np.asarray(list(result["concepts"]), dtype=str)
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    rd.save_npz(path, **arrays)
     return path
 
 
