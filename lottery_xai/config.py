@@ -50,7 +50,11 @@ class TrainConfig:
     lr_step_epochs: int = opt(30, "step schedule: epochs between decays", minimum=1)
     lr_gamma: float = opt(0.1, "step schedule: decay factor", minimum=0.0, maximum=1.0)
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss", minimum=0.0, maximum=1.0)
-    loss: str = opt("cross_entropy", "training loss (lottery_xai.training.losses)", choices=["cross_entropy"])
+    loss: str = opt("cross_entropy", "training loss (lottery_xai.training.losses): cross_entropy, cgc (contrastive Grad-CAM consistency) or gc_mse (its ablation without negatives)", choices=["cross_entropy", "cgc", "gc_mse"])
+    cgc_lambda: float = opt(0.5, "weight of the CGC term (0 = the cross-entropy run, bit for bit)", minimum=0.0)
+    cgc_temperature: float = opt(0.5, "temperature tau of the CGC contrastive term", minimum=1e-6)
+    cgc_map: str = opt("grad_x_activation", "map the CGC loss makes consistent", choices=["grad_x_activation", "gradcam"])
+    cgc_layer: str = opt("", "layer of the CGC maps (empty = the architecture's CAM layer)")
     amp: bool = opt(True, "bfloat16 automatic mixed precision (CUDA only; ignored on the CPU)")
     channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on the CPU)")
 

@@ -57,6 +57,8 @@ def experiment_name(cfg: Config) -> str:
     if p.rewind == "reinit" and p.reinit_masks_from != "init":
         rewind += "-masks-" + p.reinit_masks_from.replace(":", "")
     parts = [cfg.dataset, cfg.model_arch, p.method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
+    if cfg.train.loss != "cross_entropy":  # a network trained for consistent explanations is another run
+        parts.insert(-1, f"{cfg.train.loss}{cfg.train.cgc_lambda:g}")
     return "_".join(parts)
 
 

@@ -25,7 +25,7 @@ from ..pruning import (Masks, apply_masks, full_masks, prune, remaining_fraction
                        target_fractions)
 from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
 from ..training.distributed import Distributed
-from .rounds import STEP1, as_run, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
+from .rounds import STEP1, as_run, cam_layer, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
 
 SUMMARY_COLUMNS = ["round", "weights_remaining", "total_weights_remaining", "best_val_acc", "last_val_acc", "train_seconds"]
 
@@ -199,7 +199,7 @@ class LotteryRun:
             def save_resume(state):  # one file, replaced atomically at every epoch end
                 rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
-                             loss=get_loss(cfg.train.loss, cfg.train), callbacks=callbacks, desc=f"round {r}",
+                             loss=get_loss(cfg.train.loss, cfg.train, layer=cam_layer(cfg)), callbacks=callbacks, desc=f"round {r}",
                              train_sampler=sampler,
                              ddp_model=ddp, resume=resume, save_resume=save_resume)
         remaining, total_remaining = remaining_fractions(model, masks)

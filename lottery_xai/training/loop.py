@@ -156,9 +156,12 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
             bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False)
             for batch in bar:
                 images, labels = to_device(batch, device, tc.channels_last)
-                with autocast(device, tc.amp):
-                    logits = forward(images)
-                loss = loss_fn(logits, labels, images=images, model=forward)
+                if getattr(loss_fn, "own_forward", False):
+                    loss = loss_fn.forward_pass(forward, model, images, labels, autocast(device, tc.amp))
+                else:
+                    with autocast(device, tc.amp):
+                        logits = forward(images)
+                    loss = loss_fn(logits, labels, images=images, model=forward)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import UserError
 from ..names import unknown_name
 
 
 class CrossEntropy:
     """Cross-entropy of the logits (computed in float32 under autocast), with ``train.label_smoothing``."""
 
-    def __init__(self, tc: TrainConfig):
+    def __init__(self, tc: TrainConfig, **context):
         self.label_smoothing = tc.label_smoothing
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, *, images: torch.Tensor | None = None,
@@ -25,18 +26,31 @@ class CrossEntropy:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
 
 
-LOSSES: dict[str, Callable[[TrainConfig], Callable]] = {}
+LOSSES: dict[str, Callable[..., Callable]] = {}
 
 
-def register_loss(name: str, builder: Callable[[TrainConfig], Callable]) -> None:
-    """Make ``train.loss: name`` build its loss with ``builder(train_config)``."""
+def register_loss(name: str, builder: Callable[..., Callable]) -> None:
+    """Make ``train.loss: name`` build its loss with ``builder(train_config, **context)``; the context
+    holds ``layer`` (the CAM layer, for losses on explanations). A loss with ``own_forward = True``
+    is called as ``loss.forward_pass(forward, model, images, labels, autocast)`` and runs its own
+    forwards; the others get the loop's logits."""
     LOSSES[name] = builder
 
 
-def get_loss(name: str, tc: TrainConfig):
+def get_loss(name: str, tc: TrainConfig, **context):
     if name not in LOSSES:
         raise unknown_name(f"unknown training loss {name!r}", name, LOSSES, otherwise=f"known: {', '.join(LOSSES)}")
-    return LOSSES[name](tc)
+    return LOSSES[name](tc, **context)
+
+
+def _cgc(tc: TrainConfig, layer: str = "", contrastive: bool = True, **context):
+    from .cgc import CGCLoss
+
+    if not (tc.cgc_layer or layer):
+        raise UserError(f"train.loss={'cgc' if contrastive else 'gc_mse'} needs a layer: set train.cgc_layer")
+    return CGCLoss(tc, tc.cgc_layer or layer, contrastive=contrastive)
 
 
 register_loss("cross_entropy", CrossEntropy)
+register_loss("cgc", _cgc)
+register_loss("gc_mse", lambda tc, **context: _cgc(tc, contrastive=False, **context))

@@ -1,0 +1,121 @@
+"""Contrastive Grad-CAM consistency (CGC; Pillai, Koohpayegani and Pirsiavash, CVPR 2022), as a
+training loss of the registry (``train.loss: cgc``, and ``gc_mse``, the ablation without negatives).
+
+For a batch ``x`` (the training view the loader gives), ``T(x)`` is a random resized crop (scale
+0.08-1, ratio 3/4-4/3) of ``x`` with a horizontal flip of probability 0.5, drawn from the global
+generator (seeded per round by step 1, so runs and resumes repeat it). The map of an image is
+``ReLU(sum_k dz/dA_k * A_k)`` at the CAM layer (``train.cgc_map: grad_x_activation``, the authors'
+variant) or Grad-CAM's ``ReLU(sum_k mean(dz/dA_k) A_k)`` (``gradcam``), for the class predicted on
+``x`` (a pseudo-label: no label is needed), upsampled to the input size and normalised to sum 1.
+The gradient is taken with ``create_graph=True``, so the loss back-propagates through the maps.
+The map of ``x`` is carried to the frame of ``T(x)`` by the same crop and flip (one batched linear
+operator, :mod:`lottery_xai.crops`): ``v = T(M(x))``, ``u = M(T(x))``, both flattened and
+L2-normalised. CGC: ``logits_b = [u_b . v_b, {u_b . u_j}_{j != b}] / tau``, cross-entropy with
+label 0; ``gc_mse``: the mean over the batch of ``|u_b - v_b|^2``. Total: ``CE(x) + CE(T(x)) +
+lambda * L``. With ``lambda = 0`` the loss is the plain cross-entropy of ``x`` (nothing else is
+computed or drawn), so such a run equals the cross-entropy run bit for bit.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..activations import LayerCapture
+from ..config import TrainConfig
+from ..crops import resized_crop, sample_crop_boxes
+from ..errors import UserError
+from ..models import get_layer
+
+MAP_VARIANTS = ("grad_x_activation", "gradcam")
+
+
+def differentiable_maps(activation: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, size: tuple[int, int],
+                        variant: str = "grad_x_activation") -> torch.Tensor:
+    """Maps [N, H, W] of ``targets`` from a captured ``activation`` [N, C, h, w] (attached to the graph)
+    and the ``logits`` it led to; differentiable (``create_graph=True``), each summing to 1."""
+    if variant not in MAP_VARIANTS:
+        raise UserError(f"unknown CGC map {variant!r}; use one of {', '.join(MAP_VARIANTS)}")
+    selected = logits.gather(1, targets[:, None]).sum()
+    (grad,) = torch.autograd.grad(selected, activation, create_graph=True)
+    weights = grad if variant == "grad_x_activation" else grad.mean(dim=(2, 3), keepdim=True)
+    maps = (weights * activation).sum(1, keepdim=True)
+    maps = F.relu(maps.float() if maps.dtype in (torch.float16, torch.bfloat16) else maps)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return maps / maps.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+
+
+def contrastive_loss(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
+    """CGC's InfoNCE term for flattened maps u, v [B, D]: the positive of u_b is v_b, its negatives
+    the other u_j of the batch."""
+    u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
+    b = u.shape[0]
+    positive = (u * v).sum(1, keepdim=True)
+    others = u @ u.T
+    negatives = others[~torch.eye(b, dtype=torch.bool, device=u.device)].view(b, b - 1)
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=u.device))
+
+
+def mse_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The ablation without negatives: mean over the batch of the squared distance of u_b and v_b."""
+    u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
+    return ((u - v) ** 2).sum(1).mean()
+
+
+def consistency_term(forward: nn.Module, model: nn.Module, images: torch.Tensor, crop: tuple, layer: str,
+                     variant: str = "grad_x_activation", temperature: float = 0.5, contrastive: bool = True):
+    """(L_CGC or L_MSE, logits of x, logits of T(x)) for the crop ``(top, left, height, width, flip)``
+    [N] each; ``forward`` runs the batch (``model`` itself, or its DistributedDataParallel wrapper)."""
+    n, _, height, width = images.shape
+    top, left, h, w, flip = crop
+    transformed = resized_crop(images, top, left, h, w, flip)
+
+    def run(batch):
+        capture = LayerCapture(get_layer(model, layer), layer, "attached")
+        with capture:
+            logits = forward(batch)
+        return capture.activation, logits
+
+    act_x, logits_x = run(images)
+    act_t, logits_t = run(transformed)
+    pseudo = logits_x.detach().argmax(1)  # the class predicted on x: no label needed
+    maps_x = differentiable_maps(act_x, logits_x, pseudo, (height, width), variant)
+    maps_t = differentiable_maps(act_t, logits_t, pseudo, (height, width), variant)
+    v = resized_crop(maps_x, top, left, h, w, flip)
+    term = contrastive_loss(maps_t, v, temperature) if contrastive else mse_loss(maps_t, v)
+    return term, logits_x, logits_t
+
+
+def random_crops(images: torch.Tensor) -> tuple:
+    """T's parameters for a batch: RandomResizedCrop boxes (scale 0.08-1) and flips, from the global generator."""
+    n, _, height, width = images.shape
+    top, left, h, w = sample_crop_boxes(n, height, width, torch.default_generator, scale=(0.08, 1.0))
+    flip = torch.rand(n) < 0.5
+    return tuple(t.to(images.device) for t in (top, left, h, w, flip))
+
+
+class CGCLoss:
+    """``train.loss: cgc`` (or ``gc_mse`` with ``contrastive=False``); runs its own forwards."""
+
+    own_forward = True
+
+    def __init__(self, tc: TrainConfig, layer: str, contrastive: bool = True):
+        self.tc, self.layer, self.contrastive = tc, layer, contrastive
+        self.lam, self.tau, self.variant = tc.cgc_lambda, tc.cgc_temperature, tc.cgc_map
+
+    def forward_pass(self, forward: nn.Module, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     autocast) -> torch.Tensor:
+        """The total loss of a batch; ``forward`` may be the DistributedDataParallel wrapper of ``model``."""
+        ls = self.tc.label_smoothing
+        if self.lam == 0:  # the cross-entropy run, exactly
+            with autocast:
+                logits = forward(images)
+            return F.cross_entropy(logits.float(), labels, label_smoothing=ls)
+        crop = random_crops(images)
+        with autocast:
+            consistency, logits_x, logits_t = consistency_term(forward, model, images, crop, self.layer, self.variant,
+                                                               self.tau, self.contrastive)
+        ce = F.cross_entropy(logits_x.float(), labels, label_smoothing=ls) + \
+            F.cross_entropy(logits_t.float(), labels, label_smoothing=ls)
+        return ce + self.lam * consistency
