@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,13 +24,12 @@ from lottery_xai.data.mnist import CLASS_NAMES as MNIST_CLASS_NAMES
 from lottery_xai.data.mnist import CONCEPT_NAMES as MNIST_CONCEPT_NAMES
 from lottery_xai.data.mnist import MNISTEvenOddDataset
 from lottery_xai.data.transforms import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, EvalTransform, TrainTransform, denormalize
+from lottery_xai.config import SPLIT_NAMES as SPLITS
 from lottery_xai.errors import UserError
 from lottery_xai.names import unknown_name
 
-DATASET_NAMES = ("synthetic_cub", "cub", "mnist_eo")
-SPLITS = ("train", "val", "test")
-
-__all__ = ["DATASET_NAMES", "DatasetInfo", "build_datasets", "build_transform", "denormalize"]
+__all__ = ["DATASETS", "DATASET_NAMES", "DatasetInfo", "DatasetSpec", "build_datasets", "build_transform",
+           "denormalize", "get_dataset"]
 
 
 @dataclass
@@ -49,28 +49,103 @@ class DatasetInfo:
     split_ids: dict  # split -> list of dataset ids, in split order
 
 
-def _check_name(name: str) -> None:
+# ----------------------------------------------------------------------------------------------
+# The dataset registry: what differs between datasets is data here, not branches on names
+# ----------------------------------------------------------------------------------------------
+
+def _build_cub_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
+                     cache: bool | None, seed: int):
+    # Decode once at the resolution the transform needs: more for random crops, which zoom in.
+    load_size = math.ceil(1.5 * img_size) if train else int(img_size)
+    return CUBDataset(data_root, json_root, split, transform, load_size=load_size, cache=cache, seed=seed)
+
+
+def _build_mnist_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
+                       cache: bool | None, seed: int):
+    return MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed)
+
+
+def _describe_cub(data_root: Path, json_root: Path, fix: str) -> tuple:
+    concepts = check_concepts(read_json_file(json_root / "concepts.json", fix), json_root / "concepts.json", fix)
+    class_names, concept_names = list(concepts["class_names"]), list(concepts["attribute_names"])
+    class_concepts = np.asarray(concepts["class_concepts"], dtype=np.uint8).reshape(len(class_names), -1)
+    root = find_cub_root(data_root)
+    part_names = read_part_names(root)
+    defining = _defining_attributes(root, set(concept_names))
+    return class_names, concept_names, part_names, class_concepts, defining
+
+
+def _describe_mnist(data_root: Path, json_root: Path, fix: str) -> tuple:
+    class_names, concept_names, part_names = list(MNIST_CLASS_NAMES), list(MNIST_CONCEPT_NAMES), []
+    class_concepts = np.array([[int(d % 2 == k) for d in range(10)] for k in range(2)], dtype=np.uint8)
+    defining = {c: [n for d, n in enumerate(concept_names) if d % 2 == k] for k, c in enumerate(class_names)}
+    return class_names, concept_names, part_names, class_concepts, defining
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One registered dataset: how it is prepared, checked, loaded and augmented.
+
+    builder(data_root, json_root, split, transform, *, train, img_size, cache, seed) -> one split's Dataset;
+    describe(data_root, json_root, fix) -> (class_names, concept_names, part_names, class_concepts, defining).
+    prep_command is formatted with data_root and json_root. train_scale is the random-resized-crop scale of
+    training augmentation (None: TrainTransform's default).
+    """
+
+    name: str
+    builder: Callable
+    describe: Callable
+    mean: tuple
+    std: tuple
+    has_boxes: bool  # bbox is a real object box (not the whole image)
+    has_parts: bool  # parts holds part locations (P > 0)
+    has_concepts: bool  # concepts are known per class
+    flips_allowed: bool  # a mirrored image is still an image of its class
+    needed_files: tuple  # files in json_root that preparation writes
+    cub_layout: bool  # data_root must hold a CUB-layout images.txt
+    prep_command: str
+    train_scale: tuple | None = None
+
+    def prepare_command(self, data_root, json_root) -> str:
+        """The command line that prepares this dataset in data_root / json_root."""
+        return self.prep_command.format(data_root=data_root, json_root=json_root)
+
+
+_CUB_FILES = ("splits.json", "concepts.json")
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
+    DatasetSpec("synthetic_cub", _build_cub_split, _describe_cub, IMAGENET_MEAN, IMAGENET_STD, has_boxes=True,
+                has_parts=True, has_concepts=True, flips_allowed=True, needed_files=_CUB_FILES, cub_layout=True,
+                prep_command="python scripts_data/make_synthetic_cub.py --out {data_root} && python "
+                             "scripts_data/download_cub.py --src {data_root} --data_root {data_root} "
+                             "--json_root {json_root}"),
+    DatasetSpec("cub", _build_cub_split, _describe_cub, IMAGENET_MEAN, IMAGENET_STD, has_boxes=True, has_parts=True,
+                has_concepts=True, flips_allowed=True, needed_files=_CUB_FILES, cub_layout=True,
+                prep_command="python scripts_data/download_cub.py --src PATH/TO/CUB_200_2011.tgz "
+                             "--data_root {data_root} --json_root {json_root}"),
+    # MNIST digits are not flipped (a mirrored digit is another shape) and are cropped more gently
+    # (scale 0.8-1) so that the digit survives.
+    DatasetSpec("mnist_eo", _build_mnist_split, _describe_mnist, HALF_MEAN, HALF_STD, has_boxes=True,
+                has_parts=False, has_concepts=True, flips_allowed=False, needed_files=("splits.json", "source.json"),
+                cub_layout=False, prep_command="python scripts_data/download_mnist_E_O.py --data_root {data_root} "
+                                               "--json_root {json_root}", train_scale=(0.8, 1.0)),
+)}
+DATASET_NAMES = tuple(DATASETS)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The registered dataset `name`; an unknown name is a one-line UserError with the close match."""
     if name not in DATASET_NAMES:
         raise unknown_name(f"unknown dataset {name!r}", name, DATASET_NAMES, n=1, cutoff=0.6,
                            otherwise=f"use one of {', '.join(DATASET_NAMES)}")
+    return DATASETS[name]
 
 
-def _prep_command(name: str, data_root, json_root) -> str:
-    if name == "synthetic_cub":
-        return (f"python scripts_data/make_synthetic_cub.py --out {data_root} && python scripts_data/download_cub.py "
-                f"--src {data_root} --data_root {data_root} --json_root {json_root}")
-    if name == "cub":
-        return f"python scripts_data/download_cub.py --src PATH/TO/CUB_200_2011.tgz --data_root {data_root} --json_root {json_root}"
-    return f"python scripts_data/download_mnist_E_O.py --data_root {data_root} --json_root {json_root}"
-
-
-def _require_prepared(name: str, data_root: Path, json_root: Path) -> None:
-    needed = ["splits.json", "source.json"] if name == "mnist_eo" else ["splits.json", "concepts.json"]
-    for file in needed:
+def _require_prepared(spec: DatasetSpec, data_root: Path, json_root: Path) -> None:
+    for file in spec.needed_files:
         if not (json_root / file).is_file():
-            raise UserError(f"missing {json_root / file}: run: {_prep_command(name, data_root, json_root)}")
-    if name != "mnist_eo" and find_cub_root(data_root) is None:
-        raise UserError(f"no CUB-layout images.txt in {data_root}: run: {_prep_command(name, data_root, json_root)}")
+            raise UserError(f"missing {json_root / file}: run: {spec.prepare_command(data_root, json_root)}")
+    if spec.cub_layout and find_cub_root(data_root) is None:
+        raise UserError(f"no CUB-layout images.txt in {data_root}: run: {spec.prepare_command(data_root, json_root)}")
 
 
 def build_transform(train: bool, img_size: int, mean, std, name: str = "cub"):
@@ -81,9 +156,9 @@ def build_transform(train: bool, img_size: int, mean, std, name: str = "cub"):
     """
     if not train:
         return EvalTransform(img_size, mean, std)
-    if name == "mnist_eo":
-        return TrainTransform(img_size, mean, std, scale=(0.8, 1.0), hflip=False)
-    return TrainTransform(img_size, mean, std)
+    spec = DATASETS.get(name, DATASETS["cub"])  # as before: a name that is not registered is augmented like CUB
+    options = {} if spec.train_scale is None else {"scale": spec.train_scale}
+    return TrainTransform(img_size, mean, std, hflip=spec.flips_allowed, **options)
 
 
 def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS, augment_train: bool = True,
@@ -96,41 +171,26 @@ def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS
     (True) or forbids (False) the in-memory image cache of CUB-style splits
     (default: splits under 5000 images).
     """
-    _check_name(name)
+    spec = get_dataset(name)
     if int(img_size) != img_size or img_size < 8:
         raise UserError(f"img_size must be an integer >= 8, got {img_size!r}")
     unknown = [s for s in splits if s not in SPLITS]
     if unknown:
         raise UserError(f"unknown split {unknown[0]!r}: use some of {', '.join(SPLITS)}")
     data_root, json_root = Path(data_root), Path(json_root)
-    _require_prepared(name, data_root, json_root)
-    mean, std = (HALF_MEAN, HALF_STD) if name == "mnist_eo" else (IMAGENET_MEAN, IMAGENET_STD)
-    fix = f"prepare it again: {_prep_command(name, data_root, json_root)}"
+    _require_prepared(spec, data_root, json_root)
+    mean, std = spec.mean, spec.std
+    fix = f"prepare it again: {spec.prepare_command(data_root, json_root)}"
     split_ids = check_splits(read_json_file(json_root / "splits.json", fix), json_root / "splits.json", fix)
 
     datasets = {}
     for split in splits:
         train = split == "train" and augment_train
         transform = build_transform(train, img_size, mean, std, name)
-        if name == "mnist_eo":
-            datasets[split] = MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed)
-        else:
-            # Decode once at the resolution the transform needs: more for random crops, which zoom in.
-            load_size = math.ceil(1.5 * img_size) if train else int(img_size)
-            datasets[split] = CUBDataset(data_root, json_root, split, transform, load_size=load_size,
-                                         cache=cache, seed=seed)
+        datasets[split] = spec.builder(data_root, json_root, split, transform, train=train, img_size=img_size,
+                                       cache=cache, seed=seed)
 
-    if name == "mnist_eo":
-        class_names, concept_names, part_names = list(MNIST_CLASS_NAMES), list(MNIST_CONCEPT_NAMES), []
-        class_concepts = np.array([[int(d % 2 == k) for d in range(10)] for k in range(2)], dtype=np.uint8)
-        defining = {c: [n for d, n in enumerate(concept_names) if d % 2 == k] for k, c in enumerate(class_names)}
-    else:
-        concepts = check_concepts(read_json_file(json_root / "concepts.json", fix), json_root / "concepts.json", fix)
-        class_names, concept_names = list(concepts["class_names"]), list(concepts["attribute_names"])
-        class_concepts = np.asarray(concepts["class_concepts"], dtype=np.uint8).reshape(len(class_names), -1)
-        root = find_cub_root(data_root)
-        part_names = read_part_names(root)
-        defining = _defining_attributes(root, set(concept_names))
+    class_names, concept_names, part_names, class_concepts, defining = spec.describe(data_root, json_root, fix)
     info = DatasetInfo(name=name, class_names=class_names, concept_names=concept_names, part_names=part_names,
                        num_classes=len(class_names), n_concepts=len(concept_names), mean=tuple(mean), std=tuple(std),
                        class_concepts=class_concepts, defining_attributes=defining, split_ids=split_ids)

@@ -9,38 +9,26 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from lottery_xai.config import SPLIT_NAMES as SPLITS
 from lottery_xai.data.transforms import apply_transform, resize_shorter_side
 from lottery_xai.errors import UserError
+from lottery_xai.rundir import write_text
 
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 CUB_MIN_CLASSES = 10
-SPLITS = ("train", "val", "test")
 # Above this many images a split is not cached in memory unless asked (real CUB train/test).
 CACHE_MAX_IMAGES = 5000
 
 
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
     """Write JSON so that a killed process leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            json.dump(payload, handle, indent=1)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+    write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _missing_cub_message(where) -> str:

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from lottery_xai.data.cub import SPLITS, check_splits, read_json_file, stratified_val_split, write_json_atomic
+from lottery_xai.config import SPLIT_NAMES as SPLITS
+from lottery_xai.data.cub import check_splits, read_json_file, stratified_val_split, write_json_atomic
 from lottery_xai.data.transforms import apply_transform
 from lottery_xai.errors import UserError
 

@@ -27,6 +27,7 @@ from .. import rundir as rd
 from ..activations import StreamWriter
 from ..attribution import attribute
 from ..config import Config, replace, roar_epochs
+from ..data import get_dataset
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics.faithfulness import pixel_rank
@@ -165,7 +166,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     data = prepare_images(cfg, run, device, log)
     table = rd.read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
-    flip = cfg.data.augment and cfg.dataset != "mnist_eo"
+    flip = cfg.data.augment and get_dataset(cfg.dataset).flips_allowed
     percents = sorted({float(p) for p in cfg.roar.percents})
     started = time.perf_counter()
     for r in rounds:
