@@ -116,3 +116,15 @@ def test_notebooks_execute(tiny_run, notebook, monkeypatch):
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+def test_loss_comparison_table_and_figure(tiny_run, tmp_path):
+    from lottery_xai.report import compare_losses
+
+    cfg, _ = tiny_run
+    table = compare_losses({"cross_entropy": cfg, "again": cfg}, tmp_path, log=lambda *_: None)
+    assert list(table.columns) == ["loss", "round", "weights_remaining", "test_acc", "transform_spearman",
+                                   "energy_in_box", "insertion_auc", "spearman"]
+    assert len(table) == 2 * 3 and table["test_acc"].notna().all()
+    assert (table.loc[table["round"] == 0, "spearman"] == 1).all()  # the dense map against itself
+    assert (tmp_path / "loss_comparison.csv").is_file() and (tmp_path / "loss_comparison.png").is_file()

@@ -6,11 +6,11 @@ from ..errors import UserError
 from ..pipeline.metrics import summary_table
 from ..pipeline.roar import roar_summary
 from . import figures
-from .run import (make_all_plots, plot_accuracy, plot_cav_accuracy, plot_heatmaps, plot_metrics, plot_roar,
+from .run import (compare_losses, make_all_plots, plot_accuracy, plot_cav_accuracy, plot_heatmaps, plot_metrics, plot_roar,
                   plot_tcav)
-from .tables import (MissingInput, accuracy_runs, heatmap_methods, method_vs_baseline, open_run, tcav_ground_truth,
-                     tcav_table)
+from .tables import (MissingInput, accuracy_runs, heatmap_methods, loss_comparison, method_vs_baseline, open_run,
+                     tcav_ground_truth, tcav_table)
 
 __all__ = ["rd", "UserError", "figures", "summary_table", "roar_summary", "make_all_plots", "plot_accuracy",
            "plot_cav_accuracy", "plot_heatmaps", "plot_metrics", "plot_roar", "plot_tcav", "MissingInput",
-           "accuracy_runs", "heatmap_methods", "method_vs_baseline", "open_run", "tcav_ground_truth", "tcav_table"]
+           "accuracy_runs", "heatmap_methods", "loss_comparison", "compare_losses", "method_vs_baseline", "open_run", "tcav_ground_truth", "tcav_table"]

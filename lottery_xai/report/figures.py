@@ -167,3 +167,19 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test accuracy after retraining (%)")
     return _save(fig, path)
+
+
+def loss_comparison(table: pd.DataFrame, columns: dict[str, str], path: Path | None = None):
+    """Accuracy and each compared explanation metric against weights remaining, one line per loss."""
+    panels = {"test_acc": "test accuracy", **columns}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
+    for ax, (column, title) in zip(axes, panels.items()):
+        for loss, g in table.groupby("loss", sort=False):
+            g = g.sort_values("weights_remaining", ascending=False)
+            ax.plot(_pct(g["weights_remaining"]), g[column], marker="o", label=loss)
+        _weights_axis(ax, table["weights_remaining"])
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

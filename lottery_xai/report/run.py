@@ -133,3 +133,17 @@ def _unit(maps: np.ndarray) -> np.ndarray:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+
+
+def compare_losses(configs: dict, out_dir: Path, method: str = "gradcam", log=print):
+    """The table (``loss_comparison.csv``) and figure (``loss_comparison.png``) of runs trained with
+    different losses, in ``out_dir``; returns the table."""
+    from .tables import COMPARED, loss_comparison
+
+    table = loss_comparison(configs, method)
+    out_dir = Path(out_dir)
+    rd.save_csv(out_dir / "loss_comparison.csv", table)
+    plots.loss_comparison(table, COMPARED, out_dir / "loss_comparison.png")
+    log(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    log(f"comparison in {out_dir / 'loss_comparison.csv'} and {out_dir / 'loss_comparison.png'}")
+    return table

@@ -109,3 +109,26 @@ def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = Non
                      "absent_pairs": int(absent.sum()),
                      "absent_significant_above_half": float(hit[absent].mean()) if absent.any() else np.nan})
     return pd.DataFrame(rows)
+
+
+COMPARED = {"transform_spearman": "transformation Spearman", "energy_in_box": "content heatmap (energy in box, %)",
+            "insertion_auc": "insertion AUC", "spearman": "Spearman with the dense map"}
+
+
+def loss_comparison(configs: dict[str, Config], method: str = "gradcam") -> pd.DataFrame:
+    """One row per (loss, round): test accuracy and ``method``'s transformation consistency, content
+    heatmap, insertion AUC and consistency with the dense map (steps 2 and 7 of each run)."""
+    rows = []
+    for label, cfg in configs.items():
+        run = rd.RunDir(cfg)
+        test = rd.read_csv(_need(run.test_metrics(), STEP2), ["round", "weights_remaining", "test_acc"], step=STEP2)
+        metrics = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+        metrics = metrics[(metrics["method"] == method) & metrics["metric"].isin(list(COMPARED))]
+        wide = metrics.pivot_table(index="round", columns="metric", values="value")
+        for _, t in test.iterrows():
+            r = int(t["round"])
+            row = {"loss": label, "round": r, "weights_remaining": float(t["weights_remaining"]),
+                   "test_acc": float(t["test_acc"])}
+            row.update({m: (float(wide.loc[r, m]) if r in wide.index and m in wide.columns else np.nan) for m in COMPARED})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["loss", "round", "weights_remaining", "test_acc", *COMPARED])
