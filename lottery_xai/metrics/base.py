@@ -2,12 +2,14 @@
 
 Reports and plots read `family`, `higher_is_better` and `needs` from here instead of
 hard-coding them (the Quantus idea). The concrete metrics are declared in
-`lottery_xai.metrics.__init__`.
+`lottery_xai.metrics.__init__`. Step 7 computes every registered metric whose needs its inputs
+provide with `compute_metrics` (a `MetricInputs` per round and method), so a new metric is one
+declaration.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
@@ -15,9 +17,58 @@ from lottery_xai.errors import UserError
 from lottery_xai.models import require_eval
 from lottery_xai.names import unknown_name
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lottery_xai.config import MetricsConfig
+
 FAMILIES = frozenset({"faithfulness", "localisation", "consistency"})
 # "tcav_scores" is not a per-image input: it marks the metrics computed from two TCAV tables.
 NEEDS = frozenset({"model", "box", "parts", "second_map", "transform", "retraining", "tcav_scores"})
+# Needs that replace the stored maps as a metric's input: every other metric reads the maps of one method.
+WITHOUT_MAPS = frozenset({"retraining", "tcav_scores"})
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """What step 7 hands the metrics: one round's stored maps of one method with what they are compared
+    with, or (``maps`` None) the round's and the dense model's TCAV tables. None = not available.
+
+    `settings` is ``cfg.metrics``; `scale` is the image side over 224 (the pixel settings are given at
+    224 px). `attribution_fn` and `seed` recompute the method on transformed images (``transform``).
+    """
+
+    settings: "MetricsConfig"
+    maps: torch.Tensor | None = None
+    model: torch.nn.Module | None = None
+    images: torch.Tensor | None = None
+    targets: torch.Tensor | None = None  # None: the predicted class
+    boxes: torch.Tensor | None = None
+    parts: torch.Tensor | None = None
+    second_map: torch.Tensor | None = None  # the dense model's map of the same images
+    attribution_fn: Callable[..., torch.Tensor] | None = None
+    seed: int | None = None
+    tcav_round: "pd.DataFrame | None" = None
+    tcav_dense: "pd.DataFrame | None" = None
+
+    @property
+    def scale(self) -> float:
+        return (self.images if self.images is not None else self.maps).shape[-1] / 224
+
+    @property
+    def provided(self) -> frozenset[str]:
+        """The `NEEDS` these inputs satisfy ("parts" only with at least one part per image)."""
+        has_model = self.model is not None and self.images is not None
+        got = {
+            "model": has_model,
+            "box": self.boxes is not None,
+            "parts": self.parts is not None and self.parts.shape[1] > 0,
+            "second_map": self.second_map is not None,
+            "transform": has_model and self.attribution_fn is not None and self.seed is not None,
+            "tcav_scores": self.tcav_round is not None and self.tcav_dense is not None,
+            "retraining": False,  # ROAR retrains in its own step
+        }
+        return frozenset(need for need, ok in got.items() if ok)
 
 
 @dataclass(frozen=True)
@@ -27,8 +78,11 @@ class MetricSpec:
     `fn` is the public function that computes it; `output` names the entry of the dict
     (or the column of the DataFrame) `fn` returns that holds this metric, None when `fn`
     returns the values directly; `options` are keyword arguments fixed for this metric
-    (e.g. ``order="morf"``). Several specs may share one `fn` call: group them by
-    ``(fn, options)`` to compute, say, deletion and insertion AUC in one pass.
+    (e.g. ``order="morf"``). `arguments` builds `fn`'s other keyword arguments from a
+    `MetricInputs` (the data and the configured settings); step 7 computes the metric when
+    `needs` are provided. Several specs may share one `fn` call: `compute_metrics` groups them
+    by ``(fn, options)`` to compute, say, deletion and insertion AUC in one pass, so specs of
+    one group must share `arguments`.
     """
 
     name: str
@@ -40,6 +94,7 @@ class MetricSpec:
     output: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     step: str | None = None  # computed by this script's own step instead of by `fn` in step 7 (ROAR retrains)
+    arguments: Callable[[MetricInputs], Mapping[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -49,16 +104,35 @@ class MetricSpec:
             raise ValueError(f"metric {self.name!r}: unknown needs {sorted(unknown)}; allowed {sorted(NEEDS)}")
         object.__setattr__(self, "needs", frozenset(self.needs))
         object.__setattr__(self, "options", dict(self.options))
+        if self.fn is not None and self.step is None and self.arguments is None:
+            raise ValueError(f"metric {self.name!r}: step 7 computes it, so declare the arguments "
+                             f"of {self.fn.__name__}")
 
-    def compute(self, **kwargs: Any) -> Any:
-        """Call `fn` with this metric's fixed options plus `kwargs` and return this metric's values."""
+    @property
+    def in_step7(self) -> bool:
+        """Whether step 7 computes this metric (ROAR's are computed by their own step)."""
+        return self.fn is not None and self.step is None
+
+    def call(self, **kwargs: Any) -> Any:
+        """`fn`'s whole result for this metric's fixed options plus `kwargs`."""
         if self.fn is None:
             raise UserError(f"metric {self.name!r} is computed by {self.step}, not by step 7")
         clash = set(kwargs) & set(self.options)
         if clash:
             raise UserError(f"metric {self.name!r} fixes {sorted(clash)}; do not pass them")
-        result = self.fn(**self.options, **kwargs)
+        return self.fn(**self.options, **kwargs)
+
+    def pick(self, result: Any) -> Any:
+        """This metric's values in a result of `fn`."""
         return result if self.output is None else result[self.output]
+
+    def compute(self, **kwargs: Any) -> Any:
+        """Call `fn` with this metric's fixed options plus `kwargs` and return this metric's values."""
+        return self.pick(self.call(**kwargs))
+
+    def shares_call(self, other: "MetricSpec") -> bool:
+        """Whether one call of `fn` yields both metrics (same `fn` and `options`)."""
+        return self.fn is other.fn and self.options == other.options
 
 
 METRICS: dict[str, MetricSpec] = {}
@@ -68,8 +142,40 @@ def register(spec: MetricSpec) -> MetricSpec:
     """Add `spec` to `METRICS` (a name may be registered once)."""
     if spec.name in METRICS:
         raise ValueError(f"metric {spec.name!r} is already registered")
+    for other in METRICS.values():
+        if spec.in_step7 and other.in_step7 and spec.shares_call(other) and spec.arguments is not other.arguments:
+            raise ValueError(f"metric {spec.name!r} shares {spec.fn.__name__}'s call with {other.name!r}: "
+                             f"declare the same arguments")
     METRICS[spec.name] = spec
     return spec
+
+
+def unregister(name: str) -> MetricSpec:
+    """Remove the metric called `name` from `METRICS` and return its spec."""
+    return METRICS.pop(get_metric(name).name)
+
+
+def compute_metrics(inputs: MetricInputs, select: Callable[[MetricSpec], bool] | None = None) -> dict[str, Any]:
+    """The values of every registered metric (among `select`) that step 7 computes from `inputs`.
+
+    A metric is computed when its needs are provided and it reads what `inputs` hold (the maps of one
+    method, or, for ``tcav_scores``, the TCAV tables); ROAR's (``spec.step``) never are. Metrics sharing
+    ``(fn, options)`` come from one call. Values are in registration order: per-image tensors or, for
+    the TCAV metrics, per-(class, concept) columns.
+    """
+    provided, with_maps = inputs.provided, inputs.maps is not None
+    wanted = [spec for spec in METRICS.values()
+              if spec.in_step7 and spec.needs <= provided and with_maps == (not spec.needs & WITHOUT_MAPS)
+              and (select is None or select(spec))]
+    calls: list[tuple[MetricSpec, Any]] = []  # (first metric, result) per call, in the order of the first metrics
+    out = {}
+    for spec in wanted:
+        shared = [result for first, result in calls if first.shares_call(spec)]
+        if not shared:
+            shared = [spec.call(**spec.arguments(inputs))]
+            calls.append((spec, shared[0]))
+        out[spec.name] = spec.pick(shared[0])
+    return out
 
 
 def get_metric(name: str) -> MetricSpec:

@@ -2,7 +2,10 @@
 
 Reads the maps of step 6 (the same test images at every round) and, for each round and method,
 writes the mean of each metric over the images into ``metrics/explanations.csv``
-(``round, weights_remaining, method, metric, value, n_images``). Consistency compares each
+(``round, weights_remaining, method, metric, value, n_images``). The metrics are those of the
+registry (`lottery_xai.metrics.METRICS`) whose needs the data and the run provide: the part metric
+only with parts, the consistency with the dense maps only with round 0's maps, TCAV agreement only
+with both TCAV tables; ROAR's metric is main_roar.py's. Consistency compares each
 round's map of an image with the dense model's map of the same image; consistency under
 transformation recomputes the map on flipped / resized-cropped copies (``metrics.transform_methods``)
 and compares it with the same transformation of the map; TCAV agreement compares each round's
@@ -18,8 +21,7 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config
 from ..loaders import SeedPurpose, derived_seed
-from ..metrics import (METRICS, deletion_insertion, energy_in_box, energy_in_parts, map_agreement, pixel_perturbation,
-                      pointing_game, tcav_agreement, tcav_agreement_summary, transform_consistency)
+from ..metrics import METRICS, MetricInputs, compute_metrics
 from ..errors import UserError
 from .heatmaps import heatmap_images
 from .rounds import as_run, configured_maps, finished_rounds, load_round_model
@@ -60,33 +62,45 @@ def _require_maps(cfg: Config, run: rd.RunDir, rounds: list[int]) -> None:
                                 f"{','.join(map(str, needed))})")
 
 
-def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None) -> dict[str, torch.Tensor]:
-    """Per-image values of every metric that reads the stored maps, for one round and method."""
-    m = cfg.metrics
-    scale = images.shape[-1] / 224
-    curves = deletion_insertion(model, images, maps, n_steps=m.n_steps, batch_size=m.batch_size)
-    out = {"deletion_auc": curves["deletion_auc"], "insertion_auc": curves["insertion_auc"]}
-    for order in ("morf", "lerf"):
-        res = pixel_perturbation(model, images, maps, fractions=m.fractions, order=order, batch_size=m.batch_size)
-        out[f"{order}_aopc"] = torch.as_tensor(res["aopc"])
-    out["energy_in_box"] = energy_in_box(maps, boxes)
-    out["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * scale)
-    if parts is not None and parts.shape[1] > 0:
-        out["energy_in_parts"] = energy_in_parts(maps, parts, radius=max(m.part_radius * scale, 0.5))
-    if dense_maps is not None:
-        out.update(map_agreement(maps, dense_maps, top_fraction=m.top_fraction))
-    return out
-
-
-def transform_metrics(model, images, method: str, cfg: Config, seed: int, targets=None) -> dict[str, torch.Tensor]:
-    """Consistency under transformation: map(T(x)) against T(map(x)), recomputing the method on T(x)."""
+def _attribution_fn(cfg: Config, method: str, seed: int):
+    """The configured `method` as the transformation check recomputes it on transformed images."""
     def attribution_fn(net, batch, targets):
         return configured_maps(cfg, method, net, batch, targets, seed)
+    return attribution_fn
 
-    m = cfg.metrics
-    res = transform_consistency(model, images, attribution_fn, transforms=m.transform, n_transforms=m.n_transforms,
-                                seed=seed, targets=targets, top_fraction=m.top_fraction)
-    return {f"transform_{k}": res[k] for k in ("spearman", "top_iou", "ssim")}
+
+def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None, *, method: str | None = None,
+                  seed: int | None = None, targets=None) -> dict[str, torch.Tensor]:
+    """Per-image values of every registered metric that reads the stored maps, for one round and method.
+
+    A metric is computed when its needs are provided: ``box`` by `boxes`, ``parts`` by `parts` with at
+    least one part, ``second_map`` by `dense_maps`, ``transform`` by `method` (recomputed on transformed
+    images with `seed` and `targets`, None: the predicted class) when it is in ``metrics.transform_methods``.
+    """
+    transform = method is not None and seed is not None and method in cfg.metrics.transform_methods
+    inputs = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, targets=targets, boxes=boxes,
+                          parts=parts, second_map=dense_maps, seed=seed if transform else None,
+                          attribution_fn=_attribution_fn(cfg, method, seed) if transform else None)
+    return compute_metrics(inputs)
+
+
+def tcav_metrics(tcav_round: pd.DataFrame, tcav_dense: pd.DataFrame, cfg: Config) -> dict[str, pd.Series]:
+    """Per-(class, concept) values of every registered TCAV agreement metric (a round's table against the dense one)."""
+    return compute_metrics(MetricInputs(settings=cfg.metrics, tcav_round=tcav_round, tcav_dense=tcav_dense))
+
+
+def _mean(values) -> float:
+    """A metric's row value: the NaN-skipping mean of per-image values (in float64) or of a per-pair
+    column (pandas' mean, as `tcav_agreement_summary`)."""
+    if isinstance(values, pd.Series):
+        return float(values.mean())
+    return float(torch.as_tensor(values, dtype=torch.float64).nanmean())
+
+
+def _rows(r: int, weights_remaining, method: str, values: dict) -> list[dict]:
+    """The table rows of one round and method: each metric's mean and number of images (or pairs)."""
+    return [{"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
+             "value": _mean(v), "n_images": len(v)} for name, v in values.items()]
 
 
 def _fingerprints(run: rd.RunDir, r: int) -> str:
@@ -138,20 +152,13 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
             if maps is None:
                 continue
             dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
-            values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
-            if method in cfg.metrics.transform_methods:
-                values.update(transform_metrics(model, images, method, cfg, derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets))
-            rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": method, "metric": name,
-                      "value": float(torch.as_tensor(v, dtype=torch.float64).nanmean()), "n_images": len(v)}
-                     for name, v in values.items()]
+            values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method=method,
+                                   seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets)
+            rows += _rows(r, ckpt["weights_remaining"], method, values)
         if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
                 and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log):
-            summary = tcav_agreement_summary(tcav_agreement(tcav[tcav["round"] == r], tcav[tcav["round"] == 0]))
-            n_pairs = int(summary["n_pairs"])
-            rows += [{"round": r, "weights_remaining": ckpt["weights_remaining"], "method": "tcav",
-                      "metric": "tcav_abs_diff", "value": summary["mean_abs_diff"], "n_images": n_pairs},
-                     {"round": r, "weights_remaining": ckpt["weights_remaining"], "method": "tcav",
-                      "metric": "tcav_flip", "value": summary["flip_rate"], "n_images": n_pairs}]
+            rows += _rows(r, ckpt["weights_remaining"], "tcav",
+                          tcav_metrics(tcav[tcav["round"] == r], tcav[tcav["round"] == 0], cfg))
         table = rd.upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
                                 columns=COLUMNS, replace={"round": r})
         run.record_fingerprint("metrics", rd.round_name(r), stamp)

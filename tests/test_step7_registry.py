@@ -1,0 +1,175 @@
+"""Step 7 computes the registered metrics: a new declaration is measured without other code changes,
+metrics whose needs are missing are skipped, and ROAR's metric is left to its own step."""
+import pandas as pd
+import pytest
+import torch
+
+from lottery_xai.config import load_config
+from lottery_xai.metrics import (METRICS, MetricInputs, MetricSpec, compute_metrics, deletion_insertion,
+                                 energy_in_box, energy_in_parts, map_agreement, pixel_perturbation, pointing_game,
+                                 register, tcav_agreement, tcav_agreement_summary, transform_consistency, unregister)
+from lottery_xai.pipeline.metrics import _attribution_fn, _rows, round_metrics, tcav_metrics
+
+N, SIZE = 3, 32
+PER_MAP = ["deletion_auc", "insertion_auc", "morf_aopc", "lerf_aopc", "energy_in_box", "pointing_game",
+           "energy_in_parts", "spearman", "top_iou", "ssim"]
+TRANSFORM = ["transform_spearman", "transform_top_iou", "transform_ssim"]
+
+
+@pytest.fixture
+def cfg():
+    return load_config(None, [f"img_size={SIZE}", "device=cpu", "metrics.n_steps=4", "metrics.n_transforms=1",
+                              "metrics.batch_size=5"])
+
+
+@pytest.fixture
+def data():
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval().requires_grad_(False)
+    images = torch.randn(N, 3, SIZE, SIZE, generator=gen)
+    maps = torch.rand(N, SIZE, SIZE, generator=gen)
+    dense = torch.rand(N, SIZE, SIZE, generator=gen)
+    boxes = torch.tensor([[2.0, 3.0, 20.0, 25.0], [0.0, 0.0, 32.0, 32.0], [10.0, 5.0, 14.0, 30.0]])
+    parts = torch.cat([torch.rand(N, 4, 2, generator=gen) * SIZE, torch.ones(N, 4, 1)], dim=2)
+    return model, images, boxes, maps, dense, parts
+
+
+@pytest.fixture
+def fake():
+    """A small fn registered under new names: two metrics of one call, a third with other options."""
+    calls = []
+
+    def map_stats(maps, boxes, scale, power=1):
+        calls.append(power)
+        return {"mean": maps.pow(power).mean(dim=(1, 2)) * scale, "box_x0": boxes[:, 0]}
+
+    def arguments(x):
+        return {"maps": x.maps, "boxes": x.boxes, "scale": x.scale}
+
+    specs = [MetricSpec("fake_mean", "localisation", True, {"box"}, map_stats, "test", output="mean",
+                        arguments=arguments),
+             MetricSpec("fake_box_x0", "localisation", True, {"box"}, map_stats, "test", output="box_x0",
+                        arguments=arguments),
+             MetricSpec("fake_square_mean", "localisation", True, {"box"}, map_stats, "test", output="mean",
+                        options={"power": 2}, arguments=arguments)]
+    try:
+        for spec in specs:
+            register(spec)
+        yield calls
+    finally:
+        for spec in specs:
+            if spec.name in METRICS:
+                unregister(spec.name)
+
+
+def test_a_registered_metric_is_computed_without_other_changes(cfg, data, fake):
+    model, images, boxes, maps, dense, parts = data
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
+    assert list(values) == PER_MAP + ["fake_mean", "fake_box_x0", "fake_square_mean"]
+    assert torch.equal(values["fake_mean"], maps.mean(dim=(1, 2)) * (SIZE / 224))
+    assert torch.equal(values["fake_square_mean"], maps.pow(2).mean(dim=(1, 2)) * (SIZE / 224))
+    assert torch.equal(values["fake_box_x0"], boxes[:, 0])
+    assert fake == [1, 2]  # one call per (fn, options): fake_mean and fake_box_x0 share theirs
+    rows = _rows(1, 0.5, "saliency", values)
+    assert [r["metric"] for r in rows][-3:] == ["fake_mean", "fake_box_x0", "fake_square_mean"]
+    assert all(r["n_images"] == N for r in rows)
+
+
+def test_unregistered_metric_is_gone(cfg, data, fake):
+    model, images, boxes, maps, dense, parts = data
+    unregister("fake_mean")
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
+    assert "fake_mean" not in values and "fake_box_x0" in values
+
+
+def test_specs_sharing_a_call_must_share_arguments():
+    spec = METRICS["deletion_auc"]
+    with pytest.raises(ValueError, match="same arguments"):
+        register(MetricSpec("deletion_curve", "faithfulness", False, {"model"}, spec.fn, "test",
+                            output="deletion_curve", arguments=lambda x: {}))
+    assert "deletion_curve" not in METRICS
+    with pytest.raises(ValueError, match="arguments"):
+        MetricSpec("no_arguments", "localisation", True, {"box"}, energy_in_box, "test")
+
+
+def test_registry_values_equal_the_hand_written_calls(cfg, data):
+    """The calls step 7 made before it walked the registry, with the same arguments: equal bit for bit."""
+    model, images, boxes, maps, dense, parts = data
+    m, scale = cfg.metrics, images.shape[-1] / 224
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
+    curves = deletion_insertion(model, images, maps, n_steps=m.n_steps, batch_size=m.batch_size)
+    expected = {"deletion_auc": curves["deletion_auc"], "insertion_auc": curves["insertion_auc"]}
+    for order in ("morf", "lerf"):
+        expected[f"{order}_aopc"] = pixel_perturbation(model, images, maps, fractions=m.fractions, order=order,
+                                                       batch_size=m.batch_size)["aopc"]
+    expected["energy_in_box"] = energy_in_box(maps, boxes)
+    expected["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * scale)
+    expected["energy_in_parts"] = energy_in_parts(maps, parts, radius=max(m.part_radius * scale, 0.5))
+    expected.update(map_agreement(maps, dense, top_fraction=m.top_fraction))
+    assert list(values) == list(expected)
+    for name, v in expected.items():
+        assert torch.equal(values[name], v), name
+
+
+def test_transform_metrics_come_from_the_registry_for_transform_methods(cfg, data):
+    model, images, boxes, maps, dense, parts = data
+    m, seed = cfg.metrics, 12345
+    assert "saliency" in m.transform_methods
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", seed=seed)
+    assert list(values) == PER_MAP + TRANSFORM
+    res = transform_consistency(model, images, _attribution_fn(cfg, "saliency", seed), transforms=m.transform,
+                                n_transforms=m.n_transforms, seed=seed, targets=None, top_fraction=m.top_fraction)
+    for k in ("spearman", "top_iou", "ssim"):
+        assert torch.equal(values[f"transform_{k}"], res[k]), k
+    cfg.metrics.transform_methods = []
+    assert list(round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", seed=seed)) == PER_MAP
+
+
+def test_metrics_with_missing_needs_are_skipped(cfg, data):
+    model, images, boxes, maps, dense, parts = data
+    no_parts = parts[:, :0]
+    values = round_metrics(model, images, boxes, maps, None, cfg, no_parts)
+    assert list(values) == ["deletion_auc", "insertion_auc", "morf_aopc", "lerf_aopc", "energy_in_box",
+                            "pointing_game"]
+    values = round_metrics(model, images, None, maps, dense, cfg, None)
+    assert list(values) == ["deletion_auc", "insertion_auc", "morf_aopc", "lerf_aopc", "spearman", "top_iou", "ssim"]
+    only_maps = compute_metrics(MetricInputs(settings=cfg.metrics, maps=maps, boxes=boxes))
+    assert list(only_maps) == ["energy_in_box", "pointing_game"]  # no model: no faithfulness, no transform
+    assert MetricInputs(settings=cfg.metrics, maps=maps, parts=no_parts).provided == frozenset()
+
+
+def test_tcav_metrics_are_computed_from_the_two_tables_only(cfg, data):
+    dense = pd.DataFrame({"class": ["a", "a", "b"], "concept": ["red", "wing", "red"],
+                          "tcav_mean": [0.9, 0.5, 0.2], "significant": [True, False, False]})
+    pruned = dense.assign(tcav_mean=[0.8, 0.5, 0.6], significant=[True, True, False])
+    values = tcav_metrics(pruned, dense, cfg)
+    assert list(values) == ["tcav_abs_diff", "tcav_flip"]
+    summary = tcav_agreement_summary(tcav_agreement(pruned, dense))
+    rows = _rows(2, 0.25, "tcav", values)
+    assert [(r["value"], r["n_images"]) for r in rows] == [(summary["mean_abs_diff"], summary["n_pairs"]),
+                                                           (summary["flip_rate"], summary["n_pairs"])]
+    empty = _rows(2, 0.25, "tcav", tcav_metrics(pruned.iloc[:0], dense, cfg))
+    assert all(r["n_images"] == 0 and r["value"] != r["value"] for r in empty)  # NaN, as the summary's
+    model, images, boxes, maps, dense_maps, parts = data
+    assert not {"tcav_abs_diff", "tcav_flip"} & set(round_metrics(model, images, boxes, maps, dense_maps, cfg, parts))
+
+
+def test_roar_metric_is_never_computed_by_step7(cfg, data):
+    model, images, boxes, maps, dense, parts = data
+    assert METRICS["roar_test_acc"].step is not None
+    everything = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, boxes=boxes, parts=parts,
+                              second_map=dense, attribution_fn=_attribution_fn(cfg, "saliency", 0), seed=0)
+    assert "retraining" not in everything.provided
+    assert "roar_test_acc" not in compute_metrics(everything)
+    assert "roar_test_acc" not in round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", seed=0)
+
+    def refuse(**_):
+        raise AssertionError("step 7 called a metric of another step")
+
+    spec = MetricSpec("fake_retrained", "faithfulness", True, {"model"}, refuse, "test", step="main_roar.py")
+    try:
+        register(spec)
+        assert "fake_retrained" not in round_metrics(model, images, boxes, maps, dense, cfg, parts)
+    finally:
+        unregister("fake_retrained")
