@@ -1,4 +1,6 @@
 """Shared fixtures: a tiny synthetic dataset (CUB layout) and a tiny finished run on it."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,3 +28,18 @@ def iteration_hook(fn):
     from lottery_xai.training import every_iteration
 
     return lambda r: [every_iteration(lambda it, model: fn(r, it, model))]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = torch.device("cpu")
+
+
+class Interrupt(Exception):
+    """Raised by a test's training callback to kill a run at a chosen step."""
+
+
+def tiny_cfg(data, logs, *overrides):
+    """The tiny config with augmentation on (the round loop's tests)."""
+    from lottery_xai.config import load_config
+
+    return load_config(None, tiny_overrides(data, logs, "data.augment=true", *overrides))

@@ -6,8 +6,7 @@ import torch
 from lottery_xai import rundir as rd
 from lottery_xai.pipeline.prune import LotteryRun
 
-from conftest import iteration_hook
-from test_lottery import DEVICE, Interrupt, tiny_cfg
+from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
 EPOCHS = 3
 

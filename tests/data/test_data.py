@@ -23,7 +23,7 @@ from lottery_xai.data.transforms import EvalTransform, TrainTransform
 from lottery_xai.errors import UserError
 
 TINY = dict(n_classes=4, images_per_class=12, image_size=64, seed=0, train_fraction=0.6)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from lottery_xai.rundir import RunDir
 
 from conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 20261202
 STEPS = {  # step number -> (script, the run folders the step writes)
     1: ("main_lth_pruning.py", ("pruning",)),

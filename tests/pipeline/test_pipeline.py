@@ -1,5 +1,4 @@
 """Steps 1-8 end to end on a tiny run: the run-directory contract, resuming, and the notebooks."""
-import os
 from pathlib import Path
 
 import nbformat
@@ -22,7 +21,7 @@ from lottery_xai.pipeline.tcav import tcav_step
 
 from conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 EXTRA = ["cav.n_random=3", "heatmaps.images_per_class=2", "heatmaps.ig_steps=4", "heatmaps.grid_images=3"]
 quiet = lambda *_: None  # noqa: E731

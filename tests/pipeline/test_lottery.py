@@ -3,21 +3,10 @@ import pytest
 import torch
 
 from lottery_xai import rundir as rd
-from lottery_xai.config import load_config
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pruning import remaining_fractions
 
-from conftest import iteration_hook, tiny_overrides
-
-DEVICE = torch.device("cpu")
-
-
-def tiny_cfg(data, logs, *overrides):
-    return load_config(None, tiny_overrides(data, logs, "data.augment=true", *overrides))
-
-
-class Interrupt(Exception):
-    pass
+from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
 
 def test_rounds_prune_and_rewind(tiny_data, tmp_path):

@@ -11,8 +11,7 @@ from lottery_xai.crops import resized_crop
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.training.cgc import contrastive_loss, consistency_term, differentiable_maps, mse_loss
 
-from conftest import iteration_hook
-from test_lottery import DEVICE, Interrupt, tiny_cfg
+from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
 
 class Pass(nn.Module):

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from lottery_xai.concepts.tcav import gradients_by_class
 from lottery_xai.config import Config, load_config
@@ -25,7 +24,7 @@ def test_default_splits_are_disjoint():
 @pytest.mark.parametrize("cav, tcav, shared", [("[train,val]", "[val,test]", "val"), ("[test]", "[test]", "test")])
 def test_overlapping_splits_are_refused(cav, tcav, shared):
     with pytest.raises(UserError, match=f"share {shared}"):
-        load_config(None, [f"cav.splits={cav}", f"tcav.splits={tcav}", f"activations.splits=[train,val,test]"])
+        load_config(None, [f"cav.splits={cav}", f"tcav.splits={tcav}", "activations.splits=[train,val,test]"])
 
 
 @pytest.mark.parametrize("arch, layer, size, tail", [

@@ -18,7 +18,7 @@ from lottery_xai.training.distributed import Distributed
 
 from conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Every file the pipeline writes ends in os.replace (atomic writes): record which rank did it.
 LAUNCHER = textwrap.dedent("""

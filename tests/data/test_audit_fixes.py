@@ -11,7 +11,7 @@ from lottery_xai.data.cub import prepare_cub
 from lottery_xai.errors import UserError
 from lottery_xai.pipeline.rounds import resolve_names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["001.Black_footed_Albatross", "036.Northern_Flicker", "047.American_Goldfinch"]
 ATTRIBUTES = ["has_bill_shape::curved", "has_wing_color::blue", "has_wing_color::yellow", "has_size::small"]
 PERCENT = [[90, 10, 0, 80], [60, 0, 70, 90], [0, 55, 95, 100]]  # class x attribute, % of images with it

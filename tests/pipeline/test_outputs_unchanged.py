@@ -7,9 +7,9 @@ and rounded to 5 decimals. So a rewrite that changes a column order or the bits 
 last place still fails, while timings and zip headers do not count. They were recorded on this
 project's CI machine kind (CPU, torch of pyproject's lower bounds or newer) with
 
-    .venv/bin/python tests/test_outputs_unchanged.py --record
+    .venv/bin/python tests/pipeline/test_outputs_unchanged.py --record
 
-which rewrites tests/data/output_checksums.json. Record again only for a change that is meant to
+which rewrites tests/pipeline/output_checksums.json. Record again only for a change that is meant to
 change results, and say so in the commit.
 """
 import hashlib
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-STORE = ROOT / "tests" / "data" / "output_checksums.json"
+ROOT = Path(__file__).resolve().parents[2]
+STORE = Path(__file__).resolve().parent / "output_checksums.json"
 STEPS = ["main_lth_pruning.py", "main_lth_test.py", "main_lth_save_activations.py", "main_lth_generate_cavs.py",
          "main_lth_tcav.py", "main_heatmap_save.py", "main_explanation_metrics.py"]
 TABLES = ["test/metrics.csv", "tcav/tcav_scores.csv", "cavs/cav_accuracy.csv", "metrics/explanations.csv",

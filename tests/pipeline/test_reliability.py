@@ -30,7 +30,7 @@ from lottery_xai.pipeline.tcav import tcav_step
 
 from conftest import tiny_overrides
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 EXTRA = ["prune_iterations=1", "train.epochs=1", "cav.n_random=2", "cav.n_jobs=1", "heatmaps.images_per_class=1",
          "heatmaps.methods=[gradcam,random]", "heatmaps.grid_images=2", "metrics.transform_methods=[gradcam]",
