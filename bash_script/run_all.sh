@@ -6,17 +6,9 @@
 # so rerunning after an interruption resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-CONFIG=${1:-config/BB_synthetic.yaml}
-shift || true
-EXTRA=("$@")
-
-if grep -qE '^dataset: *synthetic_cub' "$CONFIG"; then
-  PYTHON="$PY" bash bash_script/prepare_synthetic.sh
-fi
+source bash_script/common.sh "$@"
 
 start=$(date +%s)
-step() { echo; echo "== $*"; "$PY" "$@" --config "$CONFIG" "${EXTRA[@]}"; }
 
 step main_lth_pruning.py
 step main_lth_pruning.py --set pruning.rewind=reinit

@@ -5,15 +5,7 @@
 # Each step skips work that is already complete, so rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
-CONFIG=${1:-config/BB_synthetic.yaml}
-shift || true
-EXTRA=("$@")
-
-if grep -qE '^dataset: *synthetic_cub' "$CONFIG"; then
-  PYTHON="$PY" bash bash_script/prepare_synthetic.sh
-fi
-step() { echo; echo "== $*"; "$PY" "$@" --config "$CONFIG" "${EXTRA[@]}"; }
+source bash_script/common.sh "$@"
 for loss in cross_entropy cgc; do
   for s in main_lth_pruning.py main_lth_test.py main_heatmap_save.py main_explanation_metrics.py; do
     step "$s" --set train.loss=$loss

@@ -1,0 +1,14 @@
+# Sourced by the run scripts: `source bash_script/common.sh "$@"` from the repository root.
+# Sets PY (the interpreter, $PYTHON or python), CONFIG (the first argument, default the embedded
+# default) and EXTRA (the rest: --set overrides), generates the synthetic data when the config
+# uses it, and defines `step SCRIPT [ARGS...]`, which runs one step with the config and overrides.
+PY=${PYTHON:-python}
+CONFIG=${1:-config/BB_synthetic.yaml}
+shift || true
+EXTRA=("$@")
+
+if grep -qE '^dataset: *synthetic_cub' "$CONFIG"; then
+  PYTHON="$PY" bash bash_script/prepare_synthetic.sh
+fi
+
+step() { echo; echo "== $*"; "$PY" "$@" --config "$CONFIG" "${EXTRA[@]}"; }
