@@ -45,14 +45,50 @@ def differentiable_maps(activation: torch.Tensor, logits: torch.Tensor, targets:
     return maps / maps.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
+def _global_batch(u: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Under torchrun: every process's u, concatenated in rank order (differentiable all_gather, so
+    each process's gradient reaches every map), and this process's offset in it; else (u, 0)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return u, 0
+    return _GatherRows.apply(u.contiguous()), dist.get_rank() * u.shape[0]  # DistributedSampler: equal batches
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather along the batch dimension; backward sums every process's gradient of the gathered
+    tensor (all_reduce) and keeps this process's rows."""
+
+    @staticmethod
+    def forward(ctx, u):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(u) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, u)
+        ctx.rank, ctx.rows = dist.get_rank(), u.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def contrastive_loss(u: torch.Tensor, v: torch.Tensor, temperature: float) -> torch.Tensor:
     """CGC's InfoNCE term for flattened maps u, v [B, D]: the positive of u_b is v_b, its negatives
-    the other u_j of the batch."""
+    the other u_j of the global batch (under torchrun, of every process, so the result does not
+    depend on the number of GPUs: DDP's gradient average then equals the single-process gradient)."""
     u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
     b = u.shape[0]
+    everyone, offset = _global_batch(u)
     positive = (u * v).sum(1, keepdim=True)
-    others = u @ u.T
-    negatives = others[~torch.eye(b, dtype=torch.bool, device=u.device)].view(b, b - 1)
+    others = u @ everyone.T  # [B, B_global]
+    self_mask = torch.zeros_like(others, dtype=torch.bool)
+    self_mask[torch.arange(b, device=u.device), offset + torch.arange(b, device=u.device)] = True
+    negatives = others[~self_mask].view(b, everyone.shape[0] - 1)
     logits = torch.cat([positive, negatives], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=u.device))
 

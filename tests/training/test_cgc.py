@@ -62,7 +62,7 @@ def test_transported_map_equals_the_map_of_the_transformed_image(variant):
     assert torch.allclose(unit(carried), unit(m_t), atol=1e-12)
     # the whole term: the positives are exact, so the MSE ablation is 0
     term, _, _ = consistency_term(model, model, images, crop, "feat", variant, contrastive=False)
-    assert float(term) == pytest.approx(0.0, abs=1e-20)
+    assert float(term.detach()) == pytest.approx(0.0, abs=1e-20)
 
 
 def test_contrastive_loss_equals_a_hand_computation():
@@ -142,3 +142,37 @@ def test_a_cgc_run_trains_every_round_and_resumes_after_a_kill(tiny_data, tmp_pa
     assert rd.RunDir(killed).resume_state(1).is_file()
     LotteryRun(killed, DEVICE, log=lambda *_: None).run_rounds([0, 1])
     _same_checkpoints(rd.RunDir(straight), rd.RunDir(killed), [0, 1])
+
+
+def _rank_loss(rank, init_file, u_all, v_all, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        half = u_all.shape[0] // 2
+        u = u_all[rank * half:(rank + 1) * half].clone().requires_grad_(True)
+        loss = contrastive_loss(u, v_all[rank * half:(rank + 1) * half], 0.5)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": u.grad}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_negatives_span_every_process_under_torchrun(tmp_path):
+    """2 gloo processes with half the batch each: the mean of their losses is the single-process loss
+    on the whole batch, and their summed gradients (what DDP averages, times 2) are its gradient."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    u_all, v_all = torch.rand(6, 10, dtype=torch.float64), torch.rand(6, 10, dtype=torch.float64)
+    mp.start_processes(_rank_loss, args=(tmp_path / "init", u_all, v_all, tmp_path), nprocs=2, join=True,
+                       start_method="spawn")
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in (0, 1)]
+    u = u_all.clone().requires_grad_(True)
+    whole = contrastive_loss(u, v_all, 0.5)
+    whole.backward()
+    assert float((parts[0]["loss"] + parts[1]["loss"]) / 2) == pytest.approx(float(whole.detach()), rel=1e-12)
+    # DDP averages the ranks' gradients of their own losses; the gradient reaching the gathered maps of
+    # the other rank is summed back by all_gather's backward, so the average is the whole batch's gradient
+    grads = torch.cat([parts[0]["grad"], parts[1]["grad"]]) / 2
+    assert torch.allclose(grads, u.grad, rtol=1e-10, atol=1e-12)
