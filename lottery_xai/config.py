@@ -55,6 +55,7 @@ class TrainConfig:
     cgc_temperature: float = opt(0.5, "temperature tau of the CGC contrastive term", minimum=1e-6)
     cgc_map: str = opt("grad_x_activation", "map the CGC loss makes consistent", choices=["grad_x_activation", "gradcam"])
     cgc_layer: str = opt("", "layer of the CGC maps (empty = the architecture's CAM layer)")
+    unlabeled_fraction: float = opt(0.0, "share of the training split used without labels (only label-free loss terms, e.g. CGC, see them)", minimum=0.0, maximum=0.99)
     amp: bool = opt(True, "bfloat16 automatic mixed precision (CUDA only; ignored on the CPU)")
     channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on the CPU)")
 

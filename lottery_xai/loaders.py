@@ -24,6 +24,7 @@ class SeedPurpose(IntEnum):
     ROAR_ORDER = 29      # ROAR: the retrain's batch order and flips (seed index)
     ROAR_TRAIN = 31      # ROAR: the retrain's global generator (seed index)
     TRANSFORMS = 37      # step 7: random transformations of the consistency check of round r
+    UNLABELED = 41       # step 1: which training images are used without their labels (every round alike)
 
 
 def derived_seed(seed: int, *parts: int) -> int:
@@ -50,6 +51,35 @@ def make_loader(dataset: Dataset, cfg: Config, device: torch.device, *, train: b
         persistent_workers=cfg.data.num_workers > 0,
         generator=generator,
     )
+
+
+IGNORED_LABEL = -100  # cross-entropy's ignore_index: an image whose label is hidden
+
+
+class HideLabels(Dataset):
+    """A training split in which a seeded share of the images is unlabelled (label ``IGNORED_LABEL``):
+    cross-entropy skips them, and a loss that needs no label (CGC's pseudo-labels) still uses them."""
+
+    def __init__(self, dataset: Dataset, fraction: float, seed: int):
+        self.dataset = dataset
+        n = len(dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        self.hidden = torch.zeros(n, dtype=torch.bool)
+        self.hidden[order[:int(round(fraction * n))]] = True
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if self.hidden[index]:
+            item = {**item, "label": torch.as_tensor(IGNORED_LABEL, dtype=torch.as_tensor(item["label"]).dtype)}
+        return item
+
+    def __getattr__(self, name):  # set_epoch, labels, ... of the wrapped split
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def subset(dataset: Dataset, indices) -> Subset:

@@ -59,6 +59,8 @@ def experiment_name(cfg: Config) -> str:
     parts = [cfg.dataset, cfg.model_arch, p.method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
     if cfg.train.loss != "cross_entropy":  # a network trained for consistent explanations is another run
         parts.insert(-1, f"{cfg.train.loss}{cfg.train.cgc_lambda:g}")
+    if cfg.train.unlabeled_fraction > 0:
+        parts.insert(-1, f"unlabeled{cfg.train.unlabeled_fraction:g}")
     return "_".join(parts)
 
 

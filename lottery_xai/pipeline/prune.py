@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config, to_dict
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed, make_loader
+from ..loaders import HideLabels, SeedPurpose, derived_seed, make_loader
 from ..models import architecture
 from ..pruning import (Masks, apply_masks, full_masks, prune, remaining_fractions, reset_batchnorm_stats,
                        target_fractions)
@@ -175,13 +175,16 @@ class LotteryRun:
         model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.AUGMENT, r))  # augmentation draws
+        train_set = self.datasets["train"]
+        if cfg.train.unlabeled_fraction > 0:  # the same images are unlabelled in every round
+            train_set = HideLabels(train_set, cfg.train.unlabeled_fraction, derived_seed(cfg.seed, SeedPurpose.UNLABELED))
         sampler = None
         if self.dist.world > 1:
             from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(self.datasets["train"], self.dist.world, self.dist.rank, shuffle=True,
+            sampler = DistributedSampler(train_set, self.dist.world, self.dist.rank, shuffle=True,
                                          seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r))
-        train_loader = make_loader(self.datasets["train"], cfg, self.device, train=True,
+        train_loader = make_loader(train_set, cfg, self.device, train=True,
                                    seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r), sampler=sampler)
         val_loader = make_loader(self.datasets["val"], cfg, self.device, train=False)
         ddp = None

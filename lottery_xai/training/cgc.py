@@ -26,6 +26,7 @@ from ..config import TrainConfig
 from ..crops import resized_crop, sample_crop_boxes
 from ..errors import UserError
 from ..models import get_layer
+from .losses import labelled_cross_entropy
 
 MAP_VARIANTS = ("grad_x_activation", "gradcam")
 
@@ -147,11 +148,10 @@ class CGCLoss:
         if self.lam == 0:  # the cross-entropy run, exactly
             with autocast:
                 logits = forward(images)
-            return F.cross_entropy(logits.float(), labels, label_smoothing=ls)
+            return labelled_cross_entropy(logits, labels, ls)
         crop = random_crops(images)
         with autocast:
             consistency, logits_x, logits_t = consistency_term(forward, model, images, crop, self.layer, self.variant,
                                                                self.tau, self.contrastive)
-        ce = F.cross_entropy(logits_x.float(), labels, label_smoothing=ls) + \
-            F.cross_entropy(logits_t.float(), labels, label_smoothing=ls)
+        ce = labelled_cross_entropy(logits_x, labels, ls) + labelled_cross_entropy(logits_t, labels, ls)
         return ce + self.lam * consistency

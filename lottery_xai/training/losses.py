@@ -15,6 +15,14 @@ from ..errors import UserError
 from ..names import unknown_name
 
 
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the labelled images of a batch (unlabelled ones carry label -100);
+    a batch without any labelled image contributes 0 (and still a graph, for a zero gradient)."""
+    if bool((labels >= 0).any()):
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    return logits.float().sum() * 0.0
+
+
 class CrossEntropy:
     """Cross-entropy of the logits (computed in float32 under autocast), with ``train.label_smoothing``."""
 
@@ -23,7 +31,7 @@ class CrossEntropy:
 
     def __call__(self, logits: torch.Tensor, labels: torch.Tensor, *, images: torch.Tensor | None = None,
                  model: nn.Module | None = None) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return labelled_cross_entropy(logits, labels, self.label_smoothing)
 
 
 LOSSES: dict[str, Callable[..., Callable]] = {}

@@ -176,3 +176,26 @@ def test_negatives_span_every_process_under_torchrun(tmp_path):
     # the other rank is summed back by all_gather's backward, so the average is the whole batch's gradient
     grads = torch.cat([parts[0]["grad"], parts[1]["grad"]]) / 2
     assert torch.allclose(grads, u.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_unlabelled_images_reach_only_the_label_free_terms(tiny_data, tmp_path):
+    from lottery_xai.loaders import IGNORED_LABEL, HideLabels
+    from lottery_xai.training.losses import labelled_cross_entropy
+
+    items = [{"image": torch.zeros(1), "label": torch.tensor(i % 3)} for i in range(10)]
+    hidden = HideLabels(items, 0.3, seed=7)
+    assert int(hidden.hidden.sum()) == 3 and torch.equal(hidden.hidden, HideLabels(items, 0.3, seed=7).hidden)
+    labels = torch.stack([hidden[i]["label"] for i in range(10)])
+    assert (labels[hidden.hidden] == IGNORED_LABEL).all() and (labels[~hidden.hidden] >= 0).all()
+    # cross-entropy over the labelled images only; a batch with none contributes 0 and a zero gradient
+    logits = torch.randn(10, 3, requires_grad=True)
+    keep = ~hidden.hidden
+    assert torch.allclose(labelled_cross_entropy(logits, labels),
+                          torch.nn.functional.cross_entropy(logits[keep], labels[keep]))
+    none = labelled_cross_entropy(logits, torch.full((10,), IGNORED_LABEL))
+    (grad,) = torch.autograd.grad(none, logits)
+    assert float(none.detach()) == 0.0 and not grad.any()
+    # a CGC run with half of the training images unlabelled trains, in its own run folder
+    cfg = tiny_cfg(tiny_data, tmp_path, "prune_iterations=0", "train.loss=cgc", "train.unlabeled_fraction=0.5")
+    summary = LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0])
+    assert "unlabeled0.5" in rd.RunDir(cfg).name and summary["best_val_acc"].notna().all()
