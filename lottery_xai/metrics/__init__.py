@@ -20,13 +20,13 @@ from lottery_xai.metrics.consistency import (
     transform_consistency,
 )
 from lottery_xai.metrics.faithfulness import deletion_insertion, pixel_perturbation, pixel_rank, trapezoid_auc
-from lottery_xai.metrics.localisation import box_mask, energy_in_box, energy_in_parts, pointing_game
+from lottery_xai.metrics.localisation import box_mask, content_heatmap, energy_in_box, energy_in_parts, pointing_game
 
 __all__ = [
     "FAMILIES", "METRICS", "NEEDS", "WITHOUT_MAPS", "MetricInputs", "MetricSpec", "compute_metrics", "get_metric",
     "register", "unregister",
     "deletion_insertion", "pixel_perturbation", "pixel_rank", "trapezoid_auc",
-    "energy_in_box", "pointing_game", "energy_in_parts", "box_mask",
+    "energy_in_box", "content_heatmap", "pointing_game", "energy_in_parts", "box_mask",
     "map_agreement", "spearman", "top_iou", "ssim", "average_rank",
     "tcav_agreement", "tcav_agreement_summary",
     "transform_consistency", "resized_crop", "sample_crop_boxes",
@@ -47,6 +47,10 @@ def _pixel_perturbation_args(x: MetricInputs) -> dict:
 
 def _energy_in_box_args(x: MetricInputs) -> dict:
     return {"maps": x.maps, "boxes": x.boxes}
+
+
+def _content_heatmap_args(x: MetricInputs) -> dict:
+    return {"maps": x.true_class_maps, "boxes": x.boxes}
 
 
 def _pointing_game_args(x: MetricInputs) -> dict:
@@ -93,6 +97,9 @@ _DECLARATIONS = [
     MetricSpec("energy_in_box", "localisation", True, {"box"}, energy_in_box,
                "percentage of (positive) map energy inside the bounding box; its mean is the content heatmap",
                arguments=_energy_in_box_args),
+    MetricSpec("content_heatmap", "localisation", True, {"box", "true_class_maps"}, content_heatmap,
+               "percentage of map energy inside the box for the ground-truth class's map (CGC's content heatmap; "
+               "all-zero maps count as 0)", arguments=_content_heatmap_args),
     MetricSpec("pointing_game", "localisation", True, {"box"}, pointing_game,
                "1 when the map's maximum lies within the tolerance of the bounding box", arguments=_pointing_game_args),
     MetricSpec("energy_in_parts", "localisation", True, {"parts"}, energy_in_parts,

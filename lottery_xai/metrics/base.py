@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 FAMILIES = frozenset({"faithfulness", "localisation", "consistency"})
 # "tcav_scores" is not a per-image input: it marks the metrics computed from two TCAV tables.
-NEEDS = frozenset({"model", "box", "parts", "second_map", "transform", "retraining", "tcav_scores"})
+NEEDS = frozenset({"model", "box", "parts", "second_map", "transform", "retraining", "tcav_scores", "true_class_maps"})
 # Needs that replace the stored maps as a metric's input: every other metric reads the maps of one method.
 WITHOUT_MAPS = frozenset({"retraining", "tcav_scores"})
 
@@ -48,6 +48,7 @@ class MetricInputs:
     second_map: torch.Tensor | None = None  # the dense model's map of the same images
     attribution_fn: Callable[..., torch.Tensor] | None = None
     seed: int | None = None
+    true_class_maps: torch.Tensor | None = None  # the same method's maps of each image's ground-truth class
     tcav_round: "pd.DataFrame | None" = None
     tcav_dense: "pd.DataFrame | None" = None
 
@@ -66,6 +67,7 @@ class MetricInputs:
             "second_map": self.second_map is not None,
             "transform": has_model and self.attribution_fn is not None and self.seed is not None,
             "tcav_scores": self.tcav_round is not None and self.tcav_dense is not None,
+            "true_class_maps": self.true_class_maps is not None,
             "retraining": False,  # ROAR retrains in its own step
         }
         return frozenset(need for need, ok in got.items() if ok)

@@ -47,6 +47,12 @@ def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return _energy_share(maps, box_mask(boxes, *maps.shape[-2:]))
 
 
+def content_heatmap(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The content heatmap of the CGC paper, per image: :func:`energy_in_box` of the maps of each
+    image's ground-truth class (the caller passes those maps); all-zero maps count as 0."""
+    return energy_in_box(maps, boxes)
+
+
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
     """Pointing game hits, [N] float of 1.0 (hit) / 0.0 (miss).
 

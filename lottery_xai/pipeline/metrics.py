@@ -70,7 +70,7 @@ def _attribution_fn(cfg: Config, method: str, seed: int):
 
 
 def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None, *, method: str | None = None,
-                  seed: int | None = None, targets=None) -> dict[str, torch.Tensor]:
+                  seed: int | None = None, targets=None, true_class_maps=None) -> dict[str, torch.Tensor]:
     """Per-image values of every registered metric that reads the stored maps, for one round and method.
 
     A metric is computed when its needs are provided: ``box`` by `boxes`, ``parts`` by `parts` with at
@@ -80,6 +80,7 @@ def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=Non
     transform = method is not None and seed is not None and method in cfg.metrics.transform_methods
     inputs = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, targets=targets, boxes=boxes,
                           parts=parts, second_map=dense_maps, seed=seed if transform else None,
+                          true_class_maps=true_class_maps,
                           attribution_fn=_attribution_fn(cfg, method, seed) if transform else None)
     return compute_metrics(inputs)
 
@@ -130,7 +131,8 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
     run.save_config("metrics")
     batch, info = heatmap_images(run, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
-    targets = batch["label"].to(device) if cfg.heatmaps.target == "true" else None  # None: the predicted class
+    labels = batch["label"].to(device)
+    targets = labels if cfg.heatmaps.target == "true" else None  # None: the predicted class
     table = rd.read_csv(run.explanation_metrics(), COLUMNS) if run.explanation_metrics().is_file() and not force \
         else pd.DataFrame(columns=COLUMNS)
     tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
@@ -152,8 +154,12 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
             if maps is None:
                 continue
             dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
+            # the content heatmap reads the maps of the ground-truth class (step 6 stores those of heatmaps.target)
+            true_maps = maps if cfg.heatmaps.target == "true" else configured_maps(
+                cfg, method, model, images, labels, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r)).half()  # as stored
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method=method,
-                                   seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets)
+                                   seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets,
+                                   true_class_maps=true_maps)
             rows += _rows(r, ckpt["weights_remaining"], method, values)
         if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
                 and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log):

@@ -390,3 +390,15 @@ def test_resized_crop_matches_torchvision_and_boxes_fit():
         assert torch.allclose(out_flipped[n], expected, atol=1e-5)
     maps = images[:, 0]
     assert torch.allclose(resized_crop(maps, top, left, h, w), out[:, 0])
+
+
+def test_content_heatmap_counts_all_zero_maps_as_zero():
+    from lottery_xai.metrics import content_heatmap, energy_in_box
+
+    maps = torch.zeros(3, 8, 8)
+    maps[0, 2:4, 2:4] = 1.0  # all inside the box
+    maps[1, 6:, 6:] = 1.0  # all outside
+    boxes = torch.tensor([[1.0, 1.0, 4.0, 4.0]] * 3)  # x0, y0, x1, y1
+    got = content_heatmap(maps, boxes)
+    assert got.tolist() == [100.0, 0.0, 0.0]  # the all-zero map counts 0, it is not skipped
+    assert torch.equal(got, energy_in_box(maps, boxes))
