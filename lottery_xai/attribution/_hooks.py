@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery_xai.errors import UserError
-from lottery_xai.activations import LayerCapture, forward_with_capture  # noqa: F401  (the one layer capture)
+from lottery_xai.activations import forward_with_capture  # the one layer capture
 from lottery_xai.models import get_layer, require_eval
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None

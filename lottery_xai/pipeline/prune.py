@@ -197,10 +197,9 @@ class LotteryRun:
             callbacks += list(self.round_callbacks(r))
         settings = self._resume_settings(r)
         resume = self._load_resume(r, settings)
-        save_resume = None
-        if self.dist.main:
-            def save_resume(state):  # one file, replaced atomically at every epoch end
-                rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))
+        # one file, replaced atomically at every epoch end (rank 0 writes)
+        save_resume = (lambda state: rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))) \
+            if self.dist.main else None
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
                              loss=get_loss(cfg.train.loss, cfg.train, layer=cam_layer(cfg)), callbacks=callbacks, desc=f"round {r}",
                              train_sampler=sampler,

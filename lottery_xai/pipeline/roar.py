@@ -34,8 +34,8 @@ from ..metrics.faithfulness import pixel_rank
 from ..models import architecture
 from ..pruning import apply_masks, reset_batchnorm_stats
 from ..training.roar import RemovedBatches, rank_dtype, retrain
-from .rounds import (STEP1, SPLITS, as_run, check_state, finished_rounds, layer_for, load_data, load_round_model,
-                     method_options, new_model)
+from .rounds import (STEP1, SPLITS, as_run, check_state, layer_for, load_data, load_round_model, method_options,
+                     new_model, start_step)
 
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
            "best_val_acc", "n_test", "train_seconds"]
@@ -158,11 +158,8 @@ def fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_
 @rd.locked("roar")
 def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
-    run = as_run(run)
-    cfg = run.cfg
-    methods = _check(cfg)
-    rounds = finished_rounds(run, rounds, log)
-    run.save_config("roar")
+    methods = _check(as_run(run).cfg)
+    run, cfg, rounds = start_step(run, "roar", rounds, log)
     data = prepare_images(cfg, run, device, log)
     table = rd.read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train

@@ -12,8 +12,8 @@ The map of ``x`` is carried to the frame of ``T(x)`` by the same crop and flip (
 operator, :mod:`lottery_xai.crops`): ``v = T(M(x))``, ``u = M(T(x))``, both flattened and
 L2-normalised. CGC: ``logits_b = [u_b . v_b, {u_b . u_j}_{j != b}] / tau``, cross-entropy with
 label 0; ``gc_mse``: the mean over the batch of ``|u_b - v_b|^2``. Total: ``CE(x) + CE(T(x)) +
-lambda * L``. With ``lambda = 0`` the loss is the plain cross-entropy of ``x`` (nothing else is
-computed or drawn), so such a run equals the cross-entropy run bit for bit.
+lambda * L``. With ``lambda = 0`` the registry builds the plain cross-entropy loss instead (nothing
+else is computed or drawn), so such a run equals the cross-entropy run bit for bit.
 """
 from __future__ import annotations
 
@@ -145,10 +145,6 @@ class CGCLoss:
                      autocast) -> torch.Tensor:
         """The total loss of a batch; ``forward`` may be the DistributedDataParallel wrapper of ``model``."""
         ls = self.tc.label_smoothing
-        if self.lam == 0:  # the cross-entropy run, exactly
-            with autocast:
-                logits = forward(images)
-            return labelled_cross_entropy(logits, labels, ls)
         crop = random_crops(images)
         with autocast:
             consistency, logits_x, logits_t = consistency_term(forward, model, images, crop, self.layer, self.variant,

@@ -54,6 +54,8 @@ def get_loss(name: str, tc: TrainConfig, **context):
 def _cgc(tc: TrainConfig, layer: str = "", contrastive: bool = True, **context):
     from .cgc import CGCLoss
 
+    if tc.cgc_lambda == 0:  # no consistency term: the cross-entropy run, exactly
+        return CrossEntropy(tc)
     if not (tc.cgc_layer or layer):
         raise UserError(f"train.loss={'cgc' if contrastive else 'gc_mse'} needs a layer: set train.cgc_layer")
     return CGCLoss(tc, tc.cgc_layer or layer, contrastive=contrastive)
