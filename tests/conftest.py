@@ -43,3 +43,35 @@ def tiny_cfg(data, logs, *overrides):
     from lottery_xai.config import load_config
 
     return load_config(None, tiny_overrides(data, logs, "data.augment=true", *overrides))
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def browser_screenshot(html, png, tmp_path, width=1280, height=1600):
+    """Render a local HTML file in headless chromium and return the screenshot as an RGB array.
+
+    Skips the calling test, with the reason, where chromium is absent (``.ci/run`` installs Debian's)."""
+    import shutil
+    import subprocess
+
+    import cv2
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does it)")
+    profile = Path(tmp_path) / "chromium-profile"
+    cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+           f"--screenshot={png}", "--virtual-time-budget=5000", Path(html).resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert Path(png).is_file(), f"chromium wrote no screenshot: {done.stderr[-2000:]}"
+    image = cv2.imread(str(png), cv2.IMREAD_COLOR)
+    assert image is not None, f"unreadable screenshot {png}"
+    return image[..., ::-1]
+
+
+def not_blank(image, min_std=10.0) -> bool:
+    """A rendered page with figures: pixel values vary (a blank page is one colour)."""
+    return float(image.astype("float32").std()) > min_std
