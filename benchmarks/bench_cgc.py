@@ -1,8 +1,9 @@
 """One training step with the CGC loss against one cross-entropy step on the same batch (forward,
 loss, backward, optimizer step), interleaved in one process; medians and the ratio printed.
 
-The floor of a CGC step is three forwards' worth of work (x, T(x) and the maps' gradients) plus a
-backward through the second-order graph of the last block: about 3-4 plain steps.
+The floor of a CGC step is three forwards (the training view, the original view x and its crop
+T(x)), the maps' gradients, and a backward through the second-order graph of the last block:
+about 3-4 plain steps.
     python benchmarks/bench_cgc.py                                  # small ResNet, 64 px, batch 32
     python benchmarks/bench_cgc.py --arch resnet18 --size 224 --batch 16 --device cuda
 """
@@ -20,10 +21,10 @@ from lottery_xai.training import get_loss
 from lottery_xai.training.loop import autocast
 
 
-def step(model, optimizer, loss_fn, images, labels, amp):
+def step(model, optimizer, loss_fn, images, labels, amp, originals):
     optimizer.zero_grad(set_to_none=True)
-    if getattr(loss_fn, "own_forward", False):
-        loss = loss_fn.forward_pass(model, model, images, labels, autocast(images.device, amp))
+    if getattr(loss_fn, "own_forward", False):  # CGC: the training view, the original view and its crop
+        loss = loss_fn.forward_pass(model, model, images, labels, autocast(images.device, amp), originals=originals)
     else:
         with autocast(images.device, amp):
             logits = model(images)
@@ -45,6 +46,7 @@ def main():
     torch.manual_seed(0)
     model = build_model(args.arch, 10, False, args.size).to(device).train()
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    originals = torch.rand(args.batch, 3, args.size, args.size, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
     tc = TrainConfig()
     layer = architecture(args.arch).cam_layer
@@ -53,12 +55,12 @@ def main():
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: [] for name in losses}
     for name, fn in losses.items():  # warm-up
-        step(model, optimizer, fn, images, labels, tc.amp)
+        step(model, optimizer, fn, images, labels, tc.amp, originals)
     for _ in range(args.repeats):
         for name, fn in losses.items():
             sync()
             start = time.perf_counter()
-            step(model, optimizer, fn, images, labels, tc.amp)
+            step(model, optimizer, fn, images, labels, tc.amp, originals)
             sync()
             times[name].append(time.perf_counter() - start)
     ce, cgc = (statistics.median(times[n]) for n in ("cross_entropy", "cgc"))

@@ -50,7 +50,7 @@ class TrainConfig:
     lr_step_epochs: int = opt(30, "step schedule: epochs between decays", minimum=1)
     lr_gamma: float = opt(0.1, "step schedule: decay factor", minimum=0.0, maximum=1.0)
     label_smoothing: float = opt(0.0, "label smoothing of the cross-entropy loss", minimum=0.0, maximum=1.0)
-    loss: str = opt("cross_entropy", "training loss (lottery_xai.training.losses): cross_entropy, cgc (contrastive Grad-CAM consistency) or gc_mse (its ablation without negatives)", choices=["cross_entropy", "cgc", "gc_mse"])
+    loss: str = opt("cross_entropy", "training loss (lottery_xai.training.losses): cross_entropy (or its short name ce), cgc (contrastive Grad-CAM consistency) or gc_mse (its ablation without negatives)", choices=["cross_entropy", "ce", "cgc", "gc_mse"])
     cgc_lambda: float = opt(0.5, "weight of the CGC term (0 = the cross-entropy run, bit for bit)", minimum=0.0)
     cgc_temperature: float = opt(0.5, "temperature tau of the CGC contrastive term", minimum=1e-6)
     cgc_map: str = opt("grad_x_activation", "map the CGC loss makes consistent", choices=["grad_x_activation", "gradcam"])
@@ -369,7 +369,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def check_consistency(cfg: Config) -> None:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key (and short names made canonical: ``train.loss: ce``)."""
+    if cfg.train.loss == "ce":  # one name per loss in run folders and tables
+        cfg.train.loss = "cross_entropy"
     if cfg.pruning.schedule == "compression_rates":
         rates = cfg.pruning.compression_rates
         if not rates or any((not isinstance(r, (int, float))) or r < 1 for r in rates):

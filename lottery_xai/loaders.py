@@ -82,5 +82,27 @@ class HideLabels(Dataset):
         return getattr(self.dataset, name)
 
 
+class WithOriginalView(Dataset):
+    """A training split whose items also carry ``original``: the same image through the evaluation
+    transform (``views`` is the split built without augmentation, same order), beside the augmented
+    ``image``. CGC makes its maps consistent on the original view and its crop."""
+
+    def __init__(self, dataset: Dataset, views: Dataset):
+        if len(dataset) != len(views):
+            raise ValueError(f"the two views of a split differ in length ({len(dataset)} != {len(views)})")
+        self.dataset, self.views = dataset, views
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return {**self.dataset[index], "original": self.views[index]["image"]}
+
+    def __getattr__(self, name):  # set_epoch, labels, ... of the wrapped split
+        if name in ("dataset", "views"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 def subset(dataset: Dataset, indices) -> Subset:
     return Subset(dataset, list(indices))

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config, to_dict
 from ..errors import UserError
-from ..loaders import HideLabels, SeedPurpose, derived_seed, make_loader
+from ..loaders import HideLabels, SeedPurpose, WithOriginalView, derived_seed, make_loader
 from ..models import architecture
 from ..pruning import (Masks, apply_masks, full_masks, prune, remaining_fractions, reset_batchnorm_stats,
                        target_fractions)
@@ -175,7 +175,10 @@ class LotteryRun:
         model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.AUGMENT, r))  # augmentation draws
+        loss = get_loss(cfg.train.loss, cfg.train, layer=cam_layer(cfg))
         train_set = self.datasets["train"]
+        if getattr(loss, "needs_original_view", False) and cfg.data.augment:  # CGC: the eval view beside the training view
+            train_set = WithOriginalView(train_set, load_data(cfg, ("train",), augment=False)[0]["train"])
         if cfg.train.unlabeled_fraction > 0:  # the same images are unlabelled in every round
             train_set = HideLabels(train_set, cfg.train.unlabeled_fraction, derived_seed(cfg.seed, SeedPurpose.UNLABELED))
         sampler = None
@@ -201,7 +204,7 @@ class LotteryRun:
         save_resume = (lambda state: rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))) \
             if self.dist.main else None
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
-                             loss=get_loss(cfg.train.loss, cfg.train, layer=cam_layer(cfg)), callbacks=callbacks, desc=f"round {r}",
+                             loss=loss, callbacks=callbacks, desc=f"round {r}",
                              train_sampler=sampler,
                              ddp_model=ddp, resume=resume, save_resume=save_resume)
         remaining, total_remaining = remaining_fractions(model, masks)

@@ -1,7 +1,8 @@
 """Contrastive Grad-CAM consistency (CGC; Pillai, Koohpayegani and Pirsiavash, CVPR 2022), as a
 training loss of the registry (``train.loss: cgc``, and ``gc_mse``, the ablation without negatives).
 
-For a batch ``x`` (the training view the loader gives), ``T(x)`` is a random resized crop (scale
+For a batch, ``x`` is the original view (the evaluation transform of each training image, given
+beside the augmented training view by step 1) and ``T(x)`` is a random resized crop (scale
 0.08-1, ratio 3/4-4/3) of ``x`` with a horizontal flip of probability 0.5, drawn from the global
 generator (seeded per round by step 1, so runs and resumes repeat it). The map of an image is
 ``ReLU(sum_k dz/dA_k * A_k)`` at the CAM layer (``train.cgc_map: grad_x_activation``, the authors'
@@ -11,8 +12,9 @@ The gradient is taken with ``create_graph=True``, so the loss back-propagates th
 The map of ``x`` is carried to the frame of ``T(x)`` by the same crop and flip (one batched linear
 operator, :mod:`lottery_xai.crops`): ``v = T(M(x))``, ``u = M(T(x))``, both flattened and
 L2-normalised. CGC: ``logits_b = [u_b . v_b, {u_b . u_j}_{j != b}] / tau``, cross-entropy with
-label 0; ``gc_mse``: the mean over the batch of ``|u_b - v_b|^2``. Total: ``CE(x) + CE(T(x)) +
-lambda * L``. With ``lambda = 0`` the registry builds the plain cross-entropy loss instead (nothing
+label 0; ``gc_mse``: the mean over the batch of ``|u_b - v_b|^2``. Total: ``CE(training view) + CE(x) +
+CE(T(x)) + lambda * L`` (three forwards; with ``data.augment: false`` the training view is ``x`` and
+its cross-entropy counts once). With ``lambda = 0`` the registry builds the plain cross-entropy loss instead (nothing
 else is computed or drawn), so such a run equals the cross-entropy run bit for bit.
 """
 from __future__ import annotations
@@ -136,18 +138,26 @@ class CGCLoss:
     """``train.loss: cgc`` (or ``gc_mse`` with ``contrastive=False``); runs its own forwards."""
 
     own_forward = True
+    needs_original_view = True  # step 1 gives each batch its evaluation-transform view (loaders.WithOriginalView)
 
     def __init__(self, tc: TrainConfig, layer: str, contrastive: bool = True):
         self.tc, self.layer, self.contrastive = tc, layer, contrastive
         self.lam, self.tau, self.variant = tc.cgc_lambda, tc.cgc_temperature, tc.cgc_map
 
     def forward_pass(self, forward: nn.Module, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     autocast) -> torch.Tensor:
-        """The total loss of a batch; ``forward`` may be the DistributedDataParallel wrapper of ``model``."""
+                     autocast, originals: torch.Tensor | None = None) -> torch.Tensor:
+        """The total loss of a batch: ``CE(training view) + CE(x) + CE(T(x)) + lambda * L`` where ``x`` is
+        the original (evaluation-transform) view ``originals``; without one (``data.augment: false``, or
+        a caller that has only one view) ``x`` is ``images`` and its cross-entropy counts once.
+        ``forward`` may be the DistributedDataParallel wrapper of ``model``."""
         ls = self.tc.label_smoothing
-        crop = random_crops(images)
+        x = images if originals is None else originals
+        crop = random_crops(x)
         with autocast:
-            consistency, logits_x, logits_t = consistency_term(forward, model, images, crop, self.layer, self.variant,
+            consistency, logits_x, logits_t = consistency_term(forward, model, x, crop, self.layer, self.variant,
                                                                self.tau, self.contrastive)
+            logits_train = forward(images) if originals is not None else None
         ce = labelled_cross_entropy(logits_x, labels, ls) + labelled_cross_entropy(logits_t, labels, ls)
+        if logits_train is not None:
+            ce = ce + labelled_cross_entropy(logits_train, labels, ls)
         return ce + self.lam * consistency

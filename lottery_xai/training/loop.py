@@ -40,6 +40,13 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False) ->
     return images, batch["label"].to(device, non_blocking=True)
 
 
+def _original_view(batch: dict, device: torch.device, channels_last: bool = False) -> torch.Tensor | None:
+    """The batch's evaluation-transform view (``original``, see loaders.WithOriginalView), if it has one."""
+    if "original" not in batch:
+        return None
+    return to_device({"image": batch["original"], "label": batch["label"]}, device, channels_last)[0]
+
+
 def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "sgd":
@@ -157,7 +164,8 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
             for batch in bar:
                 images, labels = to_device(batch, device, tc.channels_last)
                 if getattr(loss_fn, "own_forward", False):
-                    loss = loss_fn.forward_pass(forward, model, images, labels, autocast(device, tc.amp))
+                    loss = loss_fn.forward_pass(forward, model, images, labels, autocast(device, tc.amp),
+                                                originals=_original_view(batch, device, tc.channels_last))
                 else:
                     with autocast(device, tc.amp):
                         logits = forward(images)

@@ -199,3 +199,45 @@ def test_unlabelled_images_reach_only_the_label_free_terms(tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_data, tmp_path, "prune_iterations=0", "train.loss=cgc", "train.unlabeled_fraction=0.5")
     summary = LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0])
     assert "unlabeled0.5" in rd.RunDir(cfg).name and summary["best_val_acc"].notna().all()
+
+
+def test_the_total_is_three_cross_entropies_and_the_weighted_term():
+    """With an original view beside the training view: CE(training view) + CE(x) + CE(T(x)) + lambda L,
+    T drawn from the global generator on x (the original view), as a hand assembly of the parts gives."""
+    from contextlib import nullcontext
+
+    from lottery_xai.config import TrainConfig
+    from lottery_xai.training.cgc import CGCLoss, random_crops
+
+    model = Pass()
+    tc = TrainConfig(loss="cgc", cgc_lambda=0.7)
+    images, originals = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    labels = torch.tensor([0, 1, 1, 0])
+    torch.manual_seed(3)
+    total = CGCLoss(tc, "feat").forward_pass(model, model, images, labels, nullcontext(), originals=originals)
+    torch.manual_seed(3)
+    crop = random_crops(originals)
+    term, logits_x, logits_t = consistency_term(model, model, originals, crop, "feat", tc.cgc_map, tc.cgc_temperature)
+    ce = nn.functional.cross_entropy
+    expected = ce(model(images), labels) + ce(logits_x, labels) + ce(logits_t, labels) + 0.7 * term
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    # without a second view (data.augment: false) the training view is x and counts once
+    torch.manual_seed(3)
+    single = CGCLoss(tc, "feat").forward_pass(model, model, originals, labels, nullcontext())
+    assert float(single) == pytest.approx(float(expected - ce(model(images), labels)), rel=1e-6)
+
+
+def test_step_1_gives_cgc_the_evaluation_view_beside_the_training_view(tiny_data, tmp_path):
+    from lottery_xai.loaders import WithOriginalView
+    from lottery_xai.pipeline.rounds import load_data
+
+    cfg = tiny_cfg(tiny_data, tmp_path, "train.loss=ce")
+    assert cfg.train.loss == "cross_entropy"  # the short name is the same run
+    train = load_data(cfg, ("train",))[0]["train"]
+    plain = load_data(cfg, ("train",), augment=False)[0]["train"]
+    both = WithOriginalView(train, plain)
+    both.set_epoch(1)  # augmentation = f(seed, epoch, index): repeatable
+    item = both[2]
+    assert torch.equal(item["original"], plain[2]["image"]) and torch.equal(item["image"], train[2]["image"])
+    assert not torch.equal(item["image"], item["original"])  # augmented vs the evaluation transform
+    assert int(item["label"]) == int(plain[2]["label"])
