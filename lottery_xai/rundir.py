@@ -58,7 +58,12 @@ def experiment_name(cfg: Config) -> str:
         rewind += "-masks-" + p.reinit_masks_from.replace(":", "")
     parts = [cfg.dataset, cfg.model_arch, p.method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
     if cfg.train.loss != "cross_entropy":  # a network trained for consistent explanations is another run
-        parts.insert(-1, f"{cfg.train.loss}{cfg.train.cgc_lambda:g}")
+        t = cfg.train
+        loss = f"{t.loss}{t.cgc_lambda:g}"
+        if t.cgc_lambda > 0:  # the CGC settings that differ from the paper's
+            loss += (f"-tau{t.cgc_temperature:g}" if t.cgc_temperature != 0.5 else "") + \
+                ("-gradcam" if t.cgc_map != "grad_x_activation" else "") + (f"-{t.cgc_layer}" if t.cgc_layer else "")
+        parts.insert(-1, loss)
     if cfg.train.unlabeled_fraction > 0:
         parts.insert(-1, f"unlabeled{cfg.train.unlabeled_fraction:g}")
     return "_".join(parts)
