@@ -1,10 +1,14 @@
 # Sourced by the run scripts: `source bash_script/common.sh "$@"` from the repository root.
-# Sets PY (the interpreter, $PYTHON or python), CONFIG (the first argument, default the embedded
+# Sets PY (the interpreter, $PYTHON or python), CONFIG (the first argument unless it is an option; default the embedded
 # default) and EXTRA (the rest: --set overrides), generates the synthetic data when the config
 # uses it, and defines `step SCRIPT [ARGS...]`, which runs one step with the config and overrides.
 PY=${PYTHON:-python}
-CONFIG=${1:-config/BB_synthetic.yaml}
-shift || true
+if [ $# -gt 0 ] && [[ "$1" != --* ]]; then  # a first argument that is not an option names the config
+  CONFIG=$1
+  shift
+else
+  CONFIG=config/BB_synthetic.yaml
+fi
 EXTRA=("$@")
 
 if grep -qE '^dataset: *synthetic_cub' "$CONFIG"; then
