@@ -15,7 +15,7 @@ step main_lth_pruning.py --set pruning.rewind=reinit
 step main_lth_test.py
 step main_lth_test.py --set pruning.rewind=reinit
 for s in main_lth_save_activations.py main_lth_generate_cavs.py main_lth_tcav.py main_heatmap_save.py \
-         main_explanation_metrics.py main_plots.py; do
+         main_explanation_metrics.py main_plots.py main_report.py; do
   if [ -f "$s" ]; then step "$s"; fi
 done
 echo

@@ -58,6 +58,10 @@ class TrainConfig:
     unlabeled_fraction: float = opt(0.0, "share of the training split used without labels (only label-free loss terms, e.g. CGC, see them)", minimum=0.0, maximum=0.99)
     amp: bool = opt(True, "bfloat16 automatic mixed precision (CUDA only; ignored on the CPU)")
     channels_last: bool = opt(True, "channels_last memory format (CUDA only; ignored on the CPU)")
+    # early stopping (issue 12, the thesis's rule): off by default, so existing runs are unchanged
+    early_stopping: bool = opt(False, "stop a round's training when the validation accuracy has not gained early_stopping_gain (relative) over the best counted epoch for early_stopping_patience epochs; train.epochs is then the most; the best weights are kept")
+    early_stopping_gain: float = opt(0.01, "early stopping: relative gain over the best counted validation accuracy that counts as an improvement (0.01 = 1 %)", minimum=0.0)
+    early_stopping_patience: int = opt(10, "early stopping: epochs in a row without an improvement that end the round", minimum=1)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class PruningConfig:
     compression_rates: list = opt([2, 4, 8, 16, 32, 64], "compression_rates schedule: round r keeps 1/rate of the prunable weights")
     prune_fc_rate: float = opt(0.5, "the final classifier is pruned at this multiple of the rate (LTH convention)", minimum=0.0, maximum=1.0)
     prune_bn: bool = opt(False, "also prune BatchNorm weights (gamma), as the CUB study did")
+    layers: str = opt("all", "prunable weights: conv and linear layers (all), or conv layers only (conv: every linear layer, VGG's three included, is kept whole, as the thesis did)", choices=["all", "conv"])
     reinit_masks_from: str = opt("init", "reinit control: take masks from the run with this rewind value (same settings otherwise), or 'self'", pattern=r"^(self|init|finetune|epoch:\d+|iter:\d+)$")
 
 
@@ -139,10 +144,89 @@ class RoarConfig:
 
 
 @dataclass
+class HumanStudyConfig:
+    weights_remaining: list = opt([1.0, 0.5, 0.03125], "rounds shown to people: the round whose prunable weights remaining is closest to each value (dense, rate 2, rate 32; main_human_study.py export --rounds overrides)")
+    method: str = opt("gradcam", "attribution method whose maps are shown")
+    images_per_class: int = opt(10, "test images per class that every chosen round classifies correctly (seeded choice)", minimum=1)
+    top_fraction: float = opt(0.1, "experiment 2: share of the map's top pixels whose image pixels are shown (the rest black)", minimum=0.0, maximum=1.0)
+    overlay_alpha: float = opt(0.7, "experiment 1: weight of the jet colouring of the squared map over the image", minimum=0.0, maximum=1.0)
+    display_size: int = opt(224, "side in pixels of the stimulus images (0 = img_size)", minimum=0)
+    url_prefix: str = opt("", "prefix of the image URLs in the Mechanical Turk batch files (where human_study/stimuli/ is uploaded; empty = relative paths)")
+    workers_per_item: int = opt(5, "answers per task (the batch's assignments per HIT; the simulator's default)", minimum=1)
+    preview_items: int = opt(3, "tasks of each experiment shown on the preview page", minimum=1)
+
+
+ACE_CLUSTER_RULES = ("highly_common", "common_and_populated", "highly_populated")
+
+
+@dataclass
+class AceConfig:
+    """ACE concept discovery (main_ace.py): superpixels of each class's train images, clustered at a layer."""
+    images_per_class: int = opt(40, "discovery images per class in labels_for_tcav, from the train split (never the TCAV-scored splits)", minimum=1)
+    n_segments: list = opt([15, 50, 80], "SLIC resolutions: approximate number of superpixels per image at each")
+    compactness: float = opt(20.0, "SLIC compactness", minimum=0.0)
+    sigma: float = opt(1.0, "SLIC Gaussian smoothing sigma", minimum=0.0)
+    min_segment_fraction: float = opt(0.001, "segments of at most this share of the image are dropped", minimum=0.0, maximum=1.0)
+    max_jaccard: float = opt(0.5, "a segment whose Jaccard overlap with a kept one (coarser resolution) exceeds this is dropped", minimum=0.0, maximum=1.0)
+    fill: float = opt(117 / 255, "value (0-1, before normalisation) of the pixels outside a segment in its patch", minimum=0.0, maximum=1.0)
+    layer: str = opt("", "layer whose spatially averaged activations are clustered (empty = the first of bb_layers_for_concepts)")
+    n_clusters: int = opt(25, "k-means clusters per class (seeded)", minimum=1)
+    min_patches: int = opt(20, "a cluster needs more than this many patches to be considered", minimum=0)
+    max_patches: int = opt(40, "patches of a kept cluster, closest to its centre, that form the concept", minimum=4)
+    cluster_rules: list = opt(list(ACE_CLUSTER_RULES), "ACE's rules, a cluster is kept when one holds: highly_common (images > 0.5 x patches), common_and_populated (images > 0.25 x patches and > 0.25 x discovery images), highly_populated (images > 0.1 x patches and patches > 0.5 x discovery images)")
+    negatives: str = opt("patches", "random sets of the CAVs: random patches of other classes' images, or random train images of other classes (step 3's activations)", choices=["patches", "images"])
+    n_random: int = opt(20, "CAV runs per concept (each against another random set) and random-vs-random CAVs", minimum=2)
+    test: str = opt("welch", "significance test of a concept's TCAV scores against the random CAVs': welch (step 5's) or paired (ACE's)", choices=["welch", "paired"])
+    sided: str = opt("two", "two-sided test, or one-sided (concept > random: concepts that push the class down are not evidence for it)", choices=["two", "one"])
+    match_by: str = opt("overlap", "how a round's concepts are matched to the dense round's: Jaccard overlap of their patches, or CAV cosine", choices=["overlap", "cosine"])
+    match_threshold: float = opt(0.2, "a matched pair counts as the same concept when its match_by score reaches this", minimum=-1.0, maximum=1.0)
+    montage_patches: int = opt(8, "patches shown per concept in the montage figures", minimum=1)
+
+
+SANITY_MEASURES = ("spearman", "ssim", "top_iou")
+
+
+@dataclass
+class SanityConfig:
+    """The model-parameter randomisation test (main_sanity_checks.py; Adebayo et al. 2018)."""
+    methods: list = opt([], "attribution methods tested by the randomisation test ([] = heatmaps.methods)")
+    rounds: list = opt([0, -1], "rounds whose model is randomised (-1 = the sparsest; main_sanity_checks.py --rounds overrides)")
+    n_images: int = opt(12, "step-6 images used, spread evenly over them (0 = all)", minimum=0)
+    measures: list = opt(["spearman", "ssim"], "similarity of each randomised model's maps with the original model's maps (spearman, ssim, top_iou)")
+    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures)", choices=list(SANITY_MEASURES))
+    threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the fully randomised model's maps against the original's is below this", minimum=-1.0, maximum=1.0)
+
+
+@dataclass
+class OcclusionStudyConfig:
+    """The occlusion-sensitivity study (main_occlusion_study.py): random squares, z-scored probability drops."""
+    n_masks: int = opt(500, "occluded copies per image, one square each at a seeded uniformly random position", minimum=2)
+    size: int = opt(0, "side of the squares in pixels (0 = an eighth of img_size)", minimum=0)
+    p: float = opt(0.01, "one-sided level: squares whose z-scored probability change is below -norm.ppf(1 - p) are selected", minimum=0.0, maximum=0.5)
+    images_per_class: int = opt(4, "images per class in labels_for_tcav: the first of ACE's discovery images (train split)", minimum=1)
+    batch_size: int = opt(128, "occluded copies per forward", minimum=1)
+
+
+# -- stats (step 7's intervals and tests, main_aggregate.py's intervals over seeds)
+MULTIPLE_TESTING = ["bonferroni", "sidak", "holm-sidak", "holm", "simes-hochberg", "hommel", "fdr_bh", "fdr_by",
+                    "fdr_tsbh", "fdr_tsbky"]  # the methods of statsmodels.stats.multitest.multipletests
+
+
+@dataclass
+class StatsConfig:
+    """Intervals and tests of the explanation metrics (step 7) and of the replicates (main_aggregate.py)."""
+    n_bootstrap: int = opt(2000, "bootstrap resamples of the images for each metric's interval (step 7)", minimum=100)
+    confidence: float = opt(0.95, "confidence level of every interval (bootstrap over images, t over seeds)", minimum=0.5, maximum=0.999)
+    correction: str = opt("holm", "multiple-testing correction over rounds x methods x metrics (statsmodels multipletests method)", choices=MULTIPLE_TESTING)
+    alpha: float = opt(0.05, "family-wise (or false-discovery) level of the paired tests", minimum=0.0, maximum=1.0)
+# -- end stats
+
+
+@dataclass
 class Config:
     experiment_name: str = opt("", "run folder name under logs (empty = built from the settings that change results)")
     logs: str = opt("results", "root folder of all run directories")
-    dataset: str = opt("synthetic_cub", "dataset", choices=["synthetic_cub", "cub", "mnist_eo"])
+    dataset: str = opt("synthetic_cub", "dataset", choices=["synthetic_cub", "cub", "mnist_eo", "folder"])
     data_root: str = opt("data/synthetic_cub", "folder holding the dataset files")
     json_root: str = opt("data/synthetic_cub/prepared", "folder holding the prepared split and concept JSON files")
     seed: int = opt(0, "seed of every random choice", minimum=0)
@@ -166,6 +250,11 @@ class Config:
     heatmaps: HeatmapConfig = field(default_factory=HeatmapConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     roar: RoarConfig = field(default_factory=RoarConfig)
+    ace: AceConfig = field(default_factory=AceConfig)
+    occlusion_study: OcclusionStudyConfig = field(default_factory=OcclusionStudyConfig)
+    human_study: HumanStudyConfig = field(default_factory=HumanStudyConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
 
 # ---------------------------------------------------------------- introspection
@@ -457,6 +546,44 @@ def check_values(cfg: Config) -> None:
     if not cfg.roar.rounds:
         raise UserError("config key 'roar.rounds' is an empty list; name at least one round, e.g. [0] (-1 = the sparsest)")
     _check_names("roar.rounds", cfg.roar.rounds, empty=None)
+    # ACE and the occlusion study (main_ace.py, main_occlusion_study.py)
+    segments = cfg.ace.n_segments
+    if not segments or any(isinstance(n, bool) or not isinstance(n, int) or n < 2 for n in segments):
+        raise UserError(f"config key 'ace.n_segments' is {segments!r}; give a list of integers >= 2, e.g. [15, 50, 80]")
+    _check_names("ace.cluster_rules", cfg.ace.cluster_rules, empty="name at least one rule, e.g. [highly_common]",
+                 known=ACE_CLUSTER_RULES)
+    if not 0 < cfg.occlusion_study.p < 0.5:
+        raise UserError(f"config key 'occlusion_study.p' is {cfg.occlusion_study.p:g}; it must be between 0 and 0.5 (exclusive)")
+    if cfg.occlusion_study.size > cfg.img_size:
+        raise UserError(f"config key 'occlusion_study.size' is {cfg.occlusion_study.size}; it must be at most img_size "
+                        f"({cfg.img_size}), or 0 for an eighth of it")
+    _check_human_study(cfg)
+    _check_sanity(cfg)
+
+
+def _check_sanity(cfg: Config) -> None:
+    """The randomisation test's lists (method names are checked against the registry by its step)."""
+    s = cfg.sanity
+    _check_names("sanity.methods", s.methods, empty=None)  # [] = heatmaps.methods
+    _check_names("sanity.measures", s.measures, empty="name at least one of spearman, ssim, top_iou",
+                 known=SANITY_MEASURES)
+    if s.verdict_measure not in s.measures:
+        raise UserError(f"config key 'sanity.verdict_measure' is {s.verdict_measure!r}, which is not in sanity.measures "
+                        f"({s.measures}); add it there or choose one of them")
+    if not s.rounds:
+        raise UserError("config key 'sanity.rounds' is an empty list; name at least one round, e.g. [0, -1] (-1 = the sparsest)")
+    _check_names("sanity.rounds", s.rounds, empty=None)
+
+
+def _check_human_study(cfg: Config) -> None:
+    h = cfg.human_study
+    _check_numbers("human_study.weights_remaining", h.weights_remaining, 0, 1, low_open=True, high_open=False)
+    _check_names("human_study.weights_remaining", h.weights_remaining, empty=None)
+    if len(h.weights_remaining) < 2:
+        raise UserError("config key 'human_study.weights_remaining' names one round; the study compares at least two, "
+                        "e.g. [1.0, 0.5, 0.03125]")
+    if h.top_fraction <= 0:
+        raise UserError(f"config key 'human_study.top_fraction' is {h.top_fraction:g}; it must be in (0, 1]")
 
 
 def check_method_names(cfg: Config, methods: list[str] | None) -> None:

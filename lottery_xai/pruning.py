@@ -16,12 +16,14 @@ from torch import nn
 Masks = dict[str, torch.Tensor]
 
 
-def prunable_names(model: nn.Module, prune_bn: bool = False) -> list[str]:
-    """Weights of conv and linear layers (and BatchNorm gamma if asked); biases never."""
+def prunable_names(model: nn.Module, prune_bn: bool = False, conv_only: bool = False) -> list[str]:
+    """Weights of conv and linear layers (and BatchNorm gamma if asked); biases never.
+    ``conv_only``: conv weights only, every linear layer kept whole (pruning.layers: conv)."""
     names = []
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d) if conv_only else (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     for mod_name, module in model.named_modules():
         prefix = mod_name + "." if mod_name else ""
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if isinstance(module, kinds):
             names.append(prefix + "weight")
         elif prune_bn and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             names.append(prefix + "weight")

@@ -66,6 +66,11 @@ def experiment_name(cfg: Config) -> str:
         parts.insert(-1, loss)
     if cfg.train.unlabeled_fraction > 0:
         parts.insert(-1, f"unlabeled{cfg.train.unlabeled_fraction:g}")
+    # issue 12: conv-only pruning and early stopping change results (absent at their defaults)
+    if p.layers != "all":
+        parts.insert(-1, f"{p.layers}only")
+    if cfg.train.early_stopping:
+        parts.insert(-1, f"es{cfg.train.early_stopping_gain:g}-{cfg.train.early_stopping_patience}")
     return "_".join(parts)
 
 
@@ -439,6 +444,165 @@ class RunDir:
     def roar_results(self) -> Path:
         return self.root / "roar" / "roar.csv"
 
+    # -- human study (main_human_study.py): everything under human_study/
+    @property
+    def human_study_dir(self) -> Path:
+        return self.root / "human_study"
+
+    def human_study_stimulus(self, file_name: str) -> Path:
+        """One stimulus image; its name does not reveal the round (the URL is what a worker sees)."""
+        return self.human_study_dir / "stimuli" / file_name
+
+    def human_study_stimuli_index(self) -> Path:
+        """Every stimulus file with its image, class, round and kind (for the experimenter, not for upload)."""
+        return self.human_study_dir / "stimuli.csv"
+
+    def human_study_batch(self, experiment: int) -> Path:
+        """The Mechanical Turk batch (input) file of an experiment: one row per task."""
+        return self.human_study_dir / f"experiment{experiment}_batch.csv"
+
+    def human_study_key(self, experiment: int) -> Path:
+        """The answer key of an experiment: which round each task shows where, the true class."""
+        return self.human_study_dir / f"experiment{experiment}_key.csv"
+
+    def human_study_layout(self, experiment: int) -> Path:
+        """The Mechanical Turk layout (HTML with ${...} placeholders) of an experiment."""
+        return self.human_study_dir / f"experiment{experiment}_layout.html"
+
+    def human_study_preview(self) -> Path:
+        """The tasks as a worker sees them, with the local stimulus files."""
+        return self.human_study_dir / "preview.html"
+
+    def human_study_export_record(self) -> Path:
+        """The settings and rounds an export was made with (a rerun with the same ones skips)."""
+        return self.human_study_dir / "export.json"
+
+    def human_study_simulated(self, experiment: int) -> Path:
+        """Simulated Mechanical Turk results of an experiment (main_human_study.py simulate)."""
+        return self.human_study_dir / "simulated" / f"experiment{experiment}_results.csv"
+
+    def human_study_table(self, name: str) -> Path:
+        """An analysis table (main_human_study.py analyse)."""
+        return self.human_study_dir / "analysis" / f"{name}.csv"
+
+    def human_study_figure(self, name: str) -> Path:
+        return self.human_study_dir / "analysis" / f"{name}.png"
+
+    # -- ACE (main_ace.py): concept discovery
+    @property
+    def ace_dir(self) -> Path:
+        return self.root / "ace"
+
+    def ace_patches(self) -> Path:
+        """The patch index (round-independent): discovery images, their SLIC label maps, one row per patch."""
+        return self.ace_dir / "patches.npz"
+
+    def ace_patch_activations(self, r: int) -> Path:
+        """Spatially averaged activations of every patch at round ``r`` (a streamed [n_patches, D] .npy)."""
+        return self.ace_dir / round_name(r) / "patch_activations.npy"
+
+    def ace_clusters(self, r: int) -> Path:
+        """Round ``r``'s cluster assignments of every patch and its discovered concepts."""
+        return self.ace_dir / round_name(r) / "clusters.npz"
+
+    def ace_cavs(self, r: int) -> Path:
+        """Round ``r``'s CAVs of the discovered concepts, random CAVs and random sets, per class."""
+        return self.ace_dir / round_name(r) / "cavs.npz"
+
+    def ace_concepts(self) -> Path:
+        return self.ace_dir / "concepts.csv"
+
+    def ace_survival(self) -> Path:
+        """Which dense concepts survive, vanish, or which concepts appear, at every round."""
+        return self.ace_dir / "survival.csv"
+
+    # -- occlusion study (main_occlusion_study.py)
+    @property
+    def occlusion_dir(self) -> Path:
+        return self.root / "occlusion"
+
+    def occlusion_images(self) -> Path:
+        """The images of the study (fixed once, every round uses them)."""
+        return self.occlusion_dir / "images.npz"
+
+    def occlusion_file(self, r: int) -> Path:
+        """Round ``r``'s squares, probability changes, z-scores, heatmaps (counts) and masks."""
+        return self.occlusion_dir / round_name(r) / "study.npz"
+
+    def occlusion_table(self) -> Path:
+        return self.occlusion_dir / "occlusion.csv"
+
+    # -- sanity checks (main_sanity_checks.py): the model-parameter randomisation test
+    @property
+    def sanity_dir(self) -> Path:
+        return self.root / "sanity"
+
+    def sanity_maps(self, r: int, method: str) -> Path:
+        """Round ``r``'s maps of ``method``: the original model's and each cascading-randomisation stage's."""
+        return self.sanity_dir / round_name(r) / f"{method}.npz"
+
+    def sanity_per_image(self) -> Path:
+        """``round, weights_remaining, method, stage, block, measure, image_id, value``."""
+        return self.sanity_dir / "per_image.csv"
+
+    def sanity_summary(self) -> Path:
+        """The mean (and std) over the images of each stage's similarity with the original maps."""
+        return self.sanity_dir / "summary.csv"
+
+    def sanity_verdicts(self) -> Path:
+        """Per round and method: the similarity of the fully randomised model's maps, and 'changes' or not."""
+        return self.sanity_dir / "verdicts.csv"
+
+    def sanity_figure(self, name: str) -> Path:
+        return self.sanity_dir / f"{name}.png"
+
+    # -- report (main_report.py): one self-contained HTML file per run
+    def report_file(self) -> Path:
+        return self.root / "report" / "report.html"
+
+    # -- step 7's statistics and the replicates over seeds (main_aggregate.py)
+    def explanation_per_image(self) -> Path:
+        """Step 7: every metric's value per image, ``round, method, metric, image_id, value``."""
+        return self.root / "metrics" / "per_image.csv"
+
+    def explanation_tests(self) -> Path:
+        """Step 7: Wilcoxon signed-rank tests against the dense round and the random baseline, corrected."""
+        return self.root / "metrics" / "tests.csv"
+
+    def aggregate_name(self, seeds: list[int]) -> str:
+        """The run name with its ``seed<k>`` replaced by ``seeds<a>-<b>-...`` (appended when it has none)."""
+        tag = "seeds" + "-".join(str(s) for s in seeds)
+        own = f"seed{self.cfg.seed}"
+        return self.name[: -len(own)] + tag if self.name.endswith(own) else f"{self.name}_{tag}"
+
+    def aggregate_dir(self, seeds: list[int]) -> Path:
+        """The replicates' folder beside the seed runs: ``{logs}/{name with seedS -> seedsA-B-C}/``."""
+        return Path(self.cfg.logs) / self.aggregate_name(seeds)
+
+    def aggregate_file(self, seeds: list[int], name: str) -> Path:
+        """``accuracy``, ``tcav``, ``metrics`` or ``null_bands`` (``.csv``) of the replicates."""
+        return self.aggregate_dir(seeds) / f"{name}.csv"
+
+    def aggregate_plot(self, seeds: list[int], name: str) -> Path:
+        return self.aggregate_dir(seeds) / "plots" / f"{name}.png"
+
+    def aggregate_record(self, seeds: list[int]) -> Path:
+        """The fingerprints of the inputs the replicates' tables were made from (a rerun with the same skips)."""
+        return self.aggregate_dir(seeds) / "inputs.json"
+
+    def aggregates(self) -> list[Path]:
+        """Existing replicate folders that include this run's seed (most seeds first, then newest)."""
+        own = f"seed{self.cfg.seed}"
+        stem = self.name[: -len(own)] if self.name.endswith(own) else self.name + "_"
+        found = []
+        for folder in Path(self.cfg.logs).glob(f"{stem}seeds*"):
+            seeds = folder.name[len(stem) + len("seeds"):].split("-")
+            if folder.is_dir() and all(s.isdigit() for s in seeds) and str(self.cfg.seed) in seeds \
+                    and (folder / "null_bands.csv").is_file():
+                found.append((len(seeds), (folder / "null_bands.csv").stat().st_mtime_ns, folder))
+        return [folder for *_, folder in sorted(found, reverse=True)]
+    # -- end of step 7's statistics and the replicates
+
     # -- step 8: plots
     def plot(self, name: str) -> Path:
         return self.root / "plots" / f"{name}.png"
@@ -494,7 +658,10 @@ class RunDir:
         shared = (".heatmaps_", ".roar.png.")  # plots/ files that steps 6 and ROAR draw themselves
         own = {"pruning": [self.pruning_dir], "test": [self.root / "test"], "activations": [self.root / "activations"],
                "cavs": [self.root / "cavs"], "tcav": [self.root / "tcav"], "heatmaps": [self.root / "heatmaps"],
-               "metrics": [self.root / "metrics"], "roar": [self.root / "roar"]}.get(step, [])
+               "metrics": [self.root / "metrics"], "roar": [self.root / "roar"],
+               "human_study": [self.human_study_dir],
+               "ace": [self.ace_dir], "occlusion_study": [self.occlusion_dir],
+               "sanity": [self.sanity_dir], "report": [self.root / "report"]}.get(step, [])
         found = [p for folder in own for p in folder.rglob(".*.tmp")]
         found += list(self.root.glob(f".{self.config_file(step).name}.*.tmp"))
         if step == "heatmaps":
@@ -518,7 +685,8 @@ class RunDir:
 
     def fingerprints_file(self, step: str) -> Path:
         folder = {"test": "test", "activations": "activations", "cavs": "cavs", "tcav": "tcav",
-                  "heatmaps": "heatmaps", "metrics": "metrics", "roar": "roar"}[step]
+                  "heatmaps": "heatmaps", "metrics": "metrics", "roar": "roar", "human_study": "human_study",
+                  "ace": "ace", "occlusion_study": "occlusion", "sanity": "sanity"}[step]
         return self.root / folder / "fingerprints.json"
 
     def fingerprints(self, step: str) -> dict:

@@ -4,6 +4,8 @@
         --image-size 96 --seed 0 --train-fraction 0.6] [--json_root DIR]
 
 With --json_root it also prepares the splits and concepts (as download_cub.py would).
+With --image-folder DIR it also writes the images in the ImageFolder layout (DIR/train/<class>/*,
+DIR/val/<class>/*; dataset: folder) and prepares it in DIR/prepared (as prepare_folder.py would).
 """
 import argparse
 import sys
@@ -15,7 +17,8 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lottery_xai.data.synthetic import generate_synthetic_cub, prepare_synthetic_cub
+from lottery_xai.data.folder import prepare_folder
+from lottery_xai.data.synthetic import generate_synthetic_cub, prepare_synthetic_cub, write_image_folder
 from lottery_xai.cli import os_error_message
 from lottery_xai.errors import UserError
 
@@ -31,6 +34,10 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a different dataset already in --out")
     parser.add_argument("--json_root", default=None, help="also write splits.json and concepts.json here")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="with --json_root: share of train kept for validation")
+    parser.add_argument("--image-folder", default=None, help="also write the images here in the ImageFolder layout "
+                        "(train/<class>/*, val/<class>/*) and prepare it in <dir>/prepared for dataset: folder")
+    parser.add_argument("--test-fraction", type=float, default=0.5,
+                        help="with --image-folder: share of each class's val images that become the test split")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -41,6 +48,10 @@ def main(argv=None) -> int:
             prepared = prepare_synthetic_cub(args.out, args.json_root, seed=args.seed, n_classes=args.n_classes,
                                              images_per_class=args.images_per_class, image_size=args.image_size,
                                              train_fraction=args.train_fraction, val_fraction=args.val_fraction)
+        if args.image_folder:
+            write_image_folder(args.out, args.image_folder, overwrite=args.overwrite)
+            folder = prepare_folder(args.image_folder, Path(args.image_folder) / "prepared",
+                                    test_fraction=args.test_fraction, seed=args.seed)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -52,6 +63,9 @@ def main(argv=None) -> int:
     if args.json_root:
         line += (f"; splits train/val/test {prepared['n_train']}/{prepared['n_val']}/{prepared['n_test']}, "
                  f"{prepared['n_concepts']} concepts in {args.json_root}")
+    if args.image_folder:
+        line += (f"; ImageFolder layout in {args.image_folder} (train/val/test {folder['n_train']}/{folder['n_val']}/"
+                 f"{folder['n_test']}, prepared in {Path(args.image_folder) / 'prepared'})")
     print(line)
     return 0
 

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from lottery_xai.data.cub import REDO, CUBDataset, check_concepts, check_splits, find_cub_root, read_json_file, read_part_names
+from lottery_xai.data.folder import FolderDataset, read_index
 from lottery_xai.data.mnist import CLASS_NAMES as MNIST_CLASS_NAMES
 from lottery_xai.data.mnist import CONCEPT_NAMES as MNIST_CONCEPT_NAMES
 from lottery_xai.data.mnist import MNISTEvenOddDataset
@@ -29,7 +30,7 @@ from lottery_xai.errors import UserError
 from lottery_xai.names import unknown_name
 
 __all__ = ["DATASETS", "DATASET_NAMES", "DatasetInfo", "DatasetSpec", "build_datasets", "build_transform",
-           "denormalize", "get_dataset"]
+           "denormalize", "get_dataset", "require_annotations"]
 
 
 @dataclass
@@ -63,6 +64,17 @@ def _build_cub_split(data_root: Path, json_root: Path, split: str, transform, *,
 def _build_mnist_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
                        cache: bool | None, seed: int):
     return MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed)
+
+
+def _build_folder_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
+                        cache: bool | None, seed: int):
+    load_size = math.ceil(1.5 * img_size) if train else int(img_size)  # as CUB: more for random crops
+    return FolderDataset(data_root, json_root, split, transform, load_size=load_size, cache=cache, seed=seed)
+
+
+def _describe_folder(data_root: Path, json_root: Path, fix: str) -> tuple:
+    class_names = list(read_index(json_root, data_root)["class_names"])
+    return class_names, [], [], np.zeros((len(class_names), 0), dtype=np.uint8), None
 
 
 def _describe_cub(data_root: Path, json_root: Path, fix: str) -> tuple:
@@ -128,6 +140,11 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
                 has_parts=False, has_concepts=True, flips_allowed=False, needed_files=("splits.json", "source.json"),
                 cub_layout=False, prep_command="python scripts_data/download_mnist_E_O.py --data_root {data_root} "
                                                "--json_root {json_root}", train_scale=(0.8, 1.0)),
+    # ImageFolder trees (Imagenette): no boxes, parts or concepts (lottery_xai.data.folder)
+    DatasetSpec("folder", _build_folder_split, _describe_folder, IMAGENET_MEAN, IMAGENET_STD, has_boxes=False,
+                has_parts=False, has_concepts=False, flips_allowed=True, needed_files=("splits.json", "folder_index.json"),
+                cub_layout=False, prep_command="python scripts_data/prepare_folder.py --data_root {data_root} "
+                                               "--json_root {json_root}"),
 )}
 DATASET_NAMES = tuple(DATASETS)
 
@@ -138,6 +155,15 @@ def get_dataset(name: str) -> DatasetSpec:
         raise unknown_name(f"unknown dataset {name!r}", name, DATASET_NAMES, n=1, cutoff=0.6,
                            otherwise=f"use one of {', '.join(DATASET_NAMES)}")
     return DATASETS[name]
+
+
+def require_annotations(name: str, what: str, purpose: str) -> None:
+    """A one-line UserError when dataset ``name`` has no ``what`` (``concepts``, ``boxes`` or ``parts``),
+    which ``purpose`` (a step) needs."""
+    spec = get_dataset(name)
+    if not {"concepts": spec.has_concepts, "boxes": spec.has_boxes, "parts": spec.has_parts}[what]:
+        raise UserError(f"{purpose} needs {what}, and dataset '{name}' has none; use a dataset with {what} "
+                        f"(e.g. {', '.join(n for n, s in DATASETS.items() if getattr(s, 'has_' + what))}) or skip this step")
 
 
 def _require_prepared(spec: DatasetSpec, data_root: Path, json_root: Path) -> None:

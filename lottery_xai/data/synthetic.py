@@ -553,3 +553,75 @@ def prepare_synthetic_cub(data_root: str | os.PathLike, json_root: str | os.Path
     summary = prepare_cub(None, data_root, json_root, seed=seed, val_fraction=val_fraction, min_classes=min_classes)
     summary["generated"] = not generated["skipped"]
     return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The same images in the ImageFolder layout (dataset: folder), so the folder loader is tested offline
+# ----------------------------------------------------------------------------------------------
+
+FOLDER_MARKER = "image_folder.json"
+
+
+def write_image_folder(cub_root: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> dict:
+    """Write the images of the CUB-layout dataset at ``cub_root`` to ``out`` in the ImageFolder layout:
+    CUB's training images to ``train/<class folder>/``, its test images to ``val/<class folder>/`` (the
+    folder loader splits them into val and test, as it does Imagenette's val), and ``classes.txt``
+    (the class folder and its name). Files are hard links where the file system allows, else copies.
+    Skipped when ``out`` already holds this export; built in a temporary sibling and renamed into place."""
+    from lottery_xai.data.cub import find_cub_root, read_cub_tables  # cub imports nothing from here
+
+    root = find_cub_root(cub_root)
+    if root is None:
+        raise UserError(f"no CUB-layout images.txt in {cub_root}: generate the synthetic dataset there first")
+    tables = read_cub_tables(root)
+    source = json.loads((root / "class_attributes.json").read_text()).get("generator") \
+        if (root / "class_attributes.json").is_file() else None
+    out = Path(out)
+    marker = out / FOLDER_MARKER
+    record = {"source": str(root.resolve()), "generator": source, "n_images": int(len(tables["ids"]))}
+    if marker.is_file():
+        try:
+            if json.loads(marker.read_text()) == record:
+                return {"out": str(out), "skipped": True, "n_images": record["n_images"]}
+        except ValueError:
+            pass
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} is not empty and holds no ImageFolder export of {root}: choose another folder "
+                        "or pass --overwrite")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        folders = sorted({Path(p).parent.name for p in tables["paths"]})
+        for path, is_train in zip(tables["paths"], tables["is_train"]):
+            target = tmp / ("train" if is_train else "val") / path  # path = <class folder>/<file>
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(root / "images" / path, target)
+            except OSError:
+                shutil.copyfile(root / "images" / path, target)
+        names = {f: f.split(".", 1)[1] if "." in f and f.split(".", 1)[0].isdigit() else f for f in folders}
+        _write_text(tmp / "classes.txt", [f"{f} {names[f]}" for f in folders])
+        _write_text(tmp / FOLDER_MARKER, [json.dumps(record)])  # written last: marks a finished export
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return {"out": str(out), "skipped": False, "n_images": record["n_images"], "classes": folders}
+
+
+def prepare_synthetic_folder(out: str | os.PathLike, json_root: str | os.PathLike, cub_root: str | os.PathLike | None = None,
+                             seed: int = 0, test_fraction: float = 0.5, **generator) -> dict:
+    """Generate the synthetic dataset (CUB layout, in ``cub_root``, default ``<out>_cub``), write it to ``out``
+    in the ImageFolder layout and prepare it for ``dataset: folder`` in ``json_root``; the preparation summary."""
+    from lottery_xai.data.folder import prepare_folder
+
+    out = Path(out)
+    cub_root = Path(cub_root) if cub_root is not None else out.parent / f"{out.name}_cub"
+    generate_synthetic_cub(cub_root, seed=seed, **generator)
+    exported = write_image_folder(cub_root, out)
+    summary = prepare_folder(out, json_root, test_fraction=test_fraction, seed=seed)
+    summary["exported"] = not exported["skipped"]
+    return summary

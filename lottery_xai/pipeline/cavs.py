@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from .. import rundir as rd
 from ..config import Config
+from ..data import require_annotations
 from ..loaders import SeedPurpose, derived_seed
 from .rounds import load_data, resolve_names, start_step
 
@@ -50,7 +51,13 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
 
     run, cfg, rounds = start_step(run, "cavs", rounds, log)
     _, info = load_data(cfg, ())
-    concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
+    # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), appended to the labelled ones
+    from .ace import add_discovered_cavs, lacks_discovered, split_concept_names
+
+    labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
+    if labelled:  # a folder dataset has no labelled concepts (ACE's discovered ones work): say so in one line
+        require_annotations(cfg.dataset, "concepts", "step 4 (main_lth_generate_cavs.py, concepts_for_tcav)")
+    concepts = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
     columns = [info.concept_names.index(c) for c in concepts]
     table = rd.read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
     for r in tqdm(rounds, desc="CAV rounds"):
@@ -58,13 +65,16 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
         for layer in cfg.bb_layers_for_concepts:
             path = run.cav_file(r, layer)
             unit = f"{rd.round_name(r)}/{layer}"
-            if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log):
+            if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log) \
+                    or lacks_discovered(run, path, discovered):
                 acts, labels = _stacked(cfg, run, r, layer, info)
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
                                       negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
                                       seed=derived_seed(cfg.seed, SeedPurpose.CAV, r), n_jobs=cfg.cav.n_jobs,
                                       test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
                                       max_per_set=cfg.cav.max_per_set or None)
+                result = add_discovered_cavs(run, r, layer, discovered, result,  # ACE hook
+                                             derived_seed(cfg.seed, SeedPurpose.CAV, r, 1))
                 save_cavs(path, result)
                 run.record_fingerprint("cavs", unit, fp)
             result = load_cavs(path)

@@ -2,7 +2,16 @@
 
 Reads the maps of step 6 (the same test images at every round) and, for each round and method,
 writes the mean of each metric over the images into ``metrics/explanations.csv``
-(``round, weights_remaining, method, metric, value, n_images``). The metrics are those of the
+(``round, weights_remaining, method, metric, value, n_images, ci_low, ci_high``: the interval is the
+percentile bootstrap of the mean over the images, ``stats.n_bootstrap`` resamples at
+``stats.confidence``, seeded per round), every image's value into ``metrics/per_image.csv``
+(``round, method, metric, image_id, value``; NaN where a metric is undefined for an image), and the
+paired tests into ``metrics/tests.csv``: a Wilcoxon signed-rank test of each pruned round against the
+dense round (per method and metric) and of each method against the random baseline (per round and
+metric), on the per-image values of the same images, all p-values corrected together with
+``stats.correction`` (Holm) at ``stats.alpha`` (see `lottery_xai.stats.inference`). The TCAV agreement
+rows are per (class, concept) pair, not per image: they get a bootstrap interval over the pairs but no
+per-image rows and no test. The metrics are those of the
 registry (`lottery_xai.metrics.METRICS`) whose needs the data and the run provide: the part metric
 only with parts, the consistency with the dense maps only with round 0's maps, TCAV agreement only
 with both TCAV tables; ROAR's metric is main_roar.py's. Consistency compares each
@@ -20,14 +29,19 @@ from tqdm.auto import tqdm
 
 from .. import rundir as rd
 from ..config import Config
+from ..data import get_dataset
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics import METRICS, MetricInputs, compute_metrics
 from ..errors import UserError
+from ..stats.inference import TEST_COLUMNS, bootstrap_ci, paired_tests
 from .heatmaps import heatmap_images
 from .rounds import as_run, configured_maps, finished_rounds, load_round_model
 from .tcav import TCAV_COLUMNS
 
-COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images"]
+COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
+PER_IMAGE_COLUMNS = ["round", "method", "metric", "image_id", "value"]
+# the bootstrap's seed purpose: derived_seed(cfg.seed, STATS_BOOTSTRAP, r) (a value no loaders.SeedPurpose uses)
+STATS_BOOTSTRAP = 53
 
 
 STEP6 = "step 6 (main_heatmap_save.py)"
@@ -98,10 +112,59 @@ def _mean(values) -> float:
     return float(torch.as_tensor(values, dtype=torch.float64).nanmean())
 
 
-def _rows(r: int, weights_remaining, method: str, values: dict) -> list[dict]:
-    """The table rows of one round and method: each metric's mean and number of images (or pairs)."""
-    return [{"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
-             "value": _mean(v), "n_images": len(v)} for name, v in values.items()]
+def _as_array(values) -> np.ndarray:
+    if isinstance(values, pd.Series):
+        return values.to_numpy(dtype=np.float64)
+    return torch.as_tensor(values, dtype=torch.float64).cpu().numpy()
+
+
+def _rows(r: int, weights_remaining, method: str, values: dict, cfg: Config | None = None) -> list[dict]:
+    """The table rows of one round and method: each metric's mean, number of images (or pairs) and the
+    bootstrap interval of the mean (seeded by the round; NaN without ``cfg``)."""
+    rows = []
+    for name, v in values.items():
+        low, high = np.nan, np.nan
+        if cfg is not None:
+            s = cfg.stats
+            low, high = bootstrap_ci(_as_array(v), s.n_bootstrap, s.confidence,
+                                     seed=derived_seed(cfg.seed, STATS_BOOTSTRAP, r))
+        rows.append({"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
+                     "value": _mean(v), "n_images": len(v), "ci_low": low, "ci_high": high})
+    return rows
+
+
+def _per_image_rows(r: int, method: str, values: dict, ids: np.ndarray) -> pd.DataFrame:
+    """Every image's value of every metric of one round and method (the long table's rows)."""
+    parts = [pd.DataFrame({"round": r, "method": method, "metric": name, "image_id": ids, "value": _as_array(v)})
+             for name, v in values.items()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PER_IMAGE_COLUMNS)
+
+
+def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
+    """The metrics table on disk (empty with ``force``: the requested rounds are redone, the others kept).
+    A table of an older version (no interval columns) is emptied: every round is measured again (a round
+    without per-image rows is too, see `metrics_step`)."""
+    path = run.explanation_metrics()
+    if not path.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    table = rd.read_csv(path, COLUMNS[:6], step="step 7 (main_explanation_metrics.py) with --force")
+    if not set(COLUMNS) <= set(table.columns):
+        log(f"'{path}' has no intervals (an older step 7): measuring every round again")
+        rd.save_csv(path, pd.DataFrame(columns=COLUMNS))
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.DataFrame(columns=COLUMNS) if force else table
+
+
+def write_tests(run: rd.RunDir, table: pd.DataFrame) -> pd.DataFrame:
+    """``metrics/tests.csv`` from the per-image values of every round on disk (one correction over all)."""
+    per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True,
+                            step="step 7 (main_explanation_metrics.py) with --force")
+    s = run.cfg.stats
+    weights = dict(zip(table["round"].astype(int), table["weights_remaining"].astype(float)))
+    tests = paired_tests(per_image, dense_round=0, baseline="random", correction=s.correction, alpha=s.alpha,
+                         weights=weights) if len(per_image) else pd.DataFrame(columns=TEST_COLUMNS)
+    rd.save_csv(run.explanation_tests(), tests)
+    return tests
 
 
 def _fingerprints(run: rd.RunDir, r: int) -> str:
@@ -131,15 +194,20 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
     run.save_config("metrics")
     batch, info = heatmap_images(run, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
+    if not get_dataset(cfg.dataset).has_boxes:  # a folder dataset: bbox is the whole image, box metrics are skipped
+        log(f"dataset '{cfg.dataset}' has no object boxes: the localisation metrics (energy in box, pointing game) are skipped")
+        boxes = None
     labels = batch["label"].to(device)
     targets = labels if cfg.heatmaps.target == "true" else None  # None: the predicted class
-    table = rd.read_csv(run.explanation_metrics(), COLUMNS) if run.explanation_metrics().is_file() and not force \
-        else pd.DataFrame(columns=COLUMNS)
+    table = _start_tables(run, force, log)
+    per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
+    ids = batch["id"].numpy()
     tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
         if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
         stamp = _fingerprints(run, r)
-        if not force and (table["round"] == r).any() and run.up_to_date("metrics", rd.round_name(r), stamp, log):
+        if not force and (table["round"] == r).any() and (per_image["round"] == r).any() \
+                and run.up_to_date("metrics", rd.round_name(r), stamp, log):
             continue
         for method in cfg.heatmaps.methods:  # maps made before step 1 was redone are not measured
             for q in sorted({r, 0}):
@@ -148,7 +216,7 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
                                            "step 6 (main_heatmap_save.py)")
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
         model.requires_grad_(False)
-        rows = []
+        rows, image_rows = [], []
         for method in cfg.heatmaps.methods:
             maps = _maps(run, r, method, device, images, batch["id"])
             if maps is None:
@@ -160,15 +228,25 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method=method,
                                    seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets,
                                    true_class_maps=true_maps)
-            rows += _rows(r, ckpt["weights_remaining"], method, values)
+            rows += _rows(r, ckpt["weights_remaining"], method, values, cfg)
+            image_rows.append(_per_image_rows(r, method, values, ids))
         if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
                 and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log):
             rows += _rows(r, ckpt["weights_remaining"], "tcav",
-                          tcav_metrics(tcav[tcav["round"] == r], tcav[tcav["round"] == 0], cfg))
+                          tcav_metrics(tcav[tcav["round"] == r], tcav[tcav["round"] == 0], cfg), cfg)
+        image_rows = pd.concat(image_rows, ignore_index=True) if image_rows else \
+            pd.DataFrame(columns=PER_IMAGE_COLUMNS)
+        per_image = rd.upsert_table(run.explanation_per_image(), image_rows, keys=["round"],
+                                    sort=["round", "method", "metric", "image_id"], columns=PER_IMAGE_COLUMNS,
+                                    replace={"round": r})
         table = rd.upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
                                 columns=COLUMNS, replace={"round": r})
         run.record_fingerprint("metrics", rd.round_name(r), stamp)
+    tests = write_tests(run, table)
     log(summary_table(table).to_string())
+    if len(tests):
+        log(f"{int(tests['significant'].sum())} of {len(tests)} paired tests significant after "
+            f"{cfg.stats.correction} at {cfg.stats.alpha:g}: {run.explanation_tests()}")
     log(f"step 7 done: {run.explanation_metrics()}")
     return table
 

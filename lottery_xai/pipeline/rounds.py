@@ -69,7 +69,7 @@ def new_model(cfg: Config, num_classes: int, seed: int) -> torch.nn.Module:
 
 
 def model_masks_template(cfg: Config, model: torch.nn.Module) -> list[str]:
-    return prunable_names(model, cfg.pruning.prune_bn)
+    return prunable_names(model, cfg.pruning.prune_bn, conv_only=cfg.pruning.layers == "conv")
 
 
 def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int | None, device, which: str | None = None):

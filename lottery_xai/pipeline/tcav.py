@@ -31,7 +31,12 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
-    concepts = resolve_names(cfg.concepts_for_tcav, info.concept_names, "concept", "concepts_for_tcav")
+    # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), scored like the labelled ones
+    from .ace import concepts_at, discovered_names, split_concept_names
+
+    labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
+    concepts = (resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []) \
+        + discovered_names(run, discovered)
     class_index = {name: info.class_names.index(name) for name in classes}
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
     table = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS) if run.tcav_scores().is_file() and not force else \
@@ -40,6 +45,8 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
         fp = run.round_fingerprint(r)
         todo = [layer for layer in cfg.bb_layers_for_concepts
                 if force or table[(table["round"] == r) & (table["layer"] == layer)].empty
+                or not set(concepts_at(cfg, layer, concepts))
+                <= set(table.loc[(table["round"] == r) & (table["layer"] == layer), "concept"])
                 or not run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp, log)]
         if not todo:
             continue
@@ -56,7 +63,8 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
                 raise rd.unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
                                               f"of this model gives {widths.pop()}", "step 4 (main_lth_generate_cavs.py)")
-            scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result, concepts,
+            scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result,
+                              concepts_at(cfg, layer, concepts),
                               alpha=cfg.tcav.alpha)
             scores.insert(0, "layer", layer)
             scores.insert(0, "weights_remaining", ckpt["weights_remaining"])

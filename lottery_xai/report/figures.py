@@ -133,14 +133,23 @@ def heatmap_grid(images: np.ndarray, maps_by_round: dict[int, np.ndarray], weigh
 
 
 def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool | None = None,
-                      baseline: str = "random", path: Path | None = None):
-    """One explanation metric against weights remaining, one line per method, the random baseline dashed."""
+                      baseline: str = "random", path: Path | None = None, null_bands: pd.DataFrame | None = None,
+                      value: str = "value"):
+    """One explanation metric against weights remaining, one line per method, the random baseline dashed.
+    With ``ci_low``/``ci_high`` columns each line gets its interval as a shaded band; with ``null_bands``
+    (rows of a replicates' ``null_bands.csv``) the consistency figure draws the reference bands too
+    (`draw_null_bands`). ``value``: the column plotted (``mean`` for the replicates' table)."""
     df = frame[frame["metric"] == metric]
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, g in df.groupby("method"):
         g = g.sort_values("weights_remaining", ascending=False)
-        ax.plot(_pct(g["weights_remaining"]), g["value"], marker="o", label=method,
-                ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+        line, = ax.plot(_pct(g["weights_remaining"]), g[value], marker="o", label=method,
+                        ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+        if {"ci_low", "ci_high"} <= set(g.columns) and g[["ci_low", "ci_high"]].notna().any().all():
+            ax.fill_between(_pct(g["weights_remaining"]), g["ci_low"].astype(float), g["ci_high"].astype(float),
+                            color=line.get_color(), alpha=0.15, lw=0)
+    if null_bands is not None:
+        draw_null_bands(ax, null_bands[null_bands["metric"] == metric], baseline)
     _weights_axis(ax, df["weights_remaining"])
     arrow = "" if higher_is_better is None else (" (higher is better)" if higher_is_better else " (lower is better)")
     ax.set_ylabel(metric + arrow)
@@ -169,6 +178,63 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
     return _save(fig, path)
 
 
+# -- sanity checks (main_sanity_checks.py): the cascading model-parameter randomisation test
+def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: float | None = None,
+                   baseline: str = "random", path: Path | None = None):
+    """Similarity of each randomisation stage's maps with the original model's maps (mean over the images,
+    std as error bars), one panel per round, one line per method, the random baseline dashed. Stage 0 is
+    the original model (1 by definition); stage k has the top k blocks re-initialised (x labels ``+block``).
+    ``threshold``: the verdict's line (a method whose last point stays above it does not change)."""
+    part = summary[summary["measure"] == measure]
+    rounds = sorted(part["round"].unique())
+    fig, axes = plt.subplots(1, max(1, len(rounds)), figsize=(5.2 * max(1, len(rounds)), 4), squeeze=False,
+                             sharey=True)
+    for ax, r in zip(axes[0], rounds):
+        g_round = part[part["round"] == r]
+        blocks: list[str] = []
+        for method, g in g_round.groupby("method"):
+            g = g.sort_values("stage")
+            x = np.concatenate([[0], g["stage"].to_numpy()])
+            y = np.concatenate([[1.0], g["mean"].to_numpy(dtype=float)])
+            e = np.concatenate([[0.0], g["std"].fillna(0).to_numpy(dtype=float)])
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method,
+                        ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+            blocks = blocks if len(blocks) >= len(g) else list(g["block"])
+        ax.set_xticks(range(len(blocks) + 1))
+        ax.set_xticklabels(["original"] + [f"+{b}" for b in blocks], rotation=45, ha="right", fontsize=8)
+        if threshold is not None:
+            ax.axhline(threshold, color="black", lw=0.8, ls=":")
+        ax.set_title(f"round {r} ({_pct(g_round['weights_remaining'].iloc[0]):.1f}% weights)", fontsize=9)
+        ax.set_xlabel("blocks re-initialised, from the logits down", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"{measure} with the original maps")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Model-parameter randomisation test (cascading)", fontsize=10)
+    return _save(fig, path)
+
+
+def sanity_maps(image: np.ndarray, maps: dict[str, np.ndarray], blocks: list[str], title: str = "",
+                path: Path | None = None, alpha: float = 0.5):
+    """One image's maps at every randomisation stage: rows are methods, columns the original model then
+    each stage. ``image``: [H,W,3] in [0,1]; ``maps[method]``: [K+1,H,W], each map scaled to [0,1]."""
+    methods = list(maps)
+    columns = len(blocks) + 1
+    fig, axes = plt.subplots(len(methods), columns, figsize=(1.45 * columns, 1.5 * len(methods)), squeeze=False)
+    for i, method in enumerate(methods):
+        for j in range(columns):
+            axes[i, j].imshow(image)
+            axes[i, j].imshow(maps[method][j], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        axes[i, 0].set_ylabel(method, fontsize=7)
+    for j, label in enumerate(["original"] + [f"+{b}" for b in blocks]):
+        axes[0, j].set_title(label, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "maps as the blocks are re-initialised from the top", fontsize=9)
+    return _save(fig, path)
+# -- end of sanity checks
+
+
 def loss_comparison(table: pd.DataFrame, columns: dict[str, str], path: Path | None = None):
     """Accuracy and each compared explanation metric against weights remaining, one line per loss."""
     panels = {"test_acc": "test accuracy", **columns}
@@ -183,3 +249,52 @@ def loss_comparison(table: pd.DataFrame, columns: dict[str, str], path: Path | N
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
+
+
+# -- replicates and null bands (main_aggregate.py; step 8 when a replicates folder exists)
+def draw_null_bands(ax, bands: pd.DataFrame, baseline: str = "random", method: str | None = None) -> None:
+    """Reference bands on a consistency figure, from ``null_bands.csv`` rows of one metric: the seed-to-seed
+    band (the change between two dense models of different seeds, hatched grey, horizontal: it needs no
+    pruning) and the random-pruning band (the change random pruning causes at each sparsity, orange).
+    Drawn for ``method`` (default: the first non-baseline method present, as the bands are per method)."""
+    if bands.empty:
+        return
+    methods = [m for m in bands["method"].unique() if m != baseline]
+    method = method or ("gradcam" if "gradcam" in methods else (methods or list(bands["method"].unique()))[0])
+    b = bands[bands["method"] == method].sort_values("weights_remaining", ascending=False)
+    if b.empty:
+        return
+    x = _pct(b["weights_remaining"])
+    seed = b[["seed_mean", "seed_ci_low", "seed_ci_high"]].astype(float).iloc[0]
+    if np.isfinite(seed["seed_mean"]):
+        low = seed["seed_ci_low"] if np.isfinite(seed["seed_ci_low"]) else seed["seed_mean"]
+        high = seed["seed_ci_high"] if np.isfinite(seed["seed_ci_high"]) else seed["seed_mean"]
+        ax.axhspan(low, high, color="grey", alpha=0.2, hatch="//", lw=0, label=f"seed-to-seed band ({method})")
+        ax.axhline(seed["seed_mean"], color="grey", lw=0.8, ls=":")
+    rnd = b[["random_mean", "random_ci_low", "random_ci_high"]].astype(float)
+    ok = rnd["random_mean"].notna().to_numpy()
+    if ok.any():
+        ax.fill_between(x[ok], rnd["random_ci_low"][ok], rnd["random_ci_high"][ok], color="tab:orange", alpha=0.2,
+                        lw=0, label=f"random-pruning band ({method})")
+        ax.plot(x[ok], rnd["random_mean"][ok], color="tab:orange", lw=0.8, ls=":")
+
+
+def accuracy_with_bands(table: pd.DataFrame, path: Path | None = None):
+    """Test accuracy over seeds (the replicates' ``accuracy.csv``): mean line and t interval band per run."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    styles = {"reinit": dict(ls="--", marker="s"), "random": dict(ls=":", marker="^")}
+    for run, g in table.groupby("run", sort=False):
+        g = g.sort_values("weights_remaining", ascending=False)
+        x = _pct(g["weights_remaining"])
+        n = int(g["n_seeds"].max())
+        line, = ax.plot(x, _pct(g["mean"]), label=f"{run} ({n} seed{'s' if n > 1 else ''})",
+                        **styles.get(run, dict(ls="-", marker="o")))
+        ax.fill_between(x, _pct(g["ci_low"].astype(float)), _pct(g["ci_high"].astype(float)),
+                        color=line.get_color(), alpha=0.15, lw=0)
+    _weights_axis(ax, table["weights_remaining"])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs sparsity, mean and interval over seeds")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+# -- end replicates and null bands

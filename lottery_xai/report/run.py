@@ -98,6 +98,10 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
     jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
             ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg)),
             ("ROAR", lambda: plot_roar(cfg))]
+    from .ace import plot_ace, plot_occlusion  # the optional studies' figures (their steps draw them too)
+    from .html import plot_sanity
+    jobs += [("ACE", lambda: plot_ace(cfg, log=log)), ("occlusion study", lambda: plot_occlusion(cfg)),
+             ("sanity checks", lambda: plot_sanity(cfg))]
     # step 6 draws the grids; redraw one only when a map file is newer than it
     jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)
              if not _up_to_date(run.plot(f"heatmaps_{m}"), [run.heatmap_file(r, m) for r in run.rounds()])]

@@ -132,3 +132,21 @@ def loss_comparison(configs: dict[str, Config], method: str = "gradcam") -> pd.D
             row.update({m: (float(wide.loc[r, m]) if r in wide.index and m in wide.columns else np.nan) for m in COMPARED})
             rows.append(row)
     return pd.DataFrame(rows, columns=["loss", "round", "weights_remaining", "test_acc", *COMPARED])
+
+
+# -- replicates and null bands (main_aggregate.py)
+def null_bands_of(cfg: Config) -> pd.DataFrame | None:
+    """The ``null_bands.csv`` of the replicates folder that includes this run's seed (the one with most
+    seeds, then the newest), or None when there is none (the figures are then drawn without bands)."""
+    folders = rd.RunDir(cfg).aggregates()
+    if not folders:
+        return None
+    return rd.read_csv(folders[0] / "null_bands.csv", ["round", "weights_remaining", "method", "metric", "seed_mean"],
+                       step="main_aggregate.py --force")
+
+
+def aggregate_table(cfg: Config, seeds: list[int], name: str) -> pd.DataFrame:
+    """One table of the replicates (``accuracy``, ``tcav``, ``metrics``, ``null_bands``)."""
+    return rd.read_csv(_need(rd.RunDir(cfg).aggregate_file(seeds, name), "main_aggregate.py"), (),
+                       step="main_aggregate.py --force")
+# -- end replicates and null bands

@@ -50,3 +50,37 @@ def every_epoch(fn: Fn) -> Callback:
 
 def at_epoch(k: int, fn: Fn) -> Callback:
     return _When(fn, "epoch", lambda e: e == k)
+
+
+class EarlyStopping:
+    """The thesis's stopping rule for one round (``train.early_stopping``).
+
+    An epoch counts as an improvement when its validation accuracy exceeds the accuracy of the last
+    counted improvement by more than ``gain`` relative to it (``acc > ref * (1 + gain)``; the first
+    epoch always counts); the round stops after ``patience`` epochs in a row that do not. The rule is
+    a function of the validation history alone, so a resumed round stops where an uninterrupted one
+    would. Which weights are kept is the loop's business: the best validation state, as always.
+    """
+
+    def __init__(self, gain: float, patience: int):
+        if gain < 0 or patience < 1:
+            raise ValueError(f"early stopping needs gain >= 0 and patience >= 1, got {gain}, {patience}")
+        self.gain, self.patience = float(gain), int(patience)
+
+    def epochs_without_gain(self, val_accs) -> int:
+        """Epochs since the last counted improvement, at the end of ``val_accs`` (one per epoch)."""
+        reference, waited = None, 0
+        for acc in val_accs:
+            if reference is None or acc > reference * (1.0 + self.gain) + (0.0 if reference > 0 else 1e-12):
+                reference, waited = float(acc), 0
+            else:
+                waited += 1
+        return waited
+
+    def should_stop(self, val_accs) -> bool:
+        return self.epochs_without_gain(val_accs) >= self.patience
+
+
+def early_stopping(tc) -> EarlyStopping | None:
+    """The rule ``tc`` (a TrainConfig) asks for, or None when ``train.early_stopping`` is off."""
+    return EarlyStopping(tc.early_stopping_gain, tc.early_stopping_patience) if tc.early_stopping else None

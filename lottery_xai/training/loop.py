@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..pruning import Masks, MaskEnforcer
-from .callbacks import Callback
+from .callbacks import Callback, early_stopping
 from .losses import get_loss
 
 
@@ -123,7 +123,8 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 num_classes: int, *, loss: Callable | None = None, callbacks: Sequence[Callback] = (),
                 desc: str = "train", train_sampler=None, ddp_model: nn.Module | None = None,
                 resume: dict | None = None, save_resume: Callable[[dict], None] | None = None) -> RoundResult:
-    """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step.
+    """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step
+    (fewer with ``tc.early_stopping``: :class:`.callbacks.EarlyStopping` ends the round).
 
     Validation runs after each epoch's training, so the final weights are scored. The best
     validation state is kept in memory and returned with the last state. ``loss`` is a loss object
@@ -141,6 +142,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     scheduler = make_scheduler(optimizer, tc, len(train_loader))
     forward = ddp_model if ddp_model is not None else model
     loss_fn = loss if loss is not None else get_loss(tc.loss, tc)
+    stopper = early_stopping(tc)  # None unless train.early_stopping
     best_acc, best_state, best_epoch, history = -1.0, None, 0, []
     iteration, first, elapsed = 0, 1, 0.0
     if resume is not None:
@@ -187,13 +189,19 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             for callback in callbacks:
                 callback.on_epoch(epoch, model)
-            if save_resume is not None and epoch < tc.epochs:
+            stop = stopper is not None and stopper.should_stop([h["val_acc"] for h in history])
+            if save_resume is not None and epoch < tc.epochs and not stop:
                 save_resume({
                     "epoch": epoch, "iteration": iteration, "seconds": elapsed + time.perf_counter() - start,
                     "model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(), "best_acc": best_acc, "best_state": best_state,
                     "best_epoch": best_epoch, "history": history, "rng": _rng_state(train_loader),
                 })
+            if stop:
+                tqdm.write(f"{desc}: early stop after epoch {epoch} (validation accuracy gained less than "
+                           f"{100 * tc.early_stopping_gain:g} % for {tc.early_stopping_patience} epochs); "
+                           f"best epoch {best_epoch}")
+                break
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return RoundResult(last_state, best_state, best_acc, history[-1]["val_acc"], best_epoch, history,
                        elapsed + time.perf_counter() - start)

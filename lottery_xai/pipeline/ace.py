@@ -1,0 +1,608 @@
+"""ACE step (main_ace.py, after step 4): concepts discovered from superpixels at every round.
+
+Once per run (round-independent, ``ace/patches.npz``): ``ace.images_per_class`` train images of every
+class in labels_for_tcav (seeded; never an image TCAV scores), their SLIC label maps, and the patch
+index (one row per kept segment: image, resolution, label, share inside the box, nearest part).
+Per round: the patches' spatially averaged activations at the layer, streamed batch by batch into a
+``.npy`` memory map (memory does not grow with the number of patches); per class, k-means, ACE's
+cluster rules, the concepts' CAVs against random sets (random patches of other classes' images, or
+random train images of other classes), TCAV of the class's val+test images with the configured test
+and Bonferroni over the class's concepts. Then every round's concepts are matched to the dense round's
+(``ace/survival.csv``: survived, vanished, appeared), and, at the end of every run of the step (cheap,
+stored CAVs only), to the closest labelled attribute (cosine with step 4's CAVs where they are current). A round is complete when its files exist and its
+fingerprint (checkpoint + ACE settings) is recorded; a rerun skips it.
+
+Discovered concepts for steps 4 and 5: ``concepts_for_tcav: [..., ace:<class>:<k>]`` names concept k of
+the class as discovered at the dense round 0 (``ace:all``: every significant one); step 4 refits its
+CAVs at every round from that round's activations of the same patches (:func:`discovered_concept_cavs`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from threadpoolctl import threadpool_limits
+from torch.utils.data import ConcatDataset
+from tqdm.auto import tqdm
+
+from .. import rundir as rd
+from ..activations import StreamWriter, layer_activations
+from ..config import Config
+from ..data.transforms import denormalize
+from ..errors import UserError
+from ..loaders import derived_seed, make_loader
+from .rounds import load_data, load_round_model, resolve_names, start_step
+
+STEP = "main_ace.py"
+STEP1 = "step 1 (main_lth_pruning.py)"
+STEP3 = "step 3 (main_lth_save_activations.py)"
+# derived-seed purposes of this step (beyond loaders.SeedPurpose's values)
+SEED_DISCOVERY, SEED_KMEANS, SEED_RANDOM_SETS, SEED_CAV_FITS = 43, 47, 53, 59
+PREFIX = "ace:"
+CONCEPT_COLUMNS = ["round", "class", "concept", "n_patches", "n_images", "cav_acc_mean", "tcav_mean", "tcav_std",
+                   "p_value", "significant", "matched_dense_concept", "match_cosine",
+                   "weights_remaining", "layer", "name", "random_mean", "match_overlap", "box_fraction", "top_part",
+                   "top_part_share", "best_attribute", "attribute_cosine", "attribute_defining"]
+SURVIVAL_COLUMNS = ["round", "class", "dense_concept", "concept", "status", "overlap", "cosine", "dense_significant",
+                    "significant"]
+
+
+def ace_layer(cfg: Config) -> str:
+    return cfg.ace.layer or cfg.bb_layers_for_concepts[0]
+
+
+def concept_name(class_name: str, k: int) -> str:
+    return f"{PREFIX}{class_name}:{k}"
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def patch_settings(cfg: Config) -> str:
+    """What the patch index depends on (not the model)."""
+    a = cfg.ace
+    return _digest({"images": a.images_per_class, "segments": list(a.n_segments), "compactness": a.compactness,
+                    "sigma": a.sigma, "min": a.min_segment_fraction, "jaccard": a.max_jaccard,
+                    "classes": list(cfg.labels_for_tcav), "size": cfg.img_size, "seed": cfg.seed,
+                    "data": [cfg.dataset, cfg.data_root, cfg.json_root]})
+
+
+def round_settings(cfg: Config) -> str:
+    """What a round's discovery depends on besides its checkpoint."""
+    a = cfg.ace
+    return _digest({"patches": patch_settings(cfg), "fill": a.fill, "layer": ace_layer(cfg), "k": a.n_clusters,
+                    "min": a.min_patches, "max": a.max_patches, "rules": list(a.cluster_rules),
+                    "negatives": a.negatives, "n_random": a.n_random, "test": a.test, "sided": a.sided,
+                    "cav": [cfg.cav.classifier, cfg.cav.C, cfg.cav.test_fraction], "alpha": cfg.tcav.alpha,
+                    "tcav": [list(cfg.tcav.splits), cfg.tcav.max_images_per_class]})
+
+
+def _check_setup(cfg: Config) -> None:
+    if cfg.cav_flattening_type != "avg_pool":
+        raise UserError(f"ACE clusters and fits CAVs on spatially averaged activations (as ACE does); "
+                        f"cav_flattening_type is {cfg.cav_flattening_type}: set it to avg_pool")
+    if "train" in cfg.tcav.splits:
+        raise UserError("ACE discovers concepts on train images, which tcav.splits must not score; "
+                        "use tcav.splits [val, test]")
+
+
+# ---------------------------------------------------------------- the patch index (once per run)
+
+def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print) -> dict:
+    """The discovery images and their patches (``ace/patches.npz``), made once and reused while the
+    settings they depend on are unchanged."""
+    from ..concepts.ace import discovery_indices, patch_locations, segment_image, segment_masks
+
+    cfg, path = run.cfg, run.ace_patches()
+    settings = patch_settings(cfg)
+    if path.is_file():
+        stored = rd.load_npz(path, keys=("settings", "images", "label_maps", "patch_image"), step=STEP)
+        if str(stored["settings"]) == settings:
+            return stored
+        log(f"ACE settings changed since {path} was written: making the patch index again")
+    class_ids = [info.class_names.index(c) for c in classes]
+    chosen = discovery_indices(np.asarray(train.labels), class_ids, cfg.ace.images_per_class,
+                               derived_seed(cfg.seed, SEED_DISCOVERY))
+    positions = np.concatenate([chosen[c] for c in class_ids]).astype(np.int64)
+    items = [train[int(i)] for i in positions]
+    images = denormalize(torch.stack([it["image"] for it in items]), info)  # [n, 3, H, W] in [0, 1]
+    boxes = torch.stack([it["bbox"] for it in items])
+    parts = torch.stack([it["parts"] for it in items])
+    maps, rows = [], []
+    for i in tqdm(range(len(items)), desc="ACE superpixels", unit="image"):
+        label_maps, kept = segment_image(images[i].permute(1, 2, 0).numpy(), cfg.ace.n_segments,
+                                         compactness=cfg.ace.compactness, sigma=cfg.ace.sigma,
+                                         min_fraction=cfg.ace.min_segment_fraction, max_jaccard=cfg.ace.max_jaccard)
+        masks = torch.from_numpy(segment_masks(label_maps, kept))
+        in_box, part = patch_locations(masks, boxes[i].expand(len(kept), 4), parts[i].expand(len(kept), *parts.shape[1:]))
+        maps.append(label_maps)
+        rows.append(pd.DataFrame({"image": i, "res": kept[:, 0], "label": kept[:, 1], "in_box": in_box, "part": part,
+                                  "area": masks.sum((1, 2)).numpy()}))
+    table = pd.concat(rows, ignore_index=True)
+    labels = np.asarray(train.labels)[positions]
+    index = dict(settings=np.asarray(settings), positions=positions, image_ids=np.asarray(train.ids)[positions],
+                 image_class=labels.astype(np.int64),
+                 images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8),
+                 boxes=boxes.numpy(), parts=parts.numpy(), label_maps=np.stack(maps),
+                 patch_image=table["image"].to_numpy(np.int64), patch_res=table["res"].to_numpy(np.int64),
+                 patch_label=table["label"].to_numpy(np.int64), patch_class=labels[table["image"]].astype(np.int64),
+                 patch_in_box=table["in_box"].to_numpy(np.float32), patch_part=table["part"].to_numpy(np.int64),
+                 patch_area=table["area"].to_numpy(np.int64), class_names=np.asarray(info.class_names, dtype=str),
+                 part_names=np.asarray(info.part_names or [""], dtype=str))
+    rd.save_npz(path, **index)
+    log(f"ACE patch index: {len(table)} patches of {len(positions)} images in {path}")
+    return index
+
+
+def patches_of(index: dict, rows: np.ndarray, fill: float) -> torch.Tensor:
+    """The patches [len(rows), 3, H, W] (values in [0, 1]) of patch-index rows, one batched operator."""
+    from ..concepts.ace import make_patches
+
+    rows = np.asarray(rows, dtype=np.int64)
+    owners = index["patch_image"][rows]
+    used, local = np.unique(owners, return_inverse=True)
+    images = torch.from_numpy(index["images"][used]).permute(0, 3, 1, 2).float() / 255
+    maps = index["label_maps"][owners, index["patch_res"][rows]]  # [S, H, W]
+    masks = torch.from_numpy(maps == index["patch_label"][rows][:, None, None])
+    return make_patches(images, masks, torch.from_numpy(local), fill)
+
+
+def _normalise(images: torch.Tensor, info) -> torch.Tensor:
+    mean = torch.as_tensor(info.mean, dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(info.std, dtype=images.dtype).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+@torch.no_grad()
+def stream_patch_activations(model, layer: str, index: dict, info, path, *, fill: float, batch_size: int,
+                             device: torch.device) -> tuple:
+    """Spatially averaged activations [n_patches, D] of every patch at ``layer``, written batch by batch
+    into a pre-sized ``.npy`` memory map (renamed into place when complete). Patches are made per batch,
+    so memory holds one batch, whatever the number of patches."""
+    n = len(index["patch_image"])
+    writer = None
+    try:
+        for start in tqdm(range(0, n, batch_size), desc="ACE patch activations", unit="batch", leave=False):
+            rows = np.arange(start, min(start + batch_size, n))
+            patches = _normalise(patches_of(index, rows, fill), info).to(device)
+            acts = layer_activations(model, layer, patches)
+            pooled = (acts.mean(dim=tuple(range(2, acts.dim()))) if acts.dim() > 2 else acts).float().cpu().numpy()
+            if writer is None:
+                writer = StreamWriter(path, n, (pooled.shape[1],), np.float32)
+            writer.write(start, pooled)
+        return writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+
+
+# ---------------------------------------------------------------- one round
+
+def _fit_runs(positives: np.ndarray, negative_sets: list[np.ndarray], cfg: Config, seeds) -> tuple[np.ndarray, np.ndarray]:
+    """One CAV per negative set: (unit vectors [n_runs, D], held-out accuracies [n_runs]); NaN where a
+    set is too small."""
+    from ..concepts.cav import NotEnoughExamples, fit_cav
+
+    d = positives.shape[1]
+    vectors, accuracy = np.full((len(negative_sets), d), np.nan), np.full(len(negative_sets), np.nan)
+    for k, (neg, seed) in enumerate(zip(negative_sets, seeds)):
+        try:
+            cav = fit_cav(positives, neg, classifier=cfg.cav.classifier, test_fraction=cfg.cav.test_fraction,
+                          seed=int(seed), C=cfg.cav.C)
+        except NotEnoughExamples:
+            continue
+        vectors[k], accuracy[k] = cav.vector, cav.accuracy
+    return vectors, accuracy
+
+
+def _random_pool(cfg: Config, run: rd.RunDir, r: int, index: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, activations source) for class ``c``'s random sets: other classes' patches, or step 3's
+    train activations of other classes' images."""
+    if cfg.ace.negatives == "patches":
+        return np.flatnonzero(index["patch_class"] != c), None
+    layer = ace_layer(cfg)
+    path = run.require(run.activation_file(r, "train", layer), STEP3)
+    run.require_up_to_date("activations", f"{rd.round_name(r)}/train", run.round_fingerprint(r), STEP3)
+    labels = rd.load_npy(run.activation_meta(r, "train", "labels"), STEP3, ndim=1)
+    acts = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(labels))
+    return np.flatnonzero(labels != c), acts
+
+
+def random_sets_for(cfg: Config, index: dict, c: int, pool: np.ndarray) -> np.ndarray:
+    """The class's random sets (the same every round: seeded by the class only)."""
+    from ..concepts.ace import draw_random_sets
+
+    rng = np.random.default_rng(derived_seed(cfg.seed, SEED_RANDOM_SETS, c))
+    return draw_random_sets(pool, cfg.ace.n_random, cfg.ace.max_patches, rng)
+
+
+def _discover_class(cfg: Config, acts_c: np.ndarray, rows: np.ndarray, index: dict, c: int, n_discovery: int):
+    """k-means of one class's patches and ACE's rules: (assignment, distance, [(cluster, top rows, members)])."""
+    from ..concepts.ace import closest_members, cluster_patches, kept_clusters
+
+    assignment, distance = cluster_patches(acts_c, cfg.ace.n_clusters, derived_seed(cfg.seed, SEED_KMEANS, c))
+    kept = kept_clusters(assignment, index["patch_image"][rows], n_discovery, cfg.ace.cluster_rules,
+                         cfg.ace.min_patches)
+    concepts = [(k, rows[closest_members(assignment, distance, k, cfg.ace.max_patches)], rows[assignment == k])
+                for k in kept]
+    return assignment, distance, concepts
+
+
+def _labelled_directions(run: rd.RunDir, r: int, layer: str):
+    """(names, unit mean CAV per labelled concept) of step 4 at round ``r``, or None when absent/stale."""
+    from ..concepts.ace import unit_mean
+    from ..concepts.cav import load_cavs
+
+    path = run.cav_file(r, layer)
+    if not path.is_file() or run.fingerprints("cavs").get(f"{rd.round_name(r)}/{layer}") != run.round_fingerprint(r):
+        return None
+    result = load_cavs(path)
+    names = [n for n in result["concepts"] if not n.startswith(PREFIX)]
+    picks = [result["concepts"].index(n) for n in names]
+    return names, unit_mean(np.asarray(result["cavs"])[picks])
+
+
+def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str], loader, device, log=print) -> None:
+    """Round ``r``'s activations, clusters, concepts, CAVs, TCAV and table rows."""
+    from ..concepts.ace import concept_significance
+    from ..concepts.tcav import gradients_by_class, tcav_scores
+
+    cfg = run.cfg
+    layer = ace_layer(cfg)
+    fp = run.round_fingerprint(r)
+    value = f"{fp}:{round_settings(cfg)}"
+    model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+    model.requires_grad_(False)
+    acts_path = run.ace_patch_activations(r)
+    unit = f"{rd.round_name(r)}/activations"
+    if not (acts_path.is_file() and run.fingerprints("ace").get(unit) == value):
+        stream_patch_activations(model, layer, index, info, acts_path, fill=cfg.ace.fill,
+                                 batch_size=cfg.data.eval_batch_size, device=device)
+        run.record_fingerprint("ace", unit, value)
+    acts = rd.load_npy(acts_path, STEP, mmap=True, ndim=2, rows=len(index["patch_image"]))
+    class_ids = [info.class_names.index(c) for c in classes]
+    n_discovery = {c: int((index["image_class"] == c).sum()) for c in class_ids}
+    grads = gradients_by_class(model, layer, loader, class_ids, flattening="avg_pool", device=device,
+                               max_images=cfg.tcav.max_images_per_class or None)
+    n_patches = len(index["patch_image"])
+    assignment = np.full(n_patches, -1, dtype=np.int64)
+    distance = np.full(n_patches, np.nan, dtype=np.float32)
+    concept_of = np.full(n_patches, -1, dtype=np.int64)
+    table, concept_rows = [], {"class": [], "id": [], "cluster": [], "top": [], "cavs": [], "acc": [], "scores": []}
+    randoms = {"cavs": [], "acc": [], "sets": [], "scores": []}
+    rng = np.random.default_rng(derived_seed(cfg.seed, SEED_CAV_FITS, r))
+    for c in tqdm(class_ids, desc=f"ACE round {r} classes", leave=False):
+        rows = np.flatnonzero(index["patch_class"] == c)
+        acts_c = np.asarray(acts[rows], dtype=np.float64)
+        assign_c, dist_c, concepts = _discover_class(cfg, acts_c, rows, index, c, n_discovery[c])
+        assignment[rows], distance[rows] = assign_c, dist_c
+        pool, pool_acts = _random_pool(cfg, run, r, index, c)
+        sets = random_sets_for(cfg, index, c, pool)
+        source = acts if pool_acts is None else pool_acts
+        negatives = [np.asarray(source[s], dtype=np.float64) for s in sets]
+        with threadpool_limits(limits=1, user_api="blas"):  # tiny problems: threads only add contention
+            # random CAV k: random set k against set k + 1 (ACE's random-vs-random CAVs)
+            pairs = [_fit_runs(negatives[k], [negatives[(k + 1) % len(sets)]], cfg, [seed])
+                     for k, seed in enumerate(rng.integers(0, 2**31 - 1, len(sets)))]
+            r_cavs, r_acc = np.concatenate([v for v, _ in pairs]), np.concatenate([a for _, a in pairs])
+            fitted = [_fit_runs(np.asarray(acts[top], dtype=np.float64), negatives, cfg,
+                                rng.integers(0, 2**31 - 1, len(sets))) for _, top, _ in concepts]
+        r_scores = tcav_scores(grads[c], r_cavs)
+        randoms["cavs"].append(r_cavs), randoms["acc"].append(r_acc), randoms["sets"].append(sets)
+        randoms["scores"].append(r_scores)
+        if not concepts:
+            continue
+        cavs_c = np.stack([v for v, _ in fitted])
+        acc_c = np.stack([a for _, a in fitted])
+        scores = tcav_scores(grads[c], cavs_c)
+        sig = concept_significance(scores, r_scores, alpha=cfg.tcav.alpha, test=cfg.ace.test, sided=cfg.ace.sided)
+        cls = info.class_names[c]
+        for k, ((cluster, top, members), s) in enumerate(zip(concepts, sig.itertuples(index=False))):
+            concept_of[members] = k
+            parts = index["patch_part"][members]
+            on_part = parts[parts >= 0]
+            top_part = int(np.bincount(on_part).argmax()) if len(on_part) else -1
+            table.append({"round": r, "class": cls, "concept": k, "n_patches": len(members),
+                          "n_images": len(np.unique(index["patch_image"][members])),
+                          "cav_acc_mean": float(np.nanmean(acc_c[k])) if np.isfinite(acc_c[k]).any() else np.nan,
+                          "tcav_mean": s.tcav_mean, "tcav_std": s.tcav_std, "p_value": s.p_value,
+                          "significant": bool(s.significant), "matched_dense_concept": -1, "match_cosine": np.nan,
+                          "weights_remaining": float(ckpt["weights_remaining"]), "layer": layer,
+                          "name": concept_name(cls, k), "random_mean": s.random_mean, "match_overlap": np.nan,
+                          "box_fraction": float(index["patch_in_box"][members].mean()),
+                          "top_part": str(index["part_names"][top_part]) if top_part >= 0 else "background",
+                          "top_part_share": float((parts == top_part).mean()) if top_part >= 0 else float((parts < 0).mean()),
+                          "best_attribute": "", "attribute_cosine": np.nan, "attribute_defining": False})
+            concept_rows["class"].append(c), concept_rows["id"].append(k), concept_rows["cluster"].append(cluster)
+            concept_rows["top"].append(np.pad(top, (0, cfg.ace.max_patches - len(top)), constant_values=-1))
+        concept_rows["cavs"].append(cavs_c), concept_rows["acc"].append(acc_c), concept_rows["scores"].append(scores)
+    d = acts.shape[1]
+    stack = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
+    rd.save_npz(run.ace_clusters(r), assignment=assignment, distance=distance, concept=concept_of,
+                patch_class=index["patch_class"], concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
+                concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
+                concept_cluster=np.asarray(concept_rows["cluster"], dtype=np.int64),
+                concept_top=np.asarray(concept_rows["top"], dtype=np.int64).reshape(-1, cfg.ace.max_patches))
+    rd.save_npz(run.ace_cavs(r), concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
+                concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
+                cavs=stack(concept_rows["cavs"], (0, cfg.ace.n_random, d)),
+                accuracy=stack(concept_rows["acc"], (0, cfg.ace.n_random)),
+                tcav=stack(concept_rows["scores"], (0, cfg.ace.n_random)),
+                class_index=np.asarray(class_ids, dtype=np.int64), random_cavs=np.stack(randoms["cavs"]),
+                random_accuracy=np.stack(randoms["acc"]), random_sets=np.stack(randoms["sets"]),
+                random_tcav=np.stack(randoms["scores"]), random_source=np.asarray(cfg.ace.negatives),
+                layer=np.asarray(layer), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
+    rd.upsert_table(run.ace_concepts(), pd.DataFrame(table, columns=CONCEPT_COLUMNS), keys=["round"],
+                    sort=["round", "class", "concept"], columns=CONCEPT_COLUMNS, replace={"round": r})
+    run.record_fingerprint("ace", rd.round_name(r), value)
+
+
+# ---------------------------------------------------------------- concepts across rounds
+
+def load_round_concepts(run: rd.RunDir, r: int) -> dict:
+    """Round ``r``'s concepts: {class index: {"ids", "members" (patch rows), "directions" (unit mean CAVs)}}."""
+    from ..concepts.ace import unit_mean
+
+    clusters = rd.load_npz(run.ace_clusters(r), keys=("concept", "patch_class", "concept_class", "concept_id"), step=STEP)
+    cavs = rd.load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+    out = {}
+    for c in np.unique(clusters["patch_class"]):
+        pick = np.flatnonzero(cavs["concept_class"] == c)
+        ids = cavs["concept_id"][pick]
+        in_class = clusters["patch_class"] == c
+        members = [np.flatnonzero(in_class & (clusters["concept"] == k)) for k in ids]
+        out[int(c)] = {"ids": ids, "members": members, "directions": unit_mean(cavs["cavs"][pick])}
+    return out
+
+
+def match_to_dense(run: rd.RunDir, rounds: list[int], class_names: list[str], log=print) -> pd.DataFrame:
+    """Match every round's concepts to the dense round's (``ace.match_by``, one to one); fills the match
+    columns of ``ace/concepts.csv`` and writes ``ace/survival.csv``. Returns the survival table."""
+    from ..concepts.ace import cosine_matrix, jaccard_matrix, match_concepts
+
+    cfg = run.cfg
+    table = rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    if not run.ace_clusters(0).is_file() or table.empty:
+        log("ACE: the dense round 0 has no concepts on disk, so nothing is matched across rounds")
+        return pd.DataFrame(columns=SURVIVAL_COLUMNS)
+    dense = load_round_concepts(run, 0)
+    n_patches = len(rd.load_npz(run.ace_clusters(0), keys=("concept",), step=STEP)["concept"])
+    sig = {(int(r), str(c), int(k)): bool(s) for r, c, k, s in
+           table[["round", "class", "concept", "significant"]].itertuples(index=False)}
+    survival = []
+    for r in sorted(set(rounds) | set(int(x) for x in table["round"].unique())):
+        if not run.ace_clusters(r).is_file() or not run.ace_cavs(r).is_file():
+            continue
+        current = load_round_concepts(run, r)
+        for c, now in current.items():
+            name = class_names[c]
+            base = dense.get(c, {"ids": np.zeros(0, int), "members": [], "directions": np.zeros((0, 1))})
+            overlap = jaccard_matrix(now["members"], base["members"], n_patches)
+            cosine = cosine_matrix(now["directions"], base["directions"]) if len(now["ids"]) and len(base["ids"]) \
+                else np.zeros((len(now["ids"]), len(base["ids"])))
+            matches = match_concepts(overlap if cfg.ace.match_by == "overlap" else cosine, cfg.ace.match_threshold)
+            matched_now = {i: j for i, j, _ in matches}
+            matched_dense = {j for _, j, _ in matches}
+            for i, k in enumerate(now["ids"]):
+                rows = (table["round"] == r) & (table["class"] == name) & (table["concept"] == k)
+                j = matched_now.get(i)
+                table.loc[rows, "matched_dense_concept"] = int(base["ids"][j]) if j is not None else -1
+                table.loc[rows, "match_cosine"] = float(cosine[i, j]) if j is not None else np.nan
+                table.loc[rows, "match_overlap"] = float(overlap[i, j]) if j is not None else np.nan
+                status = "survived" if j is not None else "appeared"
+                dk = int(base["ids"][j]) if j is not None else -1
+                survival.append({"round": r, "class": name, "dense_concept": dk, "concept": int(k), "status": status,
+                                 "overlap": float(overlap[i, j]) if j is not None else np.nan,
+                                 "cosine": float(cosine[i, j]) if j is not None else np.nan,
+                                 "dense_significant": sig.get((0, name, dk), False) if dk >= 0 else False,
+                                 "significant": sig.get((r, name, int(k)), False)})
+            for j, dk in enumerate(base["ids"]):
+                if j not in matched_dense:
+                    survival.append({"round": r, "class": name, "dense_concept": int(dk), "concept": -1,
+                                     "status": "vanished", "overlap": np.nan, "cosine": np.nan,
+                                     "dense_significant": sig.get((0, name, int(dk)), False), "significant": False})
+    rd.save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
+    frame = pd.DataFrame(survival, columns=SURVIVAL_COLUMNS).sort_values(["round", "class", "dense_concept", "concept"])
+    rd.save_csv(run.ace_survival(), frame)
+    return frame
+
+
+def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
+    """Fill ``best_attribute``, ``attribute_cosine`` and ``attribute_defining`` of ``ace/concepts.csv``: for
+    every round whose step-4 CAVs of the ACE layer are current, the labelled concept whose unit mean CAV
+    has the largest cosine with the discovered concept's, and whether it is one of the class's defining
+    attributes. Cheap (stored CAVs only), so it runs at the end of every ACE step and a rerun after step
+    4 fills in rounds discovered before it."""
+    from ..concepts.ace import cosine_matrix, unit_mean
+
+    table = rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    if table.empty:
+        return table
+    layer = ace_layer(run.cfg)
+    defining = info.defining_attributes or {}
+    table["best_attribute"] = table["best_attribute"].astype(object).where(table["best_attribute"].notna(), "")
+    missing = []
+    for r in sorted(int(x) for x in table["round"].unique()):
+        labelled = _labelled_directions(run, r, layer)
+        if labelled is None or not run.ace_cavs(r).is_file() or not len(labelled[0]):
+            missing.append(r)
+            continue
+        cavs = rd.load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+        best = cosine_matrix(unit_mean(cavs["cavs"]), labelled[1]) if len(cavs["cavs"]) else np.zeros((0, 1))
+        for i, (c, k) in enumerate(zip(cavs["concept_class"], cavs["concept_id"])):
+            rows = (table["round"] == r) & (table["class"] == info.class_names[int(c)]) & (table["concept"] == int(k))
+            finite = np.isfinite(best[i])
+            j = int(np.nanargmax(np.where(finite, best[i], -np.inf))) if finite.any() else -1
+            name = labelled[0][j] if j >= 0 else ""
+            table.loc[rows, "best_attribute"] = name
+            table.loc[rows, "attribute_cosine"] = float(best[i, j]) if j >= 0 else np.nan
+            table.loc[rows, "attribute_defining"] = bool(name in defining.get(info.class_names[int(c)], []))
+    if missing:
+        log(f"ACE: rounds {missing} have no current step-4 CAVs of {layer}, so their concepts are not matched to "
+            f"labelled attributes (run step 4, main_lth_generate_cavs.py, then main_ace.py again: it only matches)")
+    rd.save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
+    return table
+
+
+def survival_summary(survival: pd.DataFrame) -> pd.DataFrame:
+    """Per round: dense concepts (and significant ones) that survive, vanish; concepts that appear."""
+    rows = []
+    for r, g in survival.groupby("round"):
+        dense = g[g["dense_concept"] >= 0]
+        rows.append({"round": int(r), "dense_concepts": int(len(dense[["class", "dense_concept"]].drop_duplicates())),
+                     "survived": int((g["status"] == "survived").sum()),
+                     "vanished": int((g["status"] == "vanished").sum()),
+                     "appeared": int((g["status"] == "appeared").sum()),
+                     "dense_significant": int(dense.loc[dense["dense_significant"], "dense_concept"].shape[0]),
+                     "significant_survived": int(((g["status"] == "survived") & g["dense_significant"]).sum()),
+                     "significant_survived_significant": int(((g["status"] == "survived") & g["dense_significant"]
+                                                              & g["significant"]).sum())})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- the step
+
+@rd.locked("ace")
+def ace_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """Discover concepts at every requested round; returns the concept table (``ace/concepts.csv``)."""
+    from .rounds import as_run
+
+    _check_setup(as_run(run).cfg)
+    run, cfg, rounds = start_step(run, "ace", rounds, log)
+    datasets, info = load_data(cfg, ("train", *cfg.tcav.splits), augment=False)
+    classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
+    layer = ace_layer(cfg)
+    from ..models import get_layer
+    from .rounds import new_model
+
+    get_layer(new_model(cfg, info.num_classes, cfg.seed), layer)  # a typo in ace.layer fails before any work
+    index = build_patch_index(run, datasets["train"], info, classes, log)
+    loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
+    settings = round_settings(cfg)
+    for r in tqdm(rounds, desc="ACE rounds"):
+        value = f"{run.round_fingerprint(r)}:{settings}"
+        done = run.ace_clusters(r).is_file() and run.ace_cavs(r).is_file() and run.ace_concepts().is_file()
+        if not force and done and run.up_to_date("ace", rd.round_name(r), value, log):
+            continue
+        if force:  # the activations too
+            run.record_fingerprint("ace", f"{rd.round_name(r)}/activations", "")
+        discover_round(run, r, index, info, classes, loader, device, log)
+    survival = match_to_dense(run, rounds, info.class_names, log)
+    table = match_attributes(run, info, log)
+    summary = survival_summary(survival)
+    if len(summary):
+        log(summary.to_string(index=False))
+    log(f"ACE done: {len(table)} concepts ({int(table['significant'].sum())} significant) in {run.ace_concepts()}")
+    return table
+
+
+# ---------------------------------------------------------------- discovered concepts in steps 4 and 5
+
+def split_concept_names(names: list[str]) -> tuple[list[str], list[str]]:
+    """concepts_for_tcav as (labelled names, ``ace:`` names); an ``ace:`` name is kept as written."""
+    labelled = [n for n in names if not str(n).startswith(PREFIX)]
+    return labelled, [n for n in names if str(n).startswith(PREFIX)]
+
+
+def resolve_discovered(run: rd.RunDir, names: list[str]) -> list[tuple[str, int, int]]:
+    """(name, class index, dense concept id) of each ``ace:<class>:<k>`` (``ace:all``: every significant
+    concept of the dense round), checked against ``ace/concepts.csv``."""
+    path = run.require(run.ace_concepts(), f"{STEP} (ACE, round 0)")
+    table = rd.read_csv(path, CONCEPT_COLUMNS, step=STEP)
+    dense = table[table["round"] == 0]
+    known = {str(n): (str(c), int(k)) for n, c, k in dense[["name", "class", "concept"]].itertuples(index=False)}
+    class_names = [str(s) for s in rd.load_npz(run.ace_patches(), keys=("class_names",), step=STEP)["class_names"]]
+    wanted = []
+    for name in names:
+        if name == f"{PREFIX}all":
+            wanted += [str(n) for n in dense.loc[dense["significant"].astype(bool), "name"]]
+            continue
+        if name not in known:
+            from ..names import unknown_name
+
+            raise unknown_name(f"discovered concept '{name}' in concepts_for_tcav is not among round 0's ACE concepts",
+                               name, list(known), cutoff=0.6, otherwise=f"{len(known)} exist (ace/concepts.csv), "
+                               f"as ace:<class>:<k>, or ace:all")
+        wanted.append(name)
+    wanted = list(dict.fromkeys(wanted))
+    return [(n, class_names.index(known[n][0]), known[n][1]) for n in wanted]
+
+
+def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str], n_runs: int, seed: int) -> dict:
+    """CAVs at round ``r`` of dense-round ACE concepts, for step 4: each concept's patches (as the dense
+    round found them) against the class's random sets, from round ``r``'s activations. Returns
+    dict(concepts, cavs [n, n_runs, D], accuracy [n, n_runs]); run j uses random set j mod ace.n_random."""
+    cfg = run.cfg
+    if layer != ace_layer(cfg):
+        return {"concepts": [], "cavs": None, "accuracy": None}
+    wanted = resolve_discovered(run, names)
+    for rr in sorted({0, r}):  # the dense concepts and this round's activations, both current
+        run.require(run.ace_clusters(rr), f"{STEP} (rounds 0 and {r})")
+        run.require_up_to_date("ace", rd.round_name(rr), f"{run.round_fingerprint(rr)}:{round_settings(cfg)}",
+                               f"{STEP} (rounds 0 and {r})")
+    dense = rd.load_npz(run.ace_clusters(0), keys=("concept_class", "concept_id", "concept_top"), step=STEP)
+    stored = rd.load_npz(run.ace_cavs(r), keys=("class_index", "random_sets"), step=STEP)
+    index = rd.load_npz(run.ace_patches(), keys=("patch_class",), step=STEP)
+    acts = rd.load_npy(run.ace_patch_activations(r), STEP, mmap=True, ndim=2, rows=len(index["patch_class"]))
+    rng = np.random.default_rng(seed)
+    cavs, accuracy = [], []
+    for name, c, k in wanted:
+        row = np.flatnonzero((dense["concept_class"] == c) & (dense["concept_id"] == k))[0]
+        top = dense["concept_top"][row]
+        top = top[top >= 0]
+        sets = stored["random_sets"][list(stored["class_index"]).index(c)]
+        _, pool_acts = _random_pool(cfg, run, r, index, c)
+        source = acts if pool_acts is None else pool_acts
+        negatives = [np.asarray(source[sets[j % len(sets)]], dtype=np.float64) for j in range(n_runs)]
+        with threadpool_limits(limits=1, user_api="blas"):
+            v, a = _fit_runs(np.asarray(acts[top], dtype=np.float64), negatives, cfg,
+                             rng.integers(0, 2**31 - 1, n_runs))
+        cavs.append(v), accuracy.append(a)
+    return {"concepts": [n for n, _, _ in wanted], "cavs": np.stack(cavs) if cavs else None,
+            "accuracy": np.stack(accuracy) if accuracy else None}
+
+
+def discovered_names(run: rd.RunDir, names: list[str]) -> list[str]:
+    """The ``ace:`` names of concepts_for_tcav resolved to concept names (``ace:all`` expanded); [] for none."""
+    return [n for n, _, _ in resolve_discovered(run, names)] if names else []
+
+
+def lacks_discovered(run: rd.RunDir, path, names: list[str]) -> bool:
+    """Step 4: whether the CAV file ``path`` misses one of the discovered concepts ``names`` asks for."""
+    if not names or not path.is_file():
+        return False
+    from ..concepts.cav import load_cavs
+
+    return not set(discovered_names(run, names)) <= set(load_cavs(path)["concepts"])
+
+
+def add_discovered_cavs(run: rd.RunDir, r: int, layer: str, names: list[str], result: dict, seed: int) -> dict:
+    """Step 4: ``result`` (a ``fit_all_cavs`` dict) with the CAVs of the discovered concepts ``names`` at
+    ``layer`` appended after the labelled ones (nothing at another layer than ACE's). Step 5 scores them
+    like labelled concepts, against the step's random CAVs."""
+    if not names:
+        return result
+    if run.cfg.cav_flattening_type != "avg_pool":
+        raise UserError("discovered (ace:) concepts in concepts_for_tcav need cav_flattening_type avg_pool, the "
+                        "activations ACE clusters")
+    extra = discovered_concept_cavs(run, r, layer, names, run.cfg.cav.n_random, seed)
+    if not extra["concepts"]:
+        return result
+    out = dict(result)
+    out["concepts"] = list(result["concepts"]) + list(extra["concepts"])
+    d = extra["cavs"].shape[-1]
+    cavs = np.asarray(result["cavs"]).reshape(len(result["concepts"]), run.cfg.cav.n_random, d)
+    accuracy = np.asarray(result["accuracy"]).reshape(len(result["concepts"]), run.cfg.cav.n_random)
+    out["cavs"] = np.concatenate([cavs, extra["cavs"]])
+    out["accuracy"] = np.concatenate([accuracy, extra["accuracy"]])
+    return out
+
+
+def concepts_at(cfg: Config, layer: str, concepts: list[str]) -> list[str]:
+    """Step 5: the concepts scored at ``layer``: the labelled ones everywhere, discovered ones at ACE's layer."""
+    return [c for c in concepts if not str(c).startswith(PREFIX) or layer == ace_layer(cfg)]

@@ -1,0 +1,20 @@
+"""The run report: one self-contained HTML file (figures embedded, no network needed to open it) with
+the config and provenance, accuracy, TCAV, the map grids, every metric with its interval and tests, the
+null bands of the replicates, the sanity checks and a verdict per method -> report/report.html
+
+    python main_report.py [--config config/BB_synthetic.yaml] [--force]
+    (parts whose step has not run are listed as "not computed"; rebuilt only when an input is newer)
+"""
+from lottery_xai.cli import main_entry, parse
+from lottery_xai.report import build_report
+from lottery_xai.rundir import RunDir
+
+
+@main_entry
+def main():
+    args, cfg = parse(__doc__)
+    build_report(RunDir(cfg), force=args.force)
+
+
+if __name__ == "__main__":
+    main()
