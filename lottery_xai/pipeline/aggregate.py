@@ -1,0 +1,289 @@
+"""Replicates over seeds (main_aggregate.py): mean and interval over seed runs, and the null bands.
+
+``bash_script/run_seeds.sh --seeds 0,1,2`` runs the pipeline once per seed into sibling run folders
+(the run name holds ``seed<k>``) and, for the first seed, the random-pruning control
+(``pruning.method: random``, steps 1, 2 and 6: same seed, so the same dense round 0, then the same
+sparsity per round with random instead of magnitude pruning). `aggregate_step` reads them and writes,
+into ``RunDir.aggregate_dir(seeds)`` (the run name with ``seed<k>`` replaced by ``seeds0-1-2``):
+
+- ``accuracy.csv``: test accuracy per run (``ticket``, ``reinit``, ``random``) and round: mean,
+  ``ci_low, ci_high`` (Student-t interval over seeds at ``stats.confidence``), ``n_seeds``;
+- ``tcav.csv``: TCAV score per round, layer, class and concept, the same statistics, plus the share
+  of seeds in which the concept is significant;
+- ``metrics.csv``: every explanation metric of step 7 per round, method and metric, the same statistics;
+- ``null_bands.csv``: per round, method and consistency metric (Spearman, top-k IoU, SSIM of the maps
+  against the dense maps; TCAV absolute difference and flips against the dense TCAV table):
+  the **seed band** (the same metric between the dense models of two seeds on the same images: the
+  change that needs no pruning; mean over images per seed pair, then mean and t interval over the
+  pairs), the **random band** (the same metric between the random-pruning control at the round's
+  sparsity and the dense model of its seed: the change that pruning without a ticket causes; with one
+  control seed the interval is the bootstrap over images, with several the t interval over seeds),
+  the ticket's own drift (step 7's value, mean and interval over seeds) and ``within_seed_band``: the
+  ticket's mean drift is no larger than the far end of the seed band (for agreement metrics: its mean
+  is at least the band's ``ci_low``; for difference metrics: at most its ``ci_high``).
+
+Nothing is recomputed when every input file is unchanged (``inputs.json`` holds their fingerprints).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import rundir as rd
+from ..config import Config, replace
+from ..errors import UserError
+from ..loaders import derived_seed
+from ..metrics import METRICS, map_agreement, tcav_agreement
+from ..stats.inference import bootstrap_ci, t_interval
+from .metrics import COLUMNS as METRIC_COLUMNS
+from .metrics import STATS_BOOTSTRAP
+from .tcav import TCAV_COLUMNS
+
+MAP_BANDS = ("spearman", "top_iou", "ssim")
+TCAV_BANDS = ("tcav_abs_diff", "tcav_flip")
+STAT_COLUMNS = ["mean", "ci_low", "ci_high", "n_seeds"]
+ACCURACY_COLUMNS = ["run", "round", "weights_remaining", *STAT_COLUMNS]
+TCAV_AGG_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", *STAT_COLUMNS, "significant_share"]
+METRICS_AGG_COLUMNS = ["round", "weights_remaining", "method", "metric", *STAT_COLUMNS]
+BAND_COLUMNS = ["round", "weights_remaining", "method", "metric", "seed_mean", "seed_ci_low", "seed_ci_high",
+                "seed_n_pairs", "random_mean", "random_ci_low", "random_ci_high", "random_n", "ticket_mean",
+                "ticket_ci_low", "ticket_ci_high", "within_seed_band"]
+STEP2, STEP5, STEP6, STEP7 = ("step 2 (main_lth_test.py)", "step 5 (main_lth_tcav.py)",
+                              "step 6 (main_heatmap_save.py)", "step 7 (main_explanation_metrics.py)")
+CONTROLS = {"ticket": {}, "reinit": {"pruning.rewind": "reinit"}, "random": {"pruning.method": "random"}}
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    """``--seeds 0,1,2`` as a sorted list of distinct seeds (at least two)."""
+    try:
+        seeds = sorted({int(t) for t in (text or "").split(",") if t.strip()})
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated integers, e.g. 0,1,2, got '{text}'") from None
+    if len(seeds) < 2 or min(seeds) < 0:
+        raise UserError(f"--seeds needs at least two seeds >= 0 (e.g. 0,1,2), got '{text}'")
+    return seeds
+
+
+def seed_runs(cfg: Config, seeds: list[int], **changes) -> dict[int, rd.RunDir]:
+    """The run of every seed (with the settings ``changes``, e.g. a control), beside each other."""
+    if cfg.experiment_name:
+        raise UserError(f"experiment_name is set ('{cfg.experiment_name}'): every seed would write the same run "
+                        "folder; leave experiment_name empty for replicates")
+    return {s: rd.RunDir(replace(cfg, seed=s, **changes)) for s in seeds}
+
+
+def _stats(values, confidence: float) -> dict:
+    mean, low, high, n = t_interval(values, confidence)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n_seeds": n}
+
+
+def _over_seeds(frame: pd.DataFrame, keys: list[str], value: str, confidence: float) -> pd.DataFrame:
+    """Mean, t interval and count over the ``seed`` rows of each ``keys`` group of ``frame``."""
+    rows = []
+    for key, g in frame.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(keys, key)), "weights_remaining": float(g["weights_remaining"].mean()),
+                     **_stats(g[value].to_numpy(dtype=float), confidence)})
+    return pd.DataFrame(rows)
+
+
+def _read_seeds(runs: dict[int, rd.RunDir], path_of, columns, step: str) -> pd.DataFrame:
+    """The table of every seed run that has it, with a ``seed`` column (empty when none has it)."""
+    frames = []
+    for s, run in runs.items():
+        path = path_of(run)
+        if path.is_file():
+            frames.append(rd.read_csv(path, columns, step=step).assign(seed=s))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "seed"])
+
+
+def accuracy_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
+    confidence = cfg.stats.confidence
+    parts = []
+    for label, changes in CONTROLS.items():
+        frame = _read_seeds(seed_runs(cfg, seeds, **changes), lambda r: r.test_metrics(),
+                            ["round", "weights_remaining", "test_acc"], STEP2)
+        if len(frame):
+            parts.append(_over_seeds(frame, ["round"], "test_acc", confidence).assign(run=label))
+    return pd.concat(parts, ignore_index=True)[ACCURACY_COLUMNS] if parts else pd.DataFrame(columns=ACCURACY_COLUMNS)
+
+
+def tcav_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
+    frame = _read_seeds(seed_runs(cfg, seeds), lambda r: r.tcav_scores(), TCAV_COLUMNS, STEP5)
+    if frame.empty:
+        return pd.DataFrame(columns=TCAV_AGG_COLUMNS)
+    keys = ["round", "layer", "class", "concept"]
+    table = _over_seeds(frame, keys, "tcav_mean", cfg.stats.confidence)
+    share = frame.assign(sig=frame["significant"].astype(str).str.lower().isin(["true", "1"])) \
+        .groupby(keys)["sig"].mean().rename("significant_share").reset_index()
+    return table.merge(share, on=keys)[TCAV_AGG_COLUMNS]
+
+
+def metrics_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
+    frame = _read_seeds(seed_runs(cfg, seeds), lambda r: r.explanation_metrics(), METRIC_COLUMNS[:6], STEP7)
+    if frame.empty:
+        return pd.DataFrame(columns=METRICS_AGG_COLUMNS)
+    return _over_seeds(frame, ["round", "method", "metric"], "value", cfg.stats.confidence)[METRICS_AGG_COLUMNS]
+
+
+# ---------------------------------------------------------------- null bands
+
+def _load_maps(run: rd.RunDir, r: int, method: str):
+    path = run.heatmap_file(r, method)
+    if not path.is_file():
+        return None
+    stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+    return stored["ids"], torch.from_numpy(stored["maps"].astype(np.float32))
+
+
+def _agreement(a, b, top_fraction: float, what: str) -> dict[str, np.ndarray]:
+    """Per-image Spearman, top-k IoU and SSIM of two stored map sets of the same images."""
+    (ids_a, maps_a), (ids_b, maps_b) = a, b
+    if not np.array_equal(ids_a, ids_b):
+        raise UserError(f"{what}: the maps are of different images (heatmaps.images_per_class or labels_for_tcav "
+                        "differ between the runs); rerun step 6 with the same settings")
+    with torch.no_grad():
+        values = map_agreement(maps_a, maps_b, top_fraction)
+    return {k: values[k].numpy() for k in MAP_BANDS}
+
+
+def _tcav_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
+    table = tcav_agreement(a, b)
+    return {"tcav_abs_diff": float(table["abs_diff"].mean()), "tcav_flip": float(table["flipped"].mean())}
+
+
+def seed_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
+    """The consistency metrics between the dense models of every pair of seeds: ``method, metric, seed_mean,
+    seed_ci_low, seed_ci_high, seed_n_pairs`` (mean over images per pair, t interval over pairs)."""
+    runs = seed_runs(cfg, seeds)
+    pair_values: dict[tuple[str, str], list[float]] = {}
+    tcav = {s: rd.read_csv(r.tcav_scores(), TCAV_COLUMNS, step=STEP5) for s, r in runs.items()
+            if r.tcav_scores().is_file()}
+    for a, b in tqdm(list(itertools.combinations(seeds, 2)), desc="seed pairs"):
+        for method in methods:
+            maps_a, maps_b = _load_maps(runs[a], 0, method), _load_maps(runs[b], 0, method)
+            if maps_a is None or maps_b is None:
+                continue
+            values = _agreement(maps_a, maps_b, cfg.metrics.top_fraction, f"seeds {a} and {b}, {method}")
+            for metric, v in values.items():
+                pair_values.setdefault((method, metric), []).append(float(np.nanmean(v)))
+        if a in tcav and b in tcav:
+            dense_a, dense_b = tcav[a][tcav[a]["round"] == 0], tcav[b][tcav[b]["round"] == 0]
+            for metric, v in _tcav_pair(dense_a, dense_b).items():
+                pair_values.setdefault(("tcav", metric), []).append(v)
+    rows = []
+    for (method, metric), values in pair_values.items():
+        mean, low, high, n = t_interval(values, cfg.stats.confidence)
+        rows.append({"method": method, "metric": metric, "seed_mean": mean, "seed_ci_low": low, "seed_ci_high": high,
+                     "seed_n_pairs": n})
+    if not rows:
+        log("no seed band: the runs lack step 6's dense maps (and step 5's TCAV tables)")
+    return pd.DataFrame(rows, columns=["method", "metric", "seed_mean", "seed_ci_low", "seed_ci_high", "seed_n_pairs"])
+
+
+def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
+    """The consistency metrics between the random-pruning control at each round and the dense model of
+    its seed: ``round, method, metric, random_mean, random_ci_low, random_ci_high, random_n`` (``random_n``:
+    control seeds; one seed: bootstrap over images, several: t interval over the seeds' means)."""
+    runs, controls = seed_runs(cfg, seeds), seed_runs(cfg, seeds, **{"pruning.method": "random"})
+    if cfg.pruning.method == "random":
+        return pd.DataFrame(columns=["round", "method", "metric", "random_mean", "random_ci_low", "random_ci_high",
+                                     "random_n"])
+    per_seed: dict[tuple[int, str, str], list[np.ndarray]] = {}
+    for s in tqdm(seeds, desc="random-pruning control"):
+        control = controls[s]
+        if not control.root.is_dir():
+            continue
+        tcav_dense = rd.read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+            if runs[s].tcav_scores().is_file() else None
+        tcav_control = rd.read_csv(control.tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+            if control.tcav_scores().is_file() else None
+        for r in runs[s].rounds():
+            for method in methods:
+                dense, pruned = _load_maps(runs[s], 0, method), _load_maps(control, r, method)
+                if dense is None or pruned is None:
+                    continue
+                values = _agreement(pruned, dense, cfg.metrics.top_fraction, f"seed {s}, random control, {method}")
+                for metric, v in values.items():
+                    per_seed.setdefault((r, method, metric), []).append(v)
+            if tcav_dense is not None and tcav_control is not None and (tcav_control["round"] == r).any():
+                pair = _tcav_pair(tcav_control[tcav_control["round"] == r], tcav_dense[tcav_dense["round"] == 0])
+                for metric, v in pair.items():
+                    per_seed.setdefault((r, "tcav", metric), []).append(np.array([v]))
+    rows = []
+    for (r, method, metric), arrays in sorted(per_seed.items()):
+        if len(arrays) == 1:  # one control seed: the interval over its images (or TCAV pairs)
+            mean = float(np.nanmean(arrays[0]))
+            low, high = bootstrap_ci(arrays[0], cfg.stats.n_bootstrap, cfg.stats.confidence,
+                                     seed=derived_seed(cfg.seed, STATS_BOOTSTRAP, r))
+        else:
+            mean, low, high, _ = t_interval([np.nanmean(a) for a in arrays], cfg.stats.confidence)
+        rows.append({"round": r, "method": method, "metric": metric, "random_mean": mean, "random_ci_low": low,
+                     "random_ci_high": high, "random_n": len(arrays)})
+    if not rows:
+        log("no random-pruning band: no control run (pruning.method=random) with step 6's maps; "
+            "bash_script/run_seeds.sh makes it for the first seed")
+    return pd.DataFrame(rows, columns=["round", "method", "metric", "random_mean", "random_ci_low", "random_ci_high",
+                                       "random_n"])
+
+
+def null_bands(cfg: Config, seeds: list[int], metrics: pd.DataFrame, log=print) -> pd.DataFrame:
+    """Per round, method and consistency metric: seed band, random band, the ticket's drift and the verdict."""
+    methods = list(cfg.heatmaps.methods)
+    ticket = metrics[metrics["metric"].isin(MAP_BANDS + TCAV_BANDS)].rename(
+        columns={"mean": "ticket_mean", "ci_low": "ticket_ci_low", "ci_high": "ticket_ci_high"})
+    ticket = ticket[["round", "weights_remaining", "method", "metric", "ticket_mean", "ticket_ci_low",
+                     "ticket_ci_high"]]
+    table = ticket.merge(seed_band(cfg, seeds, methods, log), on=["method", "metric"], how="left")
+    table = table.merge(random_band(cfg, seeds, methods, log), on=["round", "method", "metric"], how="left")
+    higher = table["metric"].map(lambda m: METRICS[m].higher_is_better)
+    within = np.where(higher, table["ticket_mean"] >= table["seed_ci_low"], table["ticket_mean"] <= table["seed_ci_high"])
+    known = table["ticket_mean"].notna() & table["seed_ci_low"].notna() & table["seed_ci_high"].notna()
+    table["within_seed_band"] = pd.Series(within, index=table.index).where(known, other=None)
+    return table.reindex(columns=BAND_COLUMNS).sort_values(["method", "metric", "round"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the step
+
+def _inputs(cfg: Config, seeds: list[int]) -> dict[str, str]:
+    """The fingerprint of every file the tables read (present ones), keyed by path."""
+    paths = []
+    for changes in CONTROLS.values():
+        for run in seed_runs(cfg, seeds, **changes).values():
+            paths += [run.test_metrics(), run.tcav_scores(), run.explanation_metrics()]
+            paths += [run.heatmap_file(r, m) for r in run.rounds() for m in cfg.heatmaps.methods]
+    return {str(p): rd.fingerprint(p) for p in paths if p.is_file()}
+
+
+def aggregate_step(cfg: Config, seeds: list[int], force: bool = False, log=print) -> dict[str, pd.DataFrame]:
+    """Write the replicates' tables (see the module docstring); returns them by name."""
+    runs = seed_runs(cfg, seeds)
+    missing = [str(r.root) for r in runs.values() if not r.root.is_dir()]
+    if missing:
+        raise UserError(f"run folder '{missing[0]}' not found; run the seeds first "
+                        f"(bash bash_script/run_seeds.sh --seeds {','.join(map(str, seeds))})")
+    first = runs[seeds[0]]
+    names = ("accuracy", "tcav", "metrics", "null_bands")
+    with first.lock("aggregate"):
+        stamp = {"seeds": seeds, "stats": vars(cfg.stats), "top_fraction": cfg.metrics.top_fraction,
+                 "methods": list(cfg.heatmaps.methods), "inputs": _inputs(cfg, seeds)}
+        record = first.aggregate_record(seeds)
+        if not force and record.is_file() and all(first.aggregate_file(seeds, n).is_file() for n in names) \
+                and rd.read_json(record) == json.loads(json.dumps(stamp)):
+            log(f"replicates up to date: {first.aggregate_dir(seeds)}")
+            return {n: rd.read_csv(first.aggregate_file(seeds, n)) for n in names}
+        metrics = metrics_table(cfg, seeds)
+        tables = {"accuracy": accuracy_table(cfg, seeds), "tcav": tcav_table(cfg, seeds), "metrics": metrics,
+                  "null_bands": null_bands(cfg, seeds, metrics, log)}
+        if tables["accuracy"].empty:
+            raise UserError(f"no test accuracy in any seed run (e.g. '{first.test_metrics()}'); run {STEP2} first")
+        for name, table in tables.items():
+            rd.save_csv(first.aggregate_file(seeds, name), table)
+        rd.write_text(record, json.dumps(stamp, indent=1) + "\n")
+    log(f"replicates of seeds {','.join(map(str, seeds))}: {first.aggregate_dir(seeds)}")
+    return tables
