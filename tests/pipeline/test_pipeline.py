@@ -83,7 +83,7 @@ def test_run_directory_contract(tiny_run):
     assert {"accuracy_vs_weights.png", "cav_accuracy.png", "heatmaps_gradcam.png"} <= plots
     assert any(name.startswith("tcav_layer3_") for name in plots)
     expl = pd.read_csv(run.explanation_metrics())
-    assert list(expl.columns) == ["round", "weights_remaining", "method", "metric", "value", "n_images"]
+    assert list(expl.columns) == ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
     assert {"deletion_auc", "insertion_auc", "energy_in_box", "pointing_game", "energy_in_parts", "spearman", "tcav_flip",
             "transform_spearman", "transform_top_iou", "transform_ssim"} <= set(expl["metric"])
     transformed = expl[expl["metric"].str.startswith("transform_")]
