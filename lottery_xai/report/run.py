@@ -100,7 +100,11 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
             ("ROAR", lambda: plot_roar(cfg))]
     from .ace import plot_ace, plot_occlusion  # the optional studies' figures (their steps draw them too)
     from .html import plot_sanity
-    jobs += [("ACE", lambda: plot_ace(cfg, log=log)), ("occlusion study", lambda: plot_occlusion(cfg)),
+    def ace_job():
+        if not run.ace_concepts().is_file():
+            raise MissingInput(f"'{run.ace_concepts()}' is missing; run main_ace.py first")
+        plot_ace(cfg, log=log)
+    jobs += [("ACE", ace_job), ("occlusion study", lambda: plot_occlusion(cfg)),
              ("sanity checks", lambda: plot_sanity(cfg))]
     # step 6 draws the grids; redraw one only when a map file is newer than it
     jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)
