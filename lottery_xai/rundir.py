@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -106,6 +107,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; when the block succeeds it replaces ``path`` (whose old
+    content is removed), and whatever happens the temporary folder is gone afterwards."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def write_text(path: str | Path, text: str) -> None:

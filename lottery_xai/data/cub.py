@@ -13,17 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lottery_xai.config import SPLIT_NAMES as SPLITS
-from lottery_xai.data.transforms import apply_transform, resize_shorter_side
+from lottery_xai.data.imagefile import ImageFileDataset, load_rgb  # noqa: F401  (load_rgb: re-exported)
 from lottery_xai.errors import UserError
 from lottery_xai.rundir import write_text
 
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 CUB_MIN_CLASSES = 10
-# Above this many images a split is not cached in memory unless asked (real CUB train/test).
-CACHE_MAX_IMAGES = 5000
 
 
 def write_json_atomic(path: str | os.PathLike, payload) -> None:
@@ -367,32 +364,7 @@ def prepare_cub(src, data_root, json_root, seed: int = 0, val_fraction: float = 
 # Loader
 # ----------------------------------------------------------------------------------------------
 
-def load_rgb(path: str | os.PathLike, load_size: int | None = None) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Decode an image as uint8 RGB [3, H, W] (grayscale, palette and RGBA become RGB).
-
-    With `load_size`, JPEGs are decoded at a reduced scale whose shorter side
-    stays >= load_size (much faster for big photos). Returns the image and the
-    (x, y) scale from original to decoded pixel coordinates.
-    """
-    with Image.open(path) as image:
-        width, height = image.size
-        if load_size is not None and image.format == "JPEG":
-            image.draft("RGB", (load_size, load_size))  # keeps both sides >= the request
-        rgb = image.convert("RGB")
-        array = np.asarray(rgb, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-    return tensor, (array.shape[1] / width, array.shape[0] / height)
-
-
-def _resize_shorter(image: torch.Tensor, box: np.ndarray, parts: np.ndarray, size: int):
-    """Resize so the shorter side is `size` (never upscales); coordinates follow."""
-    if min(image.shape[-2:]) <= size:
-        return image, box, parts
-    return resize_shorter_side(image, torch.as_tensor(box, dtype=torch.float32),
-                               torch.as_tensor(parts, dtype=torch.float32), size)
-
-
-class CUBDataset(torch.utils.data.Dataset):
+class CUBDataset(ImageFileDataset):
     """One split of a CUB-layout dataset; items are dicts (see `lottery_xai.data`).
 
     The concept vector of an image is its class's denoised vector. `transform`
@@ -400,7 +372,7 @@ class CUBDataset(torch.utils.data.Dataset):
     `transform(image_uint8, box, parts, generator)`). `load_size` resizes each
     decoded image so its shorter side is at most that many pixels before the
     transform; `cache` keeps those decoded images in memory (default: when the
-    split has fewer than CACHE_MAX_IMAGES images).
+    split has fewer than `imagefile.CACHE_MAX_IMAGES` images).
     """
 
     def __init__(self, data_root, json_root, split: str, transform, load_size: int | None = None,
@@ -423,8 +395,8 @@ class CUBDataset(torch.utils.data.Dataset):
             raise UserError(f"{json_root / 'concepts.json'} has {len(concepts['class_names'])} classes, "
                             f"{root / 'classes.txt'} {len(tables['class_names'])}: it was prepared from another "
                             f"dataset; {fix}")
-        self.root, self.split, self.transform, self.load_size = root, split, transform, load_size
-        self.seed, self.epoch = seed, None
+        super().__init__(split, transform, load_size, seed)
+        self.root, self.image_dir, self.read_fix = root, root / "images", REDO
         self.ids = np.asarray(splits[split], dtype=np.int64)
         rows = self.ids - 1
         self.paths = [tables["paths"][r] for r in rows]
@@ -435,41 +407,17 @@ class CUBDataset(torch.utils.data.Dataset):
         self.concept_names = concepts["attribute_names"]
         self.part_names = tables["part_names"]
         self.class_concepts = np.asarray(concepts["class_concepts"], dtype=np.float32).reshape(len(self.class_names), -1)
-        self._cache = None
-        if cache if cache is not None else len(self.ids) < CACHE_MAX_IMAGES:
-            self._cache = [self._decode(i) for i in range(len(self.ids))]
+        self.fill_cache(cache)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make training augmentation a function of (seed, epoch, index), whatever the worker count."""
-        self.epoch = int(epoch)
-
-    def _decode(self, index: int):
-        path = self.root / "images" / self.paths[index]
-        try:
-            image, (sx, sy) = load_rgb(path, self.load_size)
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-            # missing, truncated or foreign file (PIL's UnidentifiedImageError is an OSError, a broken PNG a SyntaxError)
-            reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot read image {path} ({reason}): {REDO}") from None
+    def annotations(self, index: int, image: torch.Tensor, scale: tuple[float, float]):
+        sx, sy = scale
         box = self.boxes[index] * np.array([sx, sy, sx, sy], dtype=np.float32)
         parts = self.parts[index].copy()
         parts[:, :2] *= np.array([sx, sy], dtype=np.float32)
-        if self.load_size is not None:
-            image, box, parts = _resize_shorter(image, box, parts, self.load_size)
-        return image, torch.as_tensor(box, dtype=torch.float32), torch.as_tensor(parts, dtype=torch.float32)
+        return box, parts
 
-    def __getitem__(self, index: int) -> dict:
-        image, box, parts = self._cache[index] if self._cache is not None else self._decode(index)
-        image, box, parts = apply_transform(self.transform, image, box, parts, self.seed, self.epoch, index)
-        label = int(self.labels[index])
-        return {"image": image, "label": torch.tensor(label, dtype=torch.int64),
-                "concepts": torch.from_numpy(self.class_concepts[label].copy()),
-                "bbox": box, "parts": parts,
-                "id": torch.tensor(int(self.ids[index]), dtype=torch.int64),
-                "index": torch.tensor(index, dtype=torch.int64)}
+    def concepts_of(self, label: int) -> torch.Tensor:
+        return torch.from_numpy(self.class_concepts[label].copy())
 
 
 def _read_json(path: Path):

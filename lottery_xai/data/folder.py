@@ -23,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from lottery_xai.config import SPLIT_NAMES as SPLITS
-from lottery_xai.data.cub import check_splits, load_rgb, read_json_file, stratified_val_split, write_json_atomic
-from lottery_xai.data.transforms import apply_transform, resize_shorter_side
+from lottery_xai.data.cub import check_splits, read_json_file, stratified_val_split, write_json_atomic
+from lottery_xai.data.imagefile import ImageFileDataset
 from lottery_xai.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 INDEX_FILE = "folder_index.json"
 # The thesis split Imagenette's 3,925 validation images into 2,800 test and 1,125 validation images.
 THESIS_TEST_FRACTION = 2800 / 3925
-CACHE_MAX_IMAGES = 5000
 
 
 def prepare_command(data_root, json_root) -> str:
@@ -135,7 +133,7 @@ def read_index(json_root, data_root) -> dict:
     return index
 
 
-class FolderDataset(torch.utils.data.Dataset):
+class FolderDataset(ImageFileDataset):
     """One split of a prepared ImageFolder tree; items are the package's dicts (see :mod:`lottery_xai.data`).
 
     ``load_size`` resizes each decoded image so its shorter side is at most that many pixels before
@@ -145,8 +143,8 @@ class FolderDataset(torch.utils.data.Dataset):
                  cache: bool | None = None, seed: int = 0):
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-        self.root, self.split, self.transform, self.load_size = Path(data_root), split, transform, load_size
-        self.seed, self.epoch = seed, None
+        super().__init__(split, transform, load_size, seed)
+        self.root = self.image_dir = Path(data_root)
         index = read_index(json_root, data_root)
         fix = f"prepare it again: {prepare_command(data_root, json_root)}"
         splits = check_splits(read_json_file(Path(json_root) / "splits.json", fix), Path(json_root) / "splits.json", fix)
@@ -159,35 +157,12 @@ class FolderDataset(torch.utils.data.Dataset):
         self.paths = [images[i - 1][0] for i in self.ids]
         self.labels = np.array([images[i - 1][1] for i in self.ids], dtype=np.int64)
         self.class_names = list(index["class_names"])
-        self._fix = fix
-        self._cache = None
-        if cache if cache is not None else len(self.ids) < CACHE_MAX_IMAGES:
-            self._cache = [self._decode(i) for i in range(len(self.ids))]
+        self.read_fix = f"restore it or {fix}"
+        self.fill_cache(cache)
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make training augmentation a function of (seed, epoch, index), whatever the worker count."""
-        self.epoch = int(epoch)
-
-    def _decode(self, index: int):
-        path = self.root / self.paths[index]
-        try:
-            image, _ = load_rgb(path, self.load_size)
-        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
-            reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
-            raise UserError(f"cannot read image {path} ({reason}): restore it or {self._fix}") from None
+    def annotations(self, index: int, image: torch.Tensor, scale: tuple[float, float]):
         box = torch.tensor([0.0, 0.0, float(image.shape[2]), float(image.shape[1])])  # the whole image
-        parts = torch.zeros(0, 3)
-        if self.load_size is not None and min(image.shape[-2:]) > self.load_size:
-            image, box, parts = resize_shorter_side(image, box, parts, self.load_size)
-        return image, box, parts
+        return box, torch.zeros(0, 3)
 
-    def __getitem__(self, index: int) -> dict:
-        image, box, parts = self._cache[index] if self._cache is not None else self._decode(index)
-        image, box, parts = apply_transform(self.transform, image, box, parts, self.seed, self.epoch, index)
-        return {"image": image, "label": torch.tensor(int(self.labels[index]), dtype=torch.int64),
-                "concepts": torch.zeros(0, dtype=torch.float32), "bbox": box, "parts": parts,
-                "id": torch.tensor(int(self.ids[index]), dtype=torch.int64),
-                "index": torch.tensor(index, dtype=torch.int64)}
+    def concepts_of(self, label: int) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.float32)

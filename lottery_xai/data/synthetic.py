@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from lottery_xai.errors import UserError
+from lottery_xai.rundir import atomic_dir
 
 # CUB's 15 parts, in CUB's order (part ids 1..15).
 PART_NAMES = (
@@ -455,18 +456,8 @@ def generate_synthetic_cub(out: str | os.PathLike, n_classes: int = 12, images_p
                             "pass --overwrite to regenerate it (then prepare it again) or choose another --out")
         raise UserError(f"{out} is not empty and holds no synthetic dataset: choose another --out or pass --overwrite")
     classes = assign_class_attributes(n_classes, seed)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out) as tmp:
         _write_dataset(tmp, classes, images_per_class, image_size, seed, train_fraction, settings)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"out": str(out), "skipped": False, "n_images": n_classes * images_per_class,
             "classes": [cls.name for cls in classes]}
 
@@ -588,10 +579,7 @@ def write_image_folder(cub_root: str | os.PathLike, out: str | os.PathLike, over
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out} is not empty and holds no ImageFolder export of {root}: choose another folder "
                         "or pass --overwrite")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_dir(out) as tmp:
         folders = sorted({Path(p).parent.name for p in tables["paths"]})
         for path, is_train in zip(tables["paths"], tables["is_train"]):
             target = tmp / ("train" if is_train else "val") / path  # path = <class folder>/<file>
@@ -603,12 +591,6 @@ def write_image_folder(cub_root: str | os.PathLike, out: str | os.PathLike, over
         names = {f: f.split(".", 1)[1] if "." in f and f.split(".", 1)[0].isdigit() else f for f in folders}
         _write_text(tmp / "classes.txt", [f"{f} {names[f]}" for f in folders])
         _write_text(tmp / FOLDER_MARKER, [json.dumps(record)])  # written last: marks a finished export
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"out": str(out), "skipped": False, "n_images": record["n_images"], "classes": folders}
 
 
