@@ -609,6 +609,20 @@ def n_rounds(cfg: Config) -> int:
     return cfg.prune_iterations + 1
 
 
+def configured_rounds(cfg: Config, key: str) -> list[int]:
+    """The rounds a config list names (``key``, e.g. ``sanity.rounds``), sorted, with -1 (and other
+    negatives) counted from the sparsest round; a round the schedule does not have is a user error."""
+    values = cfg
+    for part in key.split("."):
+        values = getattr(values, part)
+    total = n_rounds(cfg)
+    rounds = sorted({r if r >= 0 else total + r for r in values})
+    bad = [r for r in rounds if not 0 <= r < total]
+    if bad:
+        raise UserError(f"config key '{key}' names rounds {bad}; this config has rounds 0..{total - 1}")
+    return rounds
+
+
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 

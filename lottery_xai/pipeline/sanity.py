@@ -11,7 +11,7 @@ stage's maps of the step-6 images with the original model's maps of the same ima
   into them, so a stage is one block.
 - Re-initialisation: the block's parameters and buffers are copied from a fresh model of the same
   architecture, built with the architecture's own initialisation and the seed
-  ``derived_seed(seed, SANITY_SEED_PURPOSE, round)`` (never the run's own init, which a ticket rewinds
+  ``derived_seed(seed, SeedPurpose.SANITY, round)`` (never the run's own init, which a ticket rewinds
   to, and never pretrained weights); BatchNorm running statistics come with it. A pruned round keeps its mask (pruned weights stay 0),
   so the randomised network is the round's architecture.
 - Targets: the class the original model predicts (``heatmaps.target: true``: the true class), for
@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .. import rundir as rd
 from ..attribution import METHODS
-from ..config import Config, n_rounds, replace, to_dict
+from ..config import Config, configured_rounds, replace, to_dict
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics.consistency import map_agreement
@@ -52,7 +52,6 @@ from .heatmaps import heatmap_images
 from .rounds import configured_maps, finished_rounds, load_round_model, new_model, start_step
 
 # The seed purpose of the fresh weights (a value no SeedPurpose member uses; never renumber it).
-SANITY_SEED_PURPOSE = 47
 STEP6 = "step 6 (main_heatmap_save.py)"
 CHANGES, NO_CHANGE = "changes", "does not change"
 PER_IMAGE_COLUMNS = ["round", "weights_remaining", "method", "stage", "block", "measure", "image_id", "value"]
@@ -147,12 +146,7 @@ def sanity_methods(cfg: Config) -> list[str]:
 
 def sanity_rounds(cfg: Config) -> list[int]:
     """``sanity.rounds`` with -1 (and other negatives) counted from the sparsest round."""
-    total = n_rounds(cfg)
-    rounds = sorted({r if r >= 0 else total + r for r in cfg.sanity.rounds})
-    bad = [r for r in rounds if not 0 <= r < total]
-    if bad:
-        raise UserError(f"config key 'sanity.rounds' names rounds {bad}; this config has rounds 0..{total - 1}")
-    return rounds
+    return configured_rounds(cfg, "sanity.rounds")
 
 
 def image_subset(count: int, n_images: int) -> np.ndarray:
@@ -214,7 +208,7 @@ def sanity_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int]
             model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
             model.requires_grad_(False)
             fresh = new_model(replace(cfg, pretrained=False), info.num_classes,  # random weights, never pretrained ones
-                              derived_seed(cfg.seed, SANITY_SEED_PURPOSE, r)).to(device)
+                              derived_seed(cfg.seed, SeedPurpose.SANITY, r)).to(device)
             masks = {n: m.bool() for n, m in ckpt.get("masks", {}).items()}
             with torch.no_grad():
                 predicted = torch.cat([model(c).argmax(1) for c in images.split(cfg.data.eval_batch_size)])

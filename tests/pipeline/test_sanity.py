@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from lottery_xai import rundir as rd
-from lottery_xai.config import load_config
+from lottery_xai.config import configured_rounds, load_config
 from lottery_xai.errors import UserError
 from lottery_xai.pipeline.rounds import configured_maps
 from lottery_xai.pipeline.sanity import (CHANGES, NO_CHANGE, cascade, cascade_blocks, image_subset, randomisation_test,
@@ -94,6 +94,10 @@ def test_verdict_threshold_and_rounds():
     assert sanity_rounds(cfg) == [0, 4]
     with pytest.raises(UserError, match="sanity.rounds"):
         sanity_rounds(load_config(None, ["prune_iterations=2", "sanity.rounds=[0,5]"]))
+    # the same rule serves roar.rounds (main_roar.py without --rounds): -2 is the round before the sparsest
+    assert configured_rounds(load_config(None, ["prune_iterations=4", "roar.rounds=[-1,0,-2]"]), "roar.rounds") == [0, 3, 4]
+    with pytest.raises(UserError, match="'roar.rounds' names rounds \\[-3\\]"):
+        configured_rounds(load_config(None, ["prune_iterations=1", "roar.rounds=[-5]"]), "roar.rounds")
     assert image_subset(8, 0).tolist() == list(range(8)) and image_subset(8, 3).tolist() == [0, 4, 7]
 
 
