@@ -1,7 +1,7 @@
 """Data loaders built the same way by every step: seeded shuffling, pinned memory on CUDA."""
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, unique
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .config import Config
 
 
+@unique  # two purposes sharing a value would draw the same random numbers
 class SeedPurpose(IntEnum):
     """What a derived seed is for: ``derived_seed(cfg.seed, SeedPurpose.PRUNE, r)``. The values are
     part of every run's results: never renumber one, only add new ones."""
@@ -25,6 +26,15 @@ class SeedPurpose(IntEnum):
     ROAR_TRAIN = 31      # ROAR: the retrain's global generator (seed index)
     TRANSFORMS = 37      # step 7: random transformations of the consistency check of round r
     UNLABELED = 41       # step 1: which training images are used without their labels (every round alike)
+    ACE_DISCOVERY = 43   # ACE and the occlusion study: which train images of each class are used
+    SANITY = 47          # sanity checks: the fresh weights of the randomised layers of round r
+    STATS_BOOTSTRAP = 53  # step 7 and main_aggregate.py: the bootstrap over images of round r
+    ACE_CAV_FITS = 59    # ACE: the CAV fits of round r
+    OCCLUSION_SQUARES = 61  # the occlusion study: the squares (the same every round)
+    REPORT_VERDICTS = 67  # the report: the verdicts' paired bootstrap (sparsest round)
+    HUMAN_STUDY = 71     # the human study: its draws (image choice, side order, ties, task order, simulation)
+    ACE_KMEANS = 73      # ACE: k-means of class c's patches
+    ACE_RANDOM_SETS = 79  # ACE: the random patch sets of class c
 
 
 def derived_seed(seed: int, *parts: int) -> int:

@@ -33,14 +33,13 @@ from ..activations import StreamWriter, layer_activations
 from ..config import Config
 from ..data.transforms import denormalize
 from ..errors import UserError
-from ..loaders import derived_seed, make_loader
+from ..loaders import SeedPurpose, derived_seed, make_loader
 from .rounds import load_data, load_round_model, resolve_names, start_step
 
 STEP = "main_ace.py"
 STEP1 = "step 1 (main_lth_pruning.py)"
 STEP3 = "step 3 (main_lth_save_activations.py)"
 # derived-seed purposes of this step (beyond loaders.SeedPurpose's values)
-SEED_DISCOVERY, SEED_KMEANS, SEED_RANDOM_SETS, SEED_CAV_FITS = 43, 47, 53, 59
 PREFIX = "ace:"
 CONCEPT_COLUMNS = ["round", "class", "concept", "n_patches", "n_images", "cav_acc_mean", "tcav_mean", "tcav_std",
                    "p_value", "significant", "matched_dense_concept", "match_cosine",
@@ -106,7 +105,7 @@ def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print
         log(f"ACE settings changed since {path} was written: making the patch index again")
     class_ids = [info.class_names.index(c) for c in classes]
     chosen = discovery_indices(np.asarray(train.labels), class_ids, cfg.ace.images_per_class,
-                               derived_seed(cfg.seed, SEED_DISCOVERY))
+                               derived_seed(cfg.seed, SeedPurpose.ACE_DISCOVERY))
     positions = np.concatenate([chosen[c] for c in class_ids]).astype(np.int64)
     items = [train[int(i)] for i in positions]
     images = denormalize(torch.stack([it["image"] for it in items]), info)  # [n, 3, H, W] in [0, 1]
@@ -217,7 +216,7 @@ def random_sets_for(cfg: Config, index: dict, c: int, pool: np.ndarray) -> np.nd
     """The class's random sets (the same every round: seeded by the class only)."""
     from ..concepts.ace import draw_random_sets
 
-    rng = np.random.default_rng(derived_seed(cfg.seed, SEED_RANDOM_SETS, c))
+    rng = np.random.default_rng(derived_seed(cfg.seed, SeedPurpose.ACE_RANDOM_SETS, c))
     return draw_random_sets(pool, cfg.ace.n_random, cfg.ace.max_patches, rng)
 
 
@@ -225,7 +224,7 @@ def _discover_class(cfg: Config, acts_c: np.ndarray, rows: np.ndarray, index: di
     """k-means of one class's patches and ACE's rules: (assignment, distance, [(cluster, top rows, members)])."""
     from ..concepts.ace import closest_members, cluster_patches, kept_clusters
 
-    assignment, distance = cluster_patches(acts_c, cfg.ace.n_clusters, derived_seed(cfg.seed, SEED_KMEANS, c))
+    assignment, distance = cluster_patches(acts_c, cfg.ace.n_clusters, derived_seed(cfg.seed, SeedPurpose.ACE_KMEANS, c))
     kept = kept_clusters(assignment, index["patch_image"][rows], n_discovery, cfg.ace.cluster_rules,
                          cfg.ace.min_patches)
     concepts = [(k, rows[closest_members(assignment, distance, k, cfg.ace.max_patches)], rows[assignment == k])
@@ -275,7 +274,7 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
     concept_of = np.full(n_patches, -1, dtype=np.int64)
     table, concept_rows = [], {"class": [], "id": [], "cluster": [], "top": [], "cavs": [], "acc": [], "scores": []}
     randoms = {"cavs": [], "acc": [], "sets": [], "scores": []}
-    rng = np.random.default_rng(derived_seed(cfg.seed, SEED_CAV_FITS, r))
+    rng = np.random.default_rng(derived_seed(cfg.seed, SeedPurpose.ACE_CAV_FITS, r))
     for c in tqdm(class_ids, desc=f"ACE round {r} classes", leave=False):
         rows = np.flatnonzero(index["patch_class"] == c)
         acts_c = np.asarray(acts[rows], dtype=np.float64)

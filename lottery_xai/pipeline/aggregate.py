@@ -37,11 +37,10 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config, replace
 from ..errors import UserError
-from ..loaders import derived_seed
+from ..loaders import SeedPurpose, derived_seed
 from ..metrics import METRICS, map_agreement, tcav_agreement
 from ..stats.inference import bootstrap_ci, t_interval
 from .metrics import COLUMNS as METRIC_COLUMNS
-from .metrics import STATS_BOOTSTRAP
 from .tcav import TCAV_COLUMNS
 
 MAP_BANDS = ("spearman", "top_iou", "ssim")
@@ -220,7 +219,7 @@ def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) ->
         if len(arrays) == 1:  # one control seed: the interval over its images (or TCAV pairs)
             mean = float(np.nanmean(arrays[0]))
             low, high = bootstrap_ci(arrays[0], cfg.stats.n_bootstrap, cfg.stats.confidence,
-                                     seed=derived_seed(cfg.seed, STATS_BOOTSTRAP, r))
+                                     seed=derived_seed(cfg.seed, SeedPurpose.STATS_BOOTSTRAP, r))
         else:
             mean, low, high, _ = t_interval([np.nanmean(a) for a in arrays], cfg.stats.confidence)
         rows.append({"round": r, "method": method, "metric": metric, "random_mean": mean, "random_ci_low": low,

@@ -40,15 +40,14 @@ from .. import rundir as rd
 from ..attribution import get_method
 from ..config import Config
 from ..errors import UserError
-from ..loaders import derived_seed, make_loader
+from ..loaders import SeedPurpose, derived_seed, make_loader
 from ..metrics import pixel_rank
 from ..stats.human import preference_probabilities, simulate_answers
 from .rounds import STEP1, configured_maps, load_data, load_round_model
 
 STEP = "human_study"
 EXPORT = "main_human_study.py export"
-# The seed purpose of the study's draws: a value no loaders.SeedPurpose uses (43), followed by the draw.
-SEED_PURPOSE = 43
+# The study's draws are seeded derived_seed(seed, SeedPurpose.HUMAN_STUDY, draw).
 IMAGE_CHOICE, SIDE_ORDER, TOP_TIES, TASK_ORDER, SIMULATION = 1, 2, 3, 4, 5
 
 # The answers the layouts offer (the `choice` field) and the columns of the files.
@@ -66,7 +65,7 @@ KINDS = ("overlay", "top")
 
 
 def _seed(cfg: Config, draw: int) -> int:
-    return derived_seed(cfg.seed, SEED_PURPOSE, draw)
+    return derived_seed(cfg.seed, SeedPurpose.HUMAN_STUDY, draw)
 
 
 # ---------------------------------------------------------------- which rounds
@@ -381,7 +380,7 @@ def simulate_results(run: rd.RunDir | Config, *, preference: float = 0.6, equal_
                         ("agreement", agreement)):
         if not 0.0 <= value <= 1.0:
             raise UserError(f"simulate: {name} is {value:g}; it must be in [0, 1]")
-    rng = np.random.default_rng(derived_seed(cfg.seed if seed is None else int(seed), SEED_PURPOSE, SIMULATION))
+    rng = np.random.default_rng(derived_seed(cfg.seed if seed is None else int(seed), SeedPurpose.HUMAN_STUDY, SIMULATION))
     written = {}
     batch, key = read_export(run, 1)
     p = preference_probabilities(len(key), preference, equal_share)  # (denser, sparser, equal)

@@ -25,12 +25,11 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
-from ..loaders import derived_seed
-from .ace import CONCEPT_COLUMNS, SEED_DISCOVERY, patch_settings, round_settings
+from ..loaders import SeedPurpose, derived_seed
+from .ace import CONCEPT_COLUMNS, patch_settings, round_settings
 from .rounds import load_data, load_round_model, resolve_names, start_step
 
 STEP = "main_occlusion_study.py"
-SEED_SQUARES = 61  # derived-seed purpose of the squares (beyond loaders.SeedPurpose's values)
 COLUMNS = ["round", "weights_remaining", "class", "image_id", "target_prob", "n_selected", "mask_area",
            "mask_in_box", "heat_in_box", "random_in_box", "random_squares_in_box", "parts_in_mask", "mask_on_concepts", "mask_on_significant"]
 
@@ -50,7 +49,7 @@ def study_images(run: rd.RunDir, train, info, classes: list[str], log=print) -> 
     cfg = run.cfg
     class_ids = [info.class_names.index(c) for c in classes]
     chosen = discovery_indices(np.asarray(train.labels), class_ids, cfg.ace.images_per_class,
-                               derived_seed(cfg.seed, SEED_DISCOVERY))
+                               derived_seed(cfg.seed, SeedPurpose.ACE_DISCOVERY))
     if cfg.occlusion_study.images_per_class > cfg.ace.images_per_class:
         log(f"occlusion_study.images_per_class is {cfg.occlusion_study.images_per_class}, more than "
             f"ace.images_per_class ({cfg.ace.images_per_class}): the study uses ACE's {cfg.ace.images_per_class}")
@@ -138,7 +137,7 @@ def occlusion_step(run: rd.RunDir | Config, device: torch.device, rounds: list[i
             continue
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
         model.requires_grad_(False)
-        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, SEED_SQUARES))  # the same squares every round
+        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, SeedPurpose.OCCLUSION_SQUARES))  # the same squares every round
         out = occlusion_study(model, images, labels, n_masks=cfg.occlusion_study.n_masks,
                               size=cfg.occlusion_study.size or None, p=cfg.occlusion_study.p,
                               batch_size=cfg.occlusion_study.batch_size, generator=generator, progress=True)

@@ -33,7 +33,7 @@ import pandas as pd
 from .. import rundir as rd
 from ..config import Config, dump_yaml
 from ..errors import UserError
-from ..loaders import derived_seed
+from ..loaders import SeedPurpose, derived_seed
 from ..attribution import METHODS
 from ..metrics import METRICS
 from ..pipeline.sanity import NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
@@ -50,7 +50,6 @@ PACKAGES = ("lottery-xai", "torch", "torchvision", "numpy", "scipy", "pandas", "
 SANITY = "main_sanity_checks.py"
 BASELINE = "random"  # the random attribution: the negative control of the sanity check
 REPLICATES = "bash bash_script/run_seeds.sh --seeds 0,1,2 (it ends with main_aggregate.py)"
-REPORT_SEED_PURPOSE = 67  # derived-seed purpose of the verdicts' paired bootstrap (beyond loaders.SeedPurpose)
 # the metric each verdict reads, per family (the first present in step 7's table)
 VERDICT_METRICS = {"faithfulness": ("deletion_auc", "insertion_auc"),
                    "localisation": ("energy_in_box", "pointing_game"),
@@ -463,7 +462,7 @@ def _change(run: rd.RunDir, per_image: pd.DataFrame | None, method: str, metric:
         return None
     diff = (wide[last] - wide[first]).to_numpy(dtype=float)
     st = run.cfg.stats
-    low, high = bootstrap_ci(diff, st.n_bootstrap, st.confidence, derived_seed(run.cfg.seed, REPORT_SEED_PURPOSE, last))
+    low, high = bootstrap_ci(diff, st.n_bootstrap, st.confidence, derived_seed(run.cfg.seed, SeedPurpose.REPORT_VERDICTS, last))
     return float(np.nanmean(diff)), low, high
 
 
