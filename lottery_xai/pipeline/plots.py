@@ -14,37 +14,11 @@ def plots_step(run: rd.RunDir | Config, log=print) -> list[Path]:
 
     run = as_run(run)
     figures = make_all_plots(run.cfg, log=log)
-    figures = sorted(set(figures) | set(null_band_plots(run, log)))
     log(f"step 8 done: {len(figures)} figures in {run.root / 'plots'}")
     return figures
 
 
-# -- replicates and null bands (main_aggregate.py)
-BAND_METRICS = ("spearman", "top_iou", "ssim", "tcav_abs_diff", "tcav_flip")
-
-
-def null_band_plots(run: rd.RunDir, log=print) -> list[Path]:
-    """Redraw the run's consistency figures with the null bands of a replicates folder that includes its
-    seed (none: nothing to redraw, the figures stay as drawn)."""
-    from .. import report  # the report layer (the one import this step may make): its figures and tables
-    from ..metrics import METRICS
-
-    figures, tables = report.figures, report.tables
-    bands = tables.null_bands_of(run.cfg)
-    if bands is None or not run.explanation_metrics().is_file():
-        return []
-    frame = rd.read_csv(run.explanation_metrics(), tables.METRIC_COLUMNS, step="step 7 (main_explanation_metrics.py)")
-    drawn = []
-    with run.lock("plots"):
-        for metric in BAND_METRICS:
-            if (frame["metric"] == metric).any():
-                drawn.append(run.plot(f"metric_{metric}"))
-                figures.metric_vs_weights(frame, metric, METRICS[metric].higher_is_better, path=drawn[-1],
-                                          null_bands=bands)
-    log(f"null bands drawn on {len(drawn)} consistency figures (from {run.aggregates()[0]})")
-    return drawn
-
-
+# -- replicates and null bands (main_aggregate.py; step 8 draws a run's null bands through plot_metrics)
 def aggregate_plots(cfg: Config, seeds: list[int], log=print) -> list[Path]:
     """The figures of the replicates: accuracy and every explanation metric as mean and interval over
     seeds, the consistency metrics with the null bands, in the replicates folder's ``plots/``."""
@@ -60,7 +34,7 @@ def aggregate_plots(cfg: Config, seeds: list[int], log=print) -> list[Path]:
         spec = METRICS.get(metric)
         drawn.append(run.aggregate_plot(seeds, f"metric_{metric}"))
         figures.metric_vs_weights(metrics, metric, None if spec is None else spec.higher_is_better, path=drawn[-1],
-                                  null_bands=bands if metric in BAND_METRICS else None, value="mean")
+                                  null_bands=bands, value="mean")
     log(f"{len(drawn)} figures of the replicates in {run.aggregate_dir(seeds) / 'plots'}")
     return drawn
 # -- end replicates and null bands

@@ -10,7 +10,7 @@ from ..config import Config, roar_epochs
 from ..errors import UserError
 from . import figures as plots
 from .tables import (STEP4, STEP6, STEP7, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, heatmap_methods,
-                     tcav_table)
+                     null_bands_of, tcav_table)
 
 
 def plot_accuracy(cfg: Config, save: bool = True):
@@ -66,11 +66,13 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
 
     run = rd.RunDir(cfg)
     frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+    bands = null_bands_of(cfg)  # replicates that include this seed: the consistency figures get the null bands
     figures = []
     for metric in frame["metric"].unique():
         spec = METRICS.get(metric.split("@")[0])
         higher = None if spec is None else spec.higher_is_better
-        figures.append(plots.metric_vs_weights(frame, metric, higher, path=run.plot(f"metric_{_safe(metric)}") if save else None))
+        figures.append(plots.metric_vs_weights(frame, metric, higher, path=run.plot(f"metric_{_safe(metric)}") if save else None,
+                                               null_bands=bands))
     return figures
 
 
