@@ -9,36 +9,57 @@ from tqdm.auto import tqdm
 from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
+from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from .rounds import configured_maps, load_data, load_round_model, resolve_names, start_step
 
-def heatmap_images(run: rd.RunDir, device: torch.device):
-    """The test images explained at every round (chosen once, stored with the maps), as tensors."""
+def heatmap_selection(cfg: Config, test, class_names: list[str]) -> np.ndarray:
+    """The test-split indices the config selects: the first ``heatmaps.images_per_class`` of each class of
+    ``labels_for_tcav``, in that order."""
+    classes = resolve_names(cfg.labels_for_tcav, class_names, "class", "labels_for_tcav")
+    labels = np.asarray(test.labels) if hasattr(test, "labels") else np.array([int(test[i]["label"]) for i in range(len(test))])
+    return np.concatenate([np.flatnonzero(labels == class_names.index(c))[:cfg.heatmaps.images_per_class]
+                           for c in classes]).astype(np.int64)
+
+
+def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
+    """The test images explained at every round (chosen once, stored with the maps), as tensors.
+
+    The stored selection must be the one the config makes (``labels_for_tcav``, ``heatmaps.images_per_class``).
+    When it is not, step 6 (``log`` given) stores the new selection and deletes every round's maps, which
+    were of the old images, so that it makes them again; any other step says to run step 6."""
     cfg = run.cfg
     datasets, info = load_data(cfg, ("test",), augment=False)
     test = datasets["test"]
-    if run.heatmap_images().is_file():
-        # --force alone does not rewrite this file (every round's maps refer to it): it has to be deleted first
-        path, fix = run.heatmap_images(), "step 6 (main_heatmap_save.py), after deleting the file,"
+    indices = heatmap_selection(cfg, test, info.class_names)
+    path = run.heatmap_images()
+    if path.is_file():
+        fix = "step 6 (main_heatmap_save.py), after deleting the file,"
         stored = rd.load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
-        indices = stored["indices"]
-        if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or len(stored["ids"]) != len(indices):
-            raise rd.unreadable(path, f"indices of shape {list(indices.shape)} for {len(stored['ids'])} ids", fix)
+        kept = stored["indices"]
+        if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer) or len(stored["ids"]) != len(kept):
+            raise rd.unreadable(path, f"indices of shape {list(kept.shape)} for {len(stored['ids'])} ids", fix)
         ids = getattr(test, "ids", None)
-        if len(indices) and (indices.min() < 0 or indices.max() >= len(test)
-                             or (ids is not None and not np.array_equal(np.asarray(ids)[indices], stored["ids"]))):
+        if len(kept) and (kept.min() < 0 or kept.max() >= len(test)
+                          or (ids is not None and not np.array_equal(np.asarray(ids)[kept], stored["ids"]))):
             raise rd.unreadable(path, "its images are not in this dataset's test split (written for another dataset)",
                                 fix)
-    else:
-        classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
-        labels = np.asarray(test.labels) if hasattr(test, "labels") else np.array([int(test[i]["label"]) for i in range(len(test))])
-        indices = np.concatenate([np.flatnonzero(labels == info.class_names.index(c))[:cfg.heatmaps.images_per_class]
-                                  for c in classes])
+        if not np.array_equal(kept, indices):
+            change = (f"'{path}' holds {len(kept)} images, but labels_for_tcav and heatmaps.images_per_class="
+                      f"{cfg.heatmaps.images_per_class} select {len(indices)}" if len(kept) != len(indices) else
+                      f"'{path}' holds other images than labels_for_tcav and heatmaps.images_per_class select")
+            if log is None:
+                raise UserError(f"{change}: run step 6 (main_heatmap_save.py) again to make the maps of the new images")
+            stale = sorted(run.root.joinpath("heatmaps").glob("round_*/*.npz"))
+            for old in stale:
+                old.unlink()
+            path.unlink()
+            log(f"{change}: storing the new images and making every round's maps again ({len(stale)} map files deleted)")
     items = [test[int(i)] for i in indices]
     batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "parts", "id")}
-    if not run.heatmap_images().is_file():
+    if not path.is_file():
         shown = (denormalize(batch["image"], info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        rd.save_npz(run.heatmap_images(), indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
+        rd.save_npz(path, indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
                     bbox=batch["bbox"].numpy(), images=shown, class_names=np.asarray(info.class_names, dtype=str))
     return batch, info
 
@@ -47,7 +68,7 @@ def heatmap_images(run: rd.RunDir, device: torch.device):
 def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
     run, cfg, rounds = start_step(run, "heatmaps", rounds, log)
-    batch, info = heatmap_images(run, device)
+    batch, info = heatmap_images(run, device, log)
     images = batch["image"].to(device)
     for r in tqdm(rounds, desc="heatmap rounds"):
         fp = run.round_fingerprint(r)

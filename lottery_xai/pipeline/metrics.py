@@ -22,6 +22,8 @@ TCAV table with the dense one (method ``tcav``).
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import torch
@@ -40,8 +42,6 @@ from .tcav import TCAV_COLUMNS
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
 PER_IMAGE_COLUMNS = ["round", "method", "metric", "image_id", "value"]
-# the bootstrap's seed purpose: derived_seed(cfg.seed, STATS_BOOTSTRAP, r) (a value no loaders.SeedPurpose uses)
-STATS_BOOTSTRAP = 53
 
 
 STEP6 = "step 6 (main_heatmap_save.py)"
@@ -127,7 +127,7 @@ def _rows(r: int, weights_remaining, method: str, values: dict, cfg: Config | No
         if cfg is not None:
             s = cfg.stats
             low, high = bootstrap_ci(_as_array(v), s.n_bootstrap, s.confidence,
-                                     seed=derived_seed(cfg.seed, STATS_BOOTSTRAP, r))
+                                     seed=derived_seed(cfg.seed, SeedPurpose.STATS_BOOTSTRAP, r))
         rows.append({"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
                      "value": _mean(v), "n_images": len(v), "ci_low": low, "ci_high": high})
     return rows
@@ -175,6 +175,22 @@ def _fingerprints(run: rd.RunDir, r: int) -> str:
     return fp + "+" + (run.round_fingerprint(0) if run.checkpoint(0, run.cfg.test.checkpoint).is_file() else "none")
 
 
+def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
+    """What round ``r``'s metrics are made from: the checkpoints (`_fingerprints`), the content of the stored
+    maps they read (round r's and the dense round's: step 6 redone with other images or settings makes
+    step 7 measure again) and whether the TCAV agreement rows are computed (step 5 run later adds them)."""
+    digest = hashlib.sha1()
+    for method in run.cfg.heatmaps.methods:
+        for q in sorted({r, 0}):
+            path = run.heatmap_file(q, method)
+            if path.is_file():
+                stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+                digest.update(f"{q}/{method}:".encode())
+                digest.update(np.ascontiguousarray(stored["ids"]).tobytes())
+                digest.update(np.ascontiguousarray(stored["maps"]).tobytes())
+    return f"{_fingerprints(run, r)}+maps:{digest.hexdigest()[:16]}" + ("+tcav" if with_tcav else "")
+
+
 def _current_tcav(run: rd.RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
     """Whether round ``r``'s TCAV rows were made from its current checkpoint (every layer of them)."""
     fp = run.round_fingerprint(r)
@@ -205,7 +221,9 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
     tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
         if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
-        stamp = _fingerprints(run, r)
+        with_tcav = tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
+            and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log)
+        stamp = _inputs_stamp(run, r, with_tcav)
         if not force and (table["round"] == r).any() and (per_image["round"] == r).any() \
                 and run.up_to_date("metrics", rd.round_name(r), stamp, log):
             continue
@@ -230,8 +248,7 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
                                    true_class_maps=true_maps)
             rows += _rows(r, ckpt["weights_remaining"], method, values, cfg)
             image_rows.append(_per_image_rows(r, method, values, ids))
-        if tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
-                and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log):
+        if with_tcav:
             rows += _rows(r, ckpt["weights_remaining"], "tcav",
                           tcav_metrics(tcav[tcav["round"] == r], tcav[tcav["round"] == 0], cfg), cfg)
         image_rows = pd.concat(image_rows, ignore_index=True) if image_rows else \

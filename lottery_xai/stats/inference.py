@@ -8,6 +8,8 @@ Pure functions on arrays and tables (numpy, scipy, statsmodels); no model, no ru
   on the values, ``n_bootstrap``, ``confidence`` and ``seed``. Values that are NaN (a metric undefined for
   an image, e.g. energy in parts of an image without visible parts) are left out before resampling.
 - `t_interval`: Student-t interval of the mean (for a few seeds, where a bootstrap has no resolution).
+- `wilcoxon_power`: the simulated power of that test for n pairs and a shift in SD units (how many
+  images step 6 needs: ``heatmaps.images_per_class``).
 - `wilcoxon_paired` / `paired_tests`: Wilcoxon signed-rank test of paired values (scipy), pairs with a
   NaN on either side left out; `paired_tests` builds the table of step 7 (each pruned round against the
   dense round, each method against the random baseline) and corrects all its p-values together (`adjust`:
@@ -91,6 +93,18 @@ def wilcoxon_paired(a, b) -> tuple[int, float, float]:
         return n, 0.0, 1.0  # all differences zero: nothing changed (scipy would give NaN)
     result = stats.wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
     return n, float(result.statistic), float(result.pvalue)
+
+
+def wilcoxon_power(n: int, shift_sd: float, alpha: float = 0.05, n_sim: int = 2000, seed: int = 0) -> float:
+    """The share of ``n_sim`` seeded simulated studies in which the two-sided Wilcoxon signed-rank test of
+    ``n`` paired differences drawn from N(shift_sd, 1) (a shift of ``shift_sd`` standard deviations of the
+    differences) has p < ``alpha``: its power. Under Holm over m tests the smallest p-value is held to
+    alpha / m, the harshest threshold. All studies are one ``[n_sim, n]`` draw and one vectorised test."""
+    if n < 1 or n_sim < 1:
+        raise ValueError(f"wilcoxon_power needs n >= 1 and n_sim >= 1, got n={n}, n_sim={n_sim}")
+    differences = np.random.default_rng(seed).normal(shift_sd, 1.0, size=(n_sim, n))
+    p = stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided", axis=1).pvalue
+    return float(np.mean(np.asarray(p) < alpha))
 
 
 def adjust(p_values, method: str = "holm", alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

@@ -127,3 +127,32 @@ def test_loss_comparison_table_and_figure(tiny_run, tmp_path):
     assert len(table) == 2 * 3 and table["test_acc"].notna().all()
     assert (table.loc[table["round"] == 0, "spearman"] == 1).all()  # the dense map against itself
     assert (tmp_path / "loss_comparison.csv").is_file() and (tmp_path / "loss_comparison.png").is_file()
+
+
+def test_a_new_image_selection_remakes_the_maps_and_step7_follows_its_inputs(tiny_run, tmp_path):
+    """Changing heatmaps.images_per_class is not ignored: step 7 refuses the old maps, step 6 stores the new
+    images and makes the maps again (the rounds it was not asked for lose theirs), and step 7 measures
+    again because its inputs changed; unchanged inputs are skipped."""
+    import shutil
+
+    from lottery_xai.errors import UserError
+
+    cfg, overrides = tiny_run
+    shutil.copytree(cfg.logs, tmp_path / "logs")
+    copy = load_config(None, overrides + [f"logs={tmp_path / 'logs'}"])
+    run = rd.RunDir(copy)
+    table = run.explanation_metrics()
+    before = table.stat().st_mtime_ns
+    metrics_step(copy, CPU, [0, 1, 2], log=quiet)  # same inputs: nothing is measured again
+    assert table.stat().st_mtime_ns == before
+    fewer = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "heatmaps.images_per_class=1"])
+    with pytest.raises(UserError, match="images_per_class=1 select 4: run step 6"):
+        metrics_step(fewer, CPU, [0, 1], log=quiet)
+    heatmaps_step(fewer, CPU, [0, 1], log=quiet)
+    assert len(np.load(run.heatmap_images())["ids"]) == 4
+    assert np.load(run.heatmap_file(1, "gradcam"))["maps"].shape[0] == 4
+    assert not run.heatmap_file(2, "gradcam").is_file()  # of the old images: deleted, step 6 makes it when asked
+    metrics_step(fewer, CPU, [0, 1], log=quiet)
+    measured = pd.read_csv(table)
+    assert set(measured.loc[measured["method"] == "gradcam", "n_images"]) >= {4}
+    assert (measured.loc[(measured["round"] <= 1) & (measured["method"] == "gradcam"), "n_images"] == 4).all()

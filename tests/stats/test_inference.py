@@ -110,3 +110,22 @@ def test_adjust_leaves_nan_out():
     assert np.isnan(adjusted[1]) and not significant[1]
     np.testing.assert_allclose(adjusted[[0, 2, 3]], expected)
     np.testing.assert_allclose(adjust(p, "fdr_bh")[0][[0, 2, 3]], multipletests([0.01, 0.04, 0.03], method="fdr_bh")[1])
+
+
+def test_wilcoxon_power_is_the_rejection_rate_of_the_test():
+    from lottery_xai.stats.inference import wilcoxon_power
+
+    # no shift: the test rejects at its nominal rate (4000 seeded studies: 0.05 +- 3 binomial SE)
+    assert abs(wilcoxon_power(24, 0.0, 0.05, n_sim=4000, seed=1) - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 4000)
+    # the vectorised test equals scipy's test study by study
+    rng = np.random.default_rng(3)
+    draws = rng.normal(0.8, 1.0, size=(50, 24))
+    expected = np.mean([stats.wilcoxon(d).pvalue < 0.01 for d in draws])
+    assert wilcoxon_power(24, 0.8, 0.01, n_sim=50, seed=3) == expected
+    # more images, more power; a huge shift is always found; seeded
+    strict = 0.05 / 758  # the harshest Holm threshold of the embedded default's 758 tests
+    assert wilcoxon_power(24, 0.8, strict) < 0.5 < wilcoxon_power(48, 0.8, strict) < wilcoxon_power(72, 0.8, strict)
+    assert wilcoxon_power(24, 3.0, strict) == 1.0
+    assert wilcoxon_power(30, 0.5, seed=4) == wilcoxon_power(30, 0.5, seed=4)
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilcoxon_power(0, 0.5)
