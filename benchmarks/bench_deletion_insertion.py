@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import torch
 import torchvision
 from torchvision.transforms.functional import gaussian_blur
 
 from lottery_xai.metrics import deletion_insertion, pixel_rank, trapezoid_auc
+from timing import interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
 
 
 def floor(model, images, n_steps, batch_size):
@@ -69,17 +68,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = torchvision.models.resnet18(weights=None).eval().to(device)
     gen = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.images, 3, args.size, args.size, generator=gen).to(device)
     maps = torch.rand(args.images, args.size, args.size, generator=gen).to(device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     methods = {
         "ours (batched copies)": lambda: deletion_insertion(model, images, maps, n_steps=args.steps, batch_size=args.batch_size),
@@ -96,20 +90,7 @@ def main() -> None:
     print(f"device {device}, {args.images} images of {args.size} px, {args.steps} steps, "
           f"batch {args.batch_size}, threads {torch.get_num_threads()}; max curve gap ours vs loop {gap:.2e}")
 
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.repeats):
-        for name, run in methods.items():  # interleaved so drift hits every method alike
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            times[name].append(time.perf_counter() - start)
-
-    floor_time = statistics.median(times["floor (plain forwards)"])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:28s} median {median:8.3f} s   {median / floor_time:5.2f}x floor   (runs: "
-              + ", ".join(f"{v:.3f}" for v in values) + ")")
+    print_ratios(interleaved_times(methods, args.repeats, device), "floor (plain forwards)", width=28)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ ratio to the floor are printed.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from lottery_xai.attribution.occlusion_study import occlusion_study
 from lottery_xai.models import build_model
+from timing import interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
 
 
 def floor(model, images, n_masks, batch_size):
@@ -44,16 +43,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model = build_model(args.model, 12, False, args.size).eval().to(device)
     images = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
     images = images.to(device)
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
     methods = {
         "occlusion study": lambda: occlusion_study(model, images, n_masks=args.masks, batch_size=args.batch_size,
@@ -63,19 +57,7 @@ def main() -> None:
     print(f"device {device}, {args.model}, {args.images} images of {args.size} px x {args.masks} masks, "
           f"batch {args.batch_size}, threads {torch.get_num_threads()}")
     methods["occlusion study"]()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.repeats):
-        for name, run in methods.items():  # interleaved so drift hits both alike
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    floor_time = statistics.median(times["floor (plain forwards)"])
-    for name, values in times.items():
-        median = statistics.median(values)
-        print(f"{name:24s} median {median:8.3f} s   {median / floor_time:5.2f}x floor   (runs: "
-              + ", ".join(f"{v:.3f}" for v in values) + ")")
+    print_ratios(interleaved_times(methods, args.repeats, device), "floor (plain forwards)", width=24)
 
 
 if __name__ == "__main__":
