@@ -120,6 +120,27 @@ def _close_progress_bars() -> None:
             pass
 
 
+def data_script(fn: Callable[[list | None], str]) -> Callable[[list | None], int]:
+    """A data-preparation script's ``main(argv=None) -> int``: ``fn(argv)`` does the work and returns its
+    summary line, which is printed (status 0); a UserError or a failed read/write (OSError) becomes one
+    line on stderr and status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list | None = None) -> int:
+        try:
+            line = fn(argv)
+        except UserError as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # a full disk, a read-only or impossible output path
+            print(f"error: {os_error_message(exc)}", file=sys.stderr)
+            return 2
+        print(line)
+        return 0
+
+    return wrapper
+
+
 def main_entry(fn: Callable[[], None]) -> Callable[[], None]:
     """Run a step; a UserError or a failed read/write (OSError) becomes one line on stderr and exit status 2."""
 

@@ -17,11 +17,11 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lottery_xai.data.cub import prepare_cub
-from lottery_xai.cli import os_error_message
-from lottery_xai.errors import UserError
+from lottery_xai.cli import data_script
 
 
-def main(argv=None) -> int:
+@data_script
+def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=None, help="CUB_200_2011.tgz or the extracted folder (default: already in --data_root)")
     parser.add_argument("--data_root", required=True, help="where the CUB files live (an archive is extracted here)")
@@ -32,19 +32,11 @@ def main(argv=None) -> int:
                         help="keep attributes on in at least this many classes (default: 10 for CUB, "
                              "the generator's recommendation for the synthetic data)")
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_cub(args.src, args.data_root, args.json_root, seed=args.seed,
-                              val_fraction=args.val_fraction, min_classes=args.min_classes)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a read-only or impossible output path
-        print(f"error: {os_error_message(error)}", file=sys.stderr)
-        return 2
-    print(f"CUB prepared: {summary['n_classes']} classes, {summary['n_concepts']} of {summary['n_attributes']} "
-          f"attributes kept (min_classes={summary['min_classes']}), train/val/test "
-          f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and concepts.json in {args.json_root}")
-    return 0
+    summary = prepare_cub(args.src, args.data_root, args.json_root, seed=args.seed,
+                          val_fraction=args.val_fraction, min_classes=args.min_classes)
+    return (f"CUB prepared: {summary['n_classes']} classes, {summary['n_concepts']} of {summary['n_attributes']} "
+            f"attributes kept (min_classes={summary['min_classes']}), train/val/test "
+            f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and concepts.json in {args.json_root}")
 
 
 if __name__ == "__main__":

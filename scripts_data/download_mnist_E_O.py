@@ -16,11 +16,11 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lottery_xai.data.mnist import prepare_mnist_eo
-from lottery_xai.cli import os_error_message
-from lottery_xai.errors import UserError
+from lottery_xai.cli import data_script
 
 
-def main(argv=None) -> int:
+@data_script
+def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True, help="folder with the MNIST IDX files (if any)")
     parser.add_argument("--json_root", required=True, help="where splits.json and source.json go")
@@ -28,18 +28,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_mnist_eo(args.data_root, args.json_root, source=args.source, seed=args.seed,
-                                   val_fraction=args.val_fraction)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a read-only or impossible output path
-        print(f"error: {os_error_message(error)}", file=sys.stderr)
-        return 2
-    print(f"MNIST even/odd prepared from {summary['source']}: train/val/test "
-          f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and source.json in {args.json_root}")
-    return 0
+    summary = prepare_mnist_eo(args.data_root, args.json_root, source=args.source, seed=args.seed,
+                               val_fraction=args.val_fraction)
+    return (f"MNIST even/odd prepared from {summary['source']}: train/val/test "
+            f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and source.json in {args.json_root}")
 
 
 if __name__ == "__main__":

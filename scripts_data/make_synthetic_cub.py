@@ -19,11 +19,11 @@ except ImportError:  # run from a checkout without installing the package
 
 from lottery_xai.data.folder import prepare_folder
 from lottery_xai.data.synthetic import generate_synthetic_cub, prepare_synthetic_cub, write_image_folder
-from lottery_xai.cli import os_error_message
-from lottery_xai.errors import UserError
+from lottery_xai.cli import data_script
 
 
-def main(argv=None) -> int:
+@data_script
+def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder to write the dataset into")
     parser.add_argument("--n-classes", type=int, default=12)
@@ -40,24 +40,17 @@ def main(argv=None) -> int:
                         help="with --image-folder: share of each class's val images that become the test split")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    try:
-        summary = generate_synthetic_cub(args.out, n_classes=args.n_classes, images_per_class=args.images_per_class,
-                                         image_size=args.image_size, seed=args.seed,
-                                         train_fraction=args.train_fraction, overwrite=args.overwrite)
-        if args.json_root:
-            prepared = prepare_synthetic_cub(args.out, args.json_root, seed=args.seed, n_classes=args.n_classes,
-                                             images_per_class=args.images_per_class, image_size=args.image_size,
-                                             train_fraction=args.train_fraction, val_fraction=args.val_fraction)
-        if args.image_folder:
-            write_image_folder(args.out, args.image_folder, overwrite=args.overwrite)
-            folder = prepare_folder(args.image_folder, Path(args.image_folder) / "prepared",
-                                    test_fraction=args.test_fraction, seed=args.seed)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a full disk, a read-only or impossible output path
-        print(f"error: {os_error_message(error)}", file=sys.stderr)
-        return 2
+    summary = generate_synthetic_cub(args.out, n_classes=args.n_classes, images_per_class=args.images_per_class,
+                                     image_size=args.image_size, seed=args.seed,
+                                     train_fraction=args.train_fraction, overwrite=args.overwrite)
+    if args.json_root:
+        prepared = prepare_synthetic_cub(args.out, args.json_root, seed=args.seed, n_classes=args.n_classes,
+                                         images_per_class=args.images_per_class, image_size=args.image_size,
+                                         train_fraction=args.train_fraction, val_fraction=args.val_fraction)
+    if args.image_folder:
+        write_image_folder(args.out, args.image_folder, overwrite=args.overwrite)
+        folder = prepare_folder(args.image_folder, Path(args.image_folder) / "prepared",
+                                test_fraction=args.test_fraction, seed=args.seed)
     state = "already there" if summary["skipped"] else "written"
     line = f"synthetic CUB: {summary['n_images']} images {state} in {args.out} ({time.perf_counter() - start:.1f} s)"
     if args.json_root:
@@ -66,8 +59,7 @@ def main(argv=None) -> int:
     if args.image_folder:
         line += (f"; ImageFolder layout in {args.image_folder} (train/val/test {folder['n_train']}/{folder['n_val']}/"
                  f"{folder['n_test']}, prepared in {Path(args.image_folder) / 'prepared'})")
-    print(line)
-    return 0
+    return line
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lottery_xai.cli import os_error_message
+from lottery_xai.cli import data_script
 from lottery_xai.data.folder import THESIS_TEST_FRACTION, prepare_folder
-from lottery_xai.errors import UserError
 
 
-def main(argv=None) -> int:
+@data_script
+def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True, help="folder holding train/ and val/ (and optionally test/)")
     parser.add_argument("--json_root", required=True, help="where folder_index.json and splits.json are written")
@@ -30,18 +30,10 @@ def main(argv=None) -> int:
                         help="without a test/ folder: share of each class's val images that become the test split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the val/test split")
     args = parser.parse_args(argv)
-    try:
-        summary = prepare_folder(args.data_root, args.json_root, test_fraction=args.test_fraction, seed=args.seed)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: {os_error_message(error)}", file=sys.stderr)
-        return 2
-    print(f"folder dataset: {summary['n_classes']} classes, train/val/test {summary['n_train']}/{summary['n_val']}/"
-          f"{summary['n_test']} images ({'test folder' if summary['test_folder'] else 'val split seeded'}) "
-          f"in {summary['json_root']}")
-    return 0
+    summary = prepare_folder(args.data_root, args.json_root, test_fraction=args.test_fraction, seed=args.seed)
+    return (f"folder dataset: {summary['n_classes']} classes, train/val/test {summary['n_train']}/{summary['n_val']}/"
+            f"{summary['n_test']} images ({'test folder' if summary['test_folder'] else 'val split seeded'}) "
+            f"in {summary['json_root']}")
 
 
 if __name__ == "__main__":
