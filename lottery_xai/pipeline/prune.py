@@ -216,7 +216,8 @@ class LotteryRun:
             "best_val_acc": result.best_val_acc,
             "last_val_acc": result.last_val_acc,
             "best_epoch": result.best_epoch,
-            "epochs": cfg.train.epochs,
+            "epochs": len(result.history),  # epochs trained: fewer than train.epochs when train.early_stopping ends the round
+            "max_epochs": cfg.train.epochs,
             "train_seconds": result.seconds,
         }
         if self.dist.main:

@@ -1,5 +1,6 @@
 """train.early_stopping, the thesis's rule: stop when the validation accuracy has gained less than 1 %
 (relative) for 10 epochs; the best-validation weights are kept. Known answers on scripted accuracies."""
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -64,3 +65,19 @@ def test_off_trains_every_epoch(monkeypatch):
     tc = TrainConfig(epochs=15, lr=0.1, lr_schedule="none")
     result, _ = _tiny_training(monkeypatch, tc)
     assert len(result.history) == 15 and result.best_epoch == 10 and result.best_val_acc == 0.81
+
+
+def test_an_early_stopped_round_records_the_epochs_it_trained(tiny_data, tmp_path):
+    from conftest import tiny_overrides
+
+    from lottery_xai import rundir as rd
+    from lottery_xai.config import load_config
+    from lottery_xai.pipeline.prune import LotteryRun
+
+    # a gain of 100 % never counts after the first epoch: patience 1 ends the round after epoch 2 of 6
+    cfg = load_config(None, tiny_overrides(tiny_data, tmp_path, "train.epochs=6", "train.early_stopping=true",
+                                           "train.early_stopping_gain=1.0", "train.early_stopping_patience=1"))
+    LotteryRun(cfg, torch.device("cpu"), log=lambda *_: None).run_rounds([0])
+    ckpt = torch.load(rd.RunDir(cfg).checkpoint(0, "last"), weights_only=False)
+    assert ckpt["epochs"] == 2 and ckpt["max_epochs"] == 6
+    assert len(pd.read_csv(rd.RunDir(cfg).round_log(0))) == 2
