@@ -154,3 +154,22 @@ def test_notebook_05_executes_with_ace_outputs(ace_run, monkeypatch):
     assert not errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 5  # montages, similarity, PCA, histograms, occlusion masks
+
+
+def test_random_sets_of_train_images(ace_run, tmp_path):
+    """ace.negatives: images draws each class's random sets from step 3's train activations of the other
+    classes' images (not patches); the setting is part of the round's settings, so the round is redone."""
+    import shutil
+
+    cfg, overrides, _, _ = ace_run
+    shutil.copytree(cfg.logs, tmp_path / "logs")
+    images = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "ace.negatives=images"])
+    table = ace_step(images, CPU, [0], log=quiet)
+    run = rd.RunDir(images)
+    cavs = np.load(run.ace_cavs(0))
+    assert str(cavs["random_source"]) == "images" and len(table[table["round"] == 0]) > 0
+    labels = np.load(run.activation_meta(0, "train", "labels"))
+    for c, sets in zip(cavs["class_index"], cavs["random_sets"]):
+        rows = sets[sets >= 0]
+        assert len(rows) and (labels[rows] != c).all()  # only other classes' images
+    assert table["p_value"].dropna().between(0, 1).all()

@@ -105,6 +105,30 @@ def test_export_on_the_folder_layout(folder_run, tmp_path):
     check_preview(run, tmp_path)
 
 
+def test_step7_on_a_folder_dataset_skips_the_box_metrics_and_says_so(folder_run, tmp_path):
+    """A folder dataset has no object boxes (bbox is the whole image): step 7 measures everything else and
+    leaves out energy in box and the pointing game, with a log line, instead of scoring a trivial box."""
+    import shutil
+
+    from lottery_xai.pipeline.heatmaps import heatmaps_step
+    from lottery_xai.pipeline.metrics import metrics_step
+
+    run, _ = folder_run
+    shutil.copytree(run.cfg.logs, tmp_path / "logs")
+    from lottery_xai.config import replace
+
+    cfg = replace(run.cfg, **{"logs": str(tmp_path / "logs"), "heatmaps.methods": ["gradcam", "random"],
+                              "heatmaps.images_per_class": 1, "metrics.transform_methods": [], "metrics.n_steps": 4,
+                              "stats.n_bootstrap": 100})
+    lines = []
+    heatmaps_step(cfg, DEVICE, [0, 1], **QUIET)
+    table = metrics_step(cfg, DEVICE, [0, 1], log=lines.append)
+    assert any("no object boxes" in str(line) for line in lines)
+    metrics = set(table["metric"])
+    assert {"deletion_auc", "insertion_auc", "spearman"} <= metrics
+    assert not metrics & {"energy_in_box", "pointing_game"}
+
+
 def test_simulated_answers_come_back_through_the_analysis(folder_run):
     run, summary = folder_run
     files = simulate_results(run, preference=0.6, equal_share=0.2, agreement=0.3, workers=5,
