@@ -27,14 +27,14 @@ class SeedPurpose(IntEnum):
     TRANSFORMS = 37      # step 7: random transformations of the consistency check of round r
     UNLABELED = 41       # step 1: which training images are used without their labels (every round alike)
     ACE_DISCOVERY = 43   # ACE and the occlusion study: which train images of each class are used
-    SANITY = 47          # sanity checks: the fresh weights of the randomised layers of round r
-    STATS_BOOTSTRAP = 53  # step 7 and main_aggregate.py: the bootstrap over images of round r
+    ACE_KMEANS = 47      # ACE: k-means of class c's patches
+    ACE_RANDOM_SETS = 53  # ACE: the random patch sets of class c
     ACE_CAV_FITS = 59    # ACE: the CAV fits of round r
     OCCLUSION_SQUARES = 61  # the occlusion study: the squares (the same every round)
     REPORT_VERDICTS = 67  # the report: the verdicts' paired bootstrap (sparsest round)
     HUMAN_STUDY = 71     # the human study: its draws (image choice, side order, ties, task order, simulation)
-    ACE_KMEANS = 73      # ACE: k-means of class c's patches
-    ACE_RANDOM_SETS = 79  # ACE: the random patch sets of class c
+    SANITY = 73          # sanity checks: the fresh weights of the randomised layers of round r
+    STATS_BOOTSTRAP = 79  # step 7 and main_aggregate.py: the bootstrap over images of round r
 
 
 def derived_seed(seed: int, *parts: int) -> int:
