@@ -540,7 +540,10 @@ def method_verdicts(run: rd.RunDir, seeds: list[int] | None) -> list[dict]:
 
 def verdict_section(run: rd.RunDir, seeds: list[int] | None) -> dict:
     s = _section("verdicts", "Verdict per method", "From the dense to the sparsest round, in plain sentences generated "
-                 "from the numbers below (interval: paired bootstrap over the images).")
+                 "from the numbers below (interval: paired bootstrap of the mean change over the images; "
+                 "significance: the Wilcoxon signed-rank test of the paired values, corrected over all tests, which "
+                 "asks whether the changes lean one way rather than whether their mean is zero, so an interval "
+                 "containing 0 can go with a significant test when most images change a little one way).")
     items = method_verdicts(run, seeds)
     if not items:
         return _missing(s, "Explanation metrics", STEP7)
