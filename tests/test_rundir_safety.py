@@ -17,15 +17,12 @@ from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.errors import UserError
 from lottery_xai.pipeline.test import evaluate_rounds
-from lottery_xai.pipeline.metrics import metrics_step
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pipeline.roar import roar_step
 from lottery_xai.pipeline.activations import activations_step
 from lottery_xai.pipeline.cavs import cavs_step
-from lottery_xai.pipeline.heatmaps import heatmaps_step
-from lottery_xai.pipeline.tcav import tcav_step
 
-from conftest import tiny_overrides
+from conftest import run_steps, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -270,12 +267,7 @@ EXTRA = ["experiment_name=fp", "cav.n_random=3", "heatmaps.images_per_class=2", 
 
 
 def _steps(cfg, log):
-    evaluate_rounds(cfg, CPU, [0, 1], log=log)
-    activations_step(cfg, CPU, [0, 1], log=log)
-    cavs_step(cfg, [0, 1], log=log)
-    tcav_step(cfg, CPU, [0, 1], log=log)
-    heatmaps_step(cfg, CPU, [0, 1], log=log)
-    metrics_step(cfg, CPU, [0, 1], log=log)
+    run_steps(cfg, [0, 1], log=log)
     roar_step(cfg, CPU, [1], log=log)
 
 

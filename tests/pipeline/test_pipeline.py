@@ -14,12 +14,10 @@ from lottery_xai.pipeline.test import evaluate_rounds
 from lottery_xai.pipeline.metrics import metrics_step
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.report import make_all_plots
-from lottery_xai.pipeline.activations import activations_step
 from lottery_xai.pipeline.cavs import cavs_step
 from lottery_xai.pipeline.heatmaps import heatmaps_step
-from lottery_xai.pipeline.tcav import tcav_step
 
-from conftest import tiny_overrides
+from conftest import run_steps, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -36,13 +34,8 @@ def tiny_run(tiny_data, tmp_path_factory):
     LotteryRun(cfg, CPU, log=quiet).run_rounds(rounds)
     control = load_config(None, overrides + ["pruning.rewind=reinit"])
     LotteryRun(control, CPU, log=quiet).run_rounds(rounds)
-    evaluate_rounds(cfg, CPU, rounds, log=quiet)
     evaluate_rounds(control, CPU, rounds, log=quiet)
-    activations_step(cfg, CPU, rounds, log=quiet)
-    cavs_step(cfg, rounds, log=quiet)
-    tcav_step(cfg, CPU, rounds, log=quiet)
-    heatmaps_step(cfg, CPU, rounds, log=quiet)
-    metrics_step(cfg, CPU, rounds, log=quiet)
+    run_steps(cfg, rounds)
     make_all_plots(cfg, log=quiet)
     return cfg, overrides
 

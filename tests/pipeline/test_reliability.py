@@ -20,15 +20,10 @@ import tqdm.std
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
-from lottery_xai.pipeline.test import evaluate_rounds
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.models import build_model
-from lottery_xai.pipeline.activations import activations_step
-from lottery_xai.pipeline.cavs import cavs_step
-from lottery_xai.pipeline.heatmaps import heatmaps_step
-from lottery_xai.pipeline.tcav import tcav_step
 
-from conftest import tiny_overrides
+from conftest import run_steps, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -45,11 +40,7 @@ def base_run(tiny_data, tmp_path_factory):
     cfg = load_config(None, tiny_overrides(tiny_data, logs, *EXTRA))
     rounds = [0, 1]
     LotteryRun(cfg, CPU, log=quiet).run_rounds(rounds)
-    evaluate_rounds(cfg, CPU, rounds, log=quiet)
-    activations_step(cfg, CPU, rounds, log=quiet)
-    cavs_step(cfg, rounds, log=quiet)
-    tcav_step(cfg, CPU, rounds, log=quiet)
-    heatmaps_step(cfg, CPU, rounds, log=quiet)
+    run_steps(cfg, rounds, last=6)
     return logs, rd.RunDir(cfg).name
 
 
