@@ -110,6 +110,14 @@ def _file_figure(path: Path, caption: str) -> dict:
     return {"kind": "figure", "caption": caption, "src": _png_uri(Path(path).read_bytes())}
 
 
+def _figures_block(section: dict, folder: Path, pattern: str, what: str) -> None:
+    """A collapsed block of every figure ``folder/pattern`` ("N <what>"); nothing when there is none."""
+    pngs = sorted(Path(folder).glob(pattern))
+    if pngs:
+        section["blocks"].append({"kind": "details", "summary": f"{len(pngs)} {what}",
+                                  "blocks": [_file_figure(p, p.stem) for p in pngs]})
+
+
 def _section(sid: str, title: str, intro: str = "") -> dict:
     return {"id": sid, "title": title, "intro": intro, "blocks": []}
 
@@ -268,10 +276,7 @@ def tcav_section(run: rd.RunDir, seeds: list[int] | None, top: int = 6) -> dict:
                                    "pairs significant in every seed"],
                                   [[str(r), _pct(t.weights), _num(t.share), _pct(t.always)] for r, t in share.iterrows()],
                                   f"Replicates: seeds {', '.join(map(str, seeds))}"))
-    pngs = sorted(run.plot("tcav").parent.glob("tcav_*.png"))
-    if pngs:
-        s["blocks"].append({"kind": "details", "summary": f"{len(pngs)} TCAV figures (step 8)",
-                            "blocks": [_file_figure(p, p.stem) for p in pngs]})
+    _figures_block(s, run.plot("tcav").parent, "tcav_*.png", "TCAV figures (step 8)")
     return s
 
 
@@ -329,10 +334,7 @@ def metrics_section(run: rd.RunDir) -> dict:
             rows.append([metric, "" if spec is None else ("higher" if spec.higher_is_better else "lower"), *cells])
         s["blocks"].append(_table(["metric", "better", *[f"round {r} ({_pct(weights[r])})" for r in rounds]], rows,
                                   f"{method}"))
-    pngs = sorted(run.plot("metric").parent.glob("metric_*.png"))
-    if pngs:
-        s["blocks"].append({"kind": "details", "summary": f"{len(pngs)} metric figures (step 8)",
-                            "blocks": [_file_figure(p, p.stem) for p in pngs]})
+    _figures_block(s, run.plot("metric").parent, "metric_*.png", "metric figures (step 8)")
     return s
 
 
@@ -355,10 +357,7 @@ def null_band_section(run: rd.RunDir, seeds: list[int] | None) -> dict:
     s["blocks"].append(_table(["method", "metric", "round", "weights remaining", "seed-to-seed band",
                                "random-pruning band", "ticket", "ticket within the seed band"], rows,
                               f"Replicates: seeds {', '.join(map(str, seeds))} (mean [CI])"))
-    pngs = sorted(run.aggregate_plot(seeds, "x").parent.glob("*.png"))
-    if pngs:
-        s["blocks"].append({"kind": "details", "summary": f"{len(pngs)} replicate figures (main_aggregate.py)",
-                            "blocks": [_file_figure(p, p.stem) for p in pngs]})
+    _figures_block(s, run.aggregate_plot(seeds, "x").parent, "*.png", "replicate figures (main_aggregate.py)")
     return s
 
 
