@@ -19,7 +19,7 @@ import torchvision
 from torchvision.transforms.functional import gaussian_blur
 
 from lottery_xai.metrics import deletion_insertion, pixel_rank, trapezoid_auc
-from timing import interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
+from timing import add_timing_arguments, interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
 
 
 def floor(model, images, n_steps, batch_size):
@@ -63,9 +63,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--batch-size", type=int, default=64, help="copies per forward for ours and the floor")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--seed", type=int, default=0)
+    add_timing_arguments(parser)
     args = parser.parse_args()
 
     device = resolve_device(args.device)

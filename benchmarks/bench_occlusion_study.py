@@ -18,7 +18,7 @@ import torch
 
 from lottery_xai.attribution.occlusion_study import occlusion_study
 from lottery_xai.models import build_model
-from timing import interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
+from timing import add_timing_arguments, interleaved_times, print_ratios, resolve_device  # benchmarks/timing.py
 
 
 def floor(model, images, n_masks, batch_size):
@@ -38,9 +38,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--masks", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=128, help="copies per forward for both")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--seed", type=int, default=0)
+    add_timing_arguments(parser)
     args = parser.parse_args()
 
     device = resolve_device(args.device)

@@ -9,6 +9,13 @@ from typing import Callable
 import torch
 
 
+def add_timing_arguments(parser, repeats: int = 3) -> None:
+    """The options every timing benchmark takes: --repeats, --device, --seed."""
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` or ``auto`` (CUDA when present)."""
     if name == "auto":
