@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lottery_xai.config import SPLIT_NAMES as SPLITS
-from lottery_xai.data.imagefile import ImageFileDataset, load_rgb  # noqa: F401  (load_rgb: re-exported)
+from lottery_xai.data.imagefile import ImageFileDataset
 from lottery_xai.errors import UserError
 from lottery_xai.rundir import write_text
 

@@ -49,7 +49,7 @@ from ..loaders import SeedPurpose, derived_seed
 from ..metrics.consistency import map_agreement
 from ..names import unknown_name
 from .heatmaps import heatmap_images
-from .rounds import configured_maps, finished_rounds, load_round_model, new_model, start_step
+from .rounds import configured_maps, load_round_model, new_model, start_step
 
 # The seed purpose of the fresh weights (a value no SeedPurpose member uses; never renumber it).
 STEP6 = "step 6 (main_heatmap_save.py)"

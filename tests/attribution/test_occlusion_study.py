@@ -1,5 +1,4 @@
 """The occlusion-sensitivity study with known answers: a model that looks at one square only."""
-import numpy as np
 import pytest
 import torch
 from scipy import stats

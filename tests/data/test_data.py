@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from lottery_xai.data import build_datasets, denormalize
-from lottery_xai.data.cub import load_rgb, majority_concepts, prepare_cub, read_cub_tables
+from lottery_xai.data.cub import majority_concepts, prepare_cub, read_cub_tables
+from lottery_xai.data.imagefile import load_rgb
 from lottery_xai.data.mnist import TEST_ID_OFFSET, prepare_mnist_eo, read_idx
 from lottery_xai.data.synthetic import (
     ALWAYS_ON_ATTRIBUTES, ATTRIBUTE_GROUPS, DISTRACTOR_ATTRIBUTES, PART_NAMES, RANDOM_ATTRIBUTES,

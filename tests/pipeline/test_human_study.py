@@ -57,7 +57,7 @@ def check_export(run: rd.RunDir, summary: dict) -> None:
     stimuli = rd.read_csv(run.human_study_stimuli_index())
     assert len(stimuli) == summary["images"] * len(rounds) * 2 and summary["images"] > 0
     assert all(run.human_study_stimulus(f).is_file() for f in stimuli["file"])
-    assert not any(f"round" in f for f in stimuli["file"])  # a file name does not tell the round
+    assert not any("round" in f for f in stimuli["file"])  # a file name does not tell the round
     for experiment in (1, 2):
         batch = rd.read_csv(run.human_study_batch(experiment))
         key = rd.read_csv(run.human_study_key(experiment))

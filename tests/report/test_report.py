@@ -2,7 +2,6 @@
 import base64
 import shutil
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
