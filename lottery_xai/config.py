@@ -9,6 +9,7 @@ the newer settings are grouped by concern.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ import yaml
 
 from .errors import UserError
 from .names import unknown_name
+
+PATH_KEYS = ("logs", "data_root", "json_root")  # folders: "~" is expanded when the config is loaded
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "BB_synthetic.yaml"
 
@@ -67,8 +70,9 @@ class TrainConfig:
 @dataclass
 class PruningConfig:
     scope: str = opt("global", "one magnitude threshold over all prunable tensors, or the same fraction per tensor", choices=["global", "layerwise"])
-    method: str = opt("magnitude", "which alive weights go: smallest |w|, or a random subset (control)", choices=["magnitude", "random"])
-    rewind: str = opt("init", "what survivors restart from: init | epoch:K | iter:K | finetune | reinit", pattern=r"^(init|finetune|reinit|epoch:\d+|iter:\d+)$")
+    method: str = opt("magnitude", "which alive weights go: smallest |w|, or a random subset (control; see random_sparsity)", choices=["magnitude", "random"])
+    random_sparsity: str = opt("matched", "method random: each tensor keeps as many weights as the ticket (the magnitude run, same settings otherwise) keeps in it at the same round, a random subset of this run's alive ones (matched, the LTH control), or uniform random pruning at the schedule's fractions with pruning.scope (uniform)", choices=["matched", "uniform"])
+    rewind: str = opt("init", "what survivors restart from: init | epoch:K | iter:K (late rewinding: the round trains from step K to the end, its learning-rate schedule continuing at K) | finetune | reinit", pattern=r"^(init|finetune|reinit|epoch:\d+|iter:\d+)$")
     schedule: str = opt("iterative", "prune prune_percent of alive weights per round, or follow compression_rates", choices=["iterative", "compression_rates"])
     compression_rates: list = opt([2, 4, 8, 16, 32, 64], "compression_rates schedule: round r keeps 1/rate of the prunable weights")
     prune_fc_rate: float = opt(0.5, "the final classifier is pruned at this multiple of the rate (LTH convention)", minimum=0.0, maximum=1.0)
@@ -90,21 +94,67 @@ class ActivationsConfig:
 
 @dataclass
 class CAVConfig:
-    classifier: str = opt("logistic", "linear classifier whose normal is the CAV", choices=["logistic", "svm", "sgd"])
-    negatives: str = opt("rest", "negatives: images without the concept, or random images (TCAV paper)", choices=["rest", "random"])
-    n_random: int = opt(10, "repeated CAV runs per concept and random-vs-random CAVs (null distribution)", minimum=2)
-    max_per_set: int = opt(0, "cap on a concept's positives per run, a fresh seeded subsample each run (0 = all; half with negatives: random)", minimum=0)
+    classifier: str = opt("", "linear classifier whose normal is the CAV: linear (tensorflow/tcav's model_type 'linear': SGDClassifier, hinge loss, alpha cav.linear_alpha, max_iter 1000, tol 1e-3), logistic (class-balanced, C), svm (LinearSVC, C) or sgd (averaged SGD, alpha 1/(C n)); empty = the protocol's: linear for tcav.protocol reference, logistic for strict", choices=["", "linear", "logistic", "svm", "sgd"])
+    negatives: str = opt("", "negatives of a concept's CAVs: random = the reference's random sets of images (run i of every concept against the same random set i, the null from random set j against random set i), rest = images without the concept (the null from disjoint random pairs); empty = the protocol's: random for reference, rest for strict", choices=["", "random", "rest"])
+    features: str = opt("", "what the classifier is fitted on: raw activations (the reference) or standardized ones (normal mapped back to raw space); empty = the protocol's: raw for reference, standardized for strict", choices=["", "raw", "standardized"])
+    n_random: int = opt(20, "CAV runs per concept, and random sets (negatives: random: n_random*(n_random-1) random-vs-random CAVs; rest: n_random random CAVs) for the null distribution; 20 gives the reference protocol its power (embedded default: 86 % of the defining (class, attribute) pairs significant at round 0 with 20, 81 % with 10, 86 % with 30 at more absent pairs; the strict protocol needs 30 or more)", minimum=2)
+    max_per_set: int = opt(0, "cap on a concept's positives per run (0 = all; random negatives: the first ones of a fixed seeded order, as the reference truncates a concept folder; rest: a fresh seeded subsample each run)", minimum=0)
     test_fraction: float = opt(0.33, "held-out share for CAV accuracy", minimum=0.05, maximum=0.9)
-    C: float = opt(1.0, "inverse regularisation strength of the linear classifier", minimum=0.0)
+    C: float = opt(1.0, "inverse regularisation strength of the logistic, svm and sgd classifiers", minimum=0.0)
+    linear_alpha: float = opt(0.01, "regularisation alpha of the linear classifier (tensorflow/tcav: 0.01 in CAV.default_hparams; its Run_TCAV notebook passes 0.1)", minimum=0.0)
     splits: list = opt(["train"], "splits whose activations train the CAVs (never one that TCAV scores)")
     n_jobs: int = opt(-1, "parallel CAV fits (-1 = all cores)")
 
 
 @dataclass
 class TCAVConfig:
-    alpha: float = opt(0.05, "significance level before Bonferroni correction over concepts", minimum=0.0, maximum=1.0)
+    protocol: str = opt("reference", "TCAV protocol, the defaults of the keys left empty: reference (Kim et al. 2018 and tensorflow/tcav: CAVs against random sets of images on raw activations with tensorflow/tcav's linear classifier, a two-sided Student t-test against random-vs-random CAVs, Bonferroni at the paper's m = 2) or strict (images without the concept as negatives, standardized logistic fits, Welch's t-test, Bonferroni over every concept tested)", choices=["reference", "strict"])
+    test: str = opt("", "two-sided t-test of the concept's run scores against the random CAVs' scores: student (scipy.stats.ttest_ind equal_var=True, as tensorflow/tcav utils.py) or welch (equal_var=False); empty = the protocol's: student for reference, welch for strict", choices=["", "student", "welch"])
+    correction: str = opt("", "significance threshold: paper (p < alpha/2, Kim et al. 2018 section 3.5's Bonferroni with m = 2), none (p < alpha, tensorflow/tcav's utils_plot/print_results) or concepts (p < alpha / number of concepts tested per class and layer); empty = the protocol's: paper for reference, concepts for strict", choices=["", "paper", "none", "concepts"])
+    gradient: str = opt("logit", "what the directional derivative differentiates: logit (the class logit, Kim et al. 2018 eq. 1) or loss (minus the cross-entropy of the class, tensorflow/tcav's model.loss, sign flipped so that a positive derivative still means towards the class)", choices=["logit", "loss"])
+    alpha: float = opt(0.05, "significance level before the correction (tcav.correction)", minimum=0.0, maximum=1.0)
     splits: list = opt(["val", "test"], "splits whose class images are scored (never one of cav.splits)")
     max_images_per_class: int = opt(0, "cap on scored images per class (0 = all)", minimum=0)
+
+
+TCAV_PROTOCOLS = {  # the settings a protocol gives the keys left empty (cav.negatives, cav.features, ...)
+    "reference": {"negatives": "random", "features": "raw", "classifier": "linear", "test": "student",
+                  "correction": "paper"},
+    "strict": {"negatives": "rest", "features": "standardized", "classifier": "logistic", "test": "welch",
+               "correction": "concepts"},
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The TCAV settings in force: ``tcav.protocol``'s defaults with the explicitly set keys on top."""
+
+    name: str
+    negatives: str
+    features: str
+    classifier: str
+    test: str
+    correction: str
+    gradient: str
+    label: str  # the protocol column of tcav_scores.csv: the name, with every key that departs from it
+
+    @property
+    def standardize(self) -> bool:
+        return self.features == "standardized"
+
+
+def cav_protocol(cfg: "Config") -> Protocol:
+    """The resolved CAV and TCAV settings of ``cfg`` (steps 4 and 5, and whoever fits CAVs like them)."""
+    preset = TCAV_PROTOCOLS[cfg.tcav.protocol]
+    given = {"negatives": cfg.cav.negatives, "features": cfg.cav.features, "classifier": cfg.cav.classifier,
+             "test": cfg.tcav.test, "correction": cfg.tcav.correction}
+    chosen = {k: v or preset[k] for k, v in given.items()}
+    section = {"negatives": "cav", "features": "cav", "classifier": "cav", "test": "tcav", "correction": "tcav"}
+    departs = [f"{section[k]}.{k}={v}" for k, v in chosen.items() if v != preset[k]]
+    if cfg.tcav.gradient != "logit":
+        departs.append(f"tcav.gradient={cfg.tcav.gradient}")
+    label = cfg.tcav.protocol + (f" ({', '.join(departs)})" if departs else "")
+    return Protocol(name=cfg.tcav.protocol, gradient=cfg.tcav.gradient, label=label, **chosen)
 
 
 @dataclass
@@ -113,8 +163,14 @@ class HeatmapConfig:
     layer: str = opt("", "layer for CAM methods (empty = the architecture's last conv block)")
     images_per_class: int = opt(4, "test images per class in labels_for_tcav (the same images every round)", minimum=1)
     target: str = opt("predicted", "class explained: the model's prediction or the true class", choices=["predicted", "true"])
-    normalize: str = opt("max", "per-image normalisation of stored maps", choices=["max", "none"])
+    normalize: str = opt("max", "per-image normalisation of stored maps: divide by the max (max), (m - min) / (max - min) as pytorch-grad-cam and the Score-CAM authors' code (minmax), or raw values (none)", choices=["max", "minmax", "none"])
     ig_steps: int = opt(32, "integrated gradients: interpolation steps", minimum=2)
+    ig_baseline: str = opt("black", "integrated gradients: baseline image (black = pixel value 0 as in the IG paper; mean = the dataset's mean colour, the all-zero normalised input; blur = Gaussian blur of the image; uniform = seeded uniform noise in pixel space)", choices=["black", "mean", "blur", "uniform"])
+    ig_uniform_samples: int = opt(10, "integrated gradients with ig_baseline=uniform: noise baselines per image, attributions averaged (10 in the IG reference code)", minimum=1)
+    ig_rule: str = opt("gauss_legendre", "integrated gradients: quadrature rule on the ig_steps points (gauss_legendre as Captum's default; trapezoid on evenly spaced points as the IG reference code)", choices=["gauss_legendre", "trapezoid"])
+    ig_output: str = opt("logit", "integrated gradients: the explained output, the target logit (as Captum) or its softmax probability (the IG reference code)", choices=["logit", "probability"])
+    ig_tolerance: float = opt(0.01, "integrated gradients: completeness gap |sum(attributions) - (F(x) - F(baseline))| / |F(x) - F(baseline)| above which an image is integrated again with twice the steps", minimum=0.0)
+    ig_max_steps: int = opt(256, "integrated gradients: most steps the doubling reaches (at most ig_steps: no second pass); images still above ig_tolerance are reported in a warning", minimum=2)
     occlusion_patch: int = opt(0, "occlusion patch size in pixels (0 = 16 px at 224, scaled)", minimum=0)
     batch_size: int = opt(64, "copies per forward for perturbation methods", minimum=1)
     grid_images: int = opt(6, "images shown in each round-by-round grid figure", minimum=1)
@@ -122,9 +178,20 @@ class HeatmapConfig:
 
 @dataclass
 class MetricsConfig:
-    n_steps: int = opt(28, "deletion/insertion: pixel steps from the clean to the fully perturbed image", minimum=2)
-    fractions: list = opt([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10], "MoRF/LeRF: fractions of pixels replaced by the dataset mean")
+    n_steps: int = opt(28, "deletion/insertion: pixel steps from the clean to the fully perturbed image (RISE: 224*224 / (224*8) = 28)", minimum=2)
+    deletion_substrate: str = opt("zeros", "deletion: what replaces the deleted pixels: zeros (RISE's torch.zeros_like: 0 after normalisation, i.e. the normalisation's mean colour, ImageNet's for CUB), train_mean (the training set's per-channel mean) or blur (the insertion blur)", choices=["zeros", "train_mean", "blur"])
+    blur_kernel: int = opt(11, "insertion: side of RISE's Gaussian blur kernel (gkern) at 224 px, scaled with the image size to an odd size >= 3", minimum=1)
+    blur_sigma: float = opt(5.0, "insertion: sigma of RISE's blur kernel at 224 px (scaled)", minimum=1e-6)
+    perturbation: str = opt("samek", "MoRF/LeRF AOPC: samek (Samek et al. 2017: samek_region-pixel regions ranked by summed relevance, one replaced by uniform noise per step, samek_steps steps) or pixels (the top/bottom `fractions` of pixels replaced by pixel_fill)", choices=["samek", "pixels"])
+    samek_region: float = opt(9.0, "samek: region side in pixels at 224 px (scaled with the image size, at least 1 px)", minimum=1.0)
+    samek_steps: int = opt(100, "samek: perturbation steps L, one region each", minimum=1)
+    fractions: list = opt([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10], "pixels: fractions of pixels replaced by pixel_fill")
+    pixel_fill: str = opt("train_mean", "pixels: what replaces the pixels: train_mean (the training set's per-channel mean, as ROAR's fill) or zeros (0 after normalisation: the normalisation's mean colour)", choices=["train_mean", "zeros"])
+    ties: str = opt("random", "ties in the pixel and region rankings of deletion/insertion, MoRF/LeRF and ROAR: a random permutation per image seeded from (seed, round, method), or raster (row-major order)", choices=["random", "raster"])
     pointing_tolerance: float = opt(15.0, "pointing game tolerance in pixels at 224 px (scaled with the image size)", minimum=0.0)
+    pointing_ties: str = opt("first", "pointing game: first (TorchRay: the map's first maximal pixel in row-major order hits when a box pixel is closer than the tolerance) or half (a hit needs half of the tied maxima within the tolerance; a constant map misses)", choices=["first", "half"])
+    zero_maps: str = opt("skip", "content heatmap: ground-truth-class maps with no positive energy are skipped and counted (CGC's reference; content_heatmap_zero_maps), counted as 0 (zero) or scored as a uniform map (uniform)", choices=["skip", "zero", "uniform"])
+    pixel_scaling: str = opt("scaled", "pixel settings (blur, samek_region, pointing_tolerance, part_radius) are given at 224 px and scaled with the image side (scaled), or used as given (fixed)", choices=["scaled", "fixed"])
     top_fraction: float = opt(0.15, "consistency: share of top pixels compared by IoU", minimum=0.0, maximum=1.0)
     batch_size: int = opt(64, "perturbed copies per forward", minimum=1)
     part_radius: float = opt(15.0, "energy in parts: radius around each visible part in pixels at 224 px (scaled)", minimum=0.0)
@@ -157,6 +224,13 @@ class HumanStudyConfig:
 
 
 ACE_CLUSTER_RULES = ("highly_common", "common_and_populated", "highly_populated")
+ACE_PROTOCOLS = {  # the settings an ACE protocol gives the keys left empty (ace.test, ace.negatives, ...)
+    "reference": {"test": "paired", "correction": "none", "negatives": "images", "classifier": "linear",
+                  "features": "raw", "random_cavs": "counterpart"},
+    "strict": {"test": "welch", "correction": "bonferroni", "negatives": "patches", "classifier": "logistic",
+               "features": "standardized", "random_cavs": "consecutive"},
+}
+ACE_REFERENCE_ALPHA = 0.01  # amiratag/ACE test_and_remove_concepts: a concept with p > 0.01 is removed
 
 
 @dataclass
@@ -173,17 +247,64 @@ class AceConfig:
     n_clusters: int = opt(25, "k-means clusters per class (seeded)", minimum=1)
     min_patches: int = opt(20, "a cluster needs more than this many patches to be considered", minimum=0)
     max_patches: int = opt(40, "patches of a kept cluster, closest to its centre, that form the concept", minimum=4)
-    cluster_rules: list = opt(list(ACE_CLUSTER_RULES), "ACE's rules, a cluster is kept when one holds: highly_common (images > 0.5 x patches), common_and_populated (images > 0.25 x patches and > 0.25 x discovery images), highly_populated (images > 0.1 x patches and patches > 0.5 x discovery images)")
-    negatives: str = opt("patches", "random sets of the CAVs: random patches of other classes' images, or random train images of other classes (step 3's activations)", choices=["patches", "images"])
-    n_random: int = opt(20, "CAV runs per concept (each against another random set) and random-vs-random CAVs", minimum=2)
-    test: str = opt("welch", "significance test of a concept's TCAV scores against the random CAVs': welch (step 5's) or paired (ACE's)", choices=["welch", "paired"])
-    sided: str = opt("two", "two-sided test, or one-sided (concept > random: concepts that push the class down are not evidence for it)", choices=["two", "one"])
+    cluster_rules: list = opt(list(ACE_CLUSTER_RULES), "ACE's rules (amiratag/ACE discover_concepts), a cluster is kept when one holds, images = distinct discovery images among its patches: highly_common (images > 0.5 x patches), common_and_populated (images > 0.25 x patches and images > 0.25 x discovery images), highly_populated (images > 0.1 x patches and images > 0.5 x discovery images)")
+    protocol: str = opt("reference", "ACE significance protocol, the defaults of the keys left empty: reference (amiratag/ACE: CAVs against random sets of train images, tensorflow/tcav's linear classifier on raw activations, the concept's TCAV scores against those of one more random set's CAVs by a paired t-test (scipy.stats.ttest_rel), a concept kept when p <= 0.01, no correction) or strict (random patches of other classes' images, standardized logistic fits, random CAVs between consecutive random sets, Welch's t-test, Bonferroni over each class's concepts at tcav.alpha)", choices=list(ACE_PROTOCOLS))
+    negatives: str = opt("", "random sets of the CAVs: images (random train images of any class but the class's discovery images, step 3's activations, as ACE's random500_i folders) or patches (random patches of other classes' discovery images); empty = the protocol's: images for reference, patches for strict", choices=["", "images", "patches"])
+    n_random: int = opt(20, "CAV runs per concept, each against another random set (ACE's num_random_exp, 20 in ace_run.py), and as many random CAVs", minimum=2)
+    test: str = opt("", "test of a concept's TCAV scores against the random CAVs': paired (scipy.stats.ttest_rel of run i against random run i, ACE's do_statistical_testings) or welch (scipy.stats.ttest_ind equal_var=False); empty = the protocol's: paired for reference, welch for strict", choices=["", "paired", "welch"])
+    correction: str = opt("", "significance threshold: none (p <= ace.alpha, ACE's test_and_remove_concepts) or bonferroni (p < ace.alpha / the number of the class's concepts tested); empty = the protocol's: none for reference, bonferroni for strict", choices=["", "none", "bonferroni"])
+    alpha: float = opt(0.0, "significance level (0 = the protocol's: 0.01 as ACE's test_and_remove_concepts for reference, tcav.alpha for strict)", minimum=0.0, maximum=1.0)
+    sided: str = opt("two", "two-sided test (as ACE), or one-sided (concept > random: concepts that push the class down are not evidence for it)", choices=["two", "one"])
     match_by: str = opt("overlap", "how a round's concepts are matched to the dense round's: Jaccard overlap of their patches, or CAV cosine", choices=["overlap", "cosine"])
     match_threshold: float = opt(0.2, "a matched pair counts as the same concept when its match_by score reaches this", minimum=-1.0, maximum=1.0)
     montage_patches: int = opt(8, "patches shown per concept in the montage figures", minimum=1)
 
 
-SANITY_MEASURES = ("spearman", "ssim", "top_iou")
+@dataclass(frozen=True)
+class AceProtocol:
+    """The ACE settings in force: ``ace.protocol``'s defaults with the explicitly set keys on top."""
+
+    name: str
+    test: str  # paired | welch
+    sided: str  # two | one
+    correction: str  # none | bonferroni
+    alpha: float
+    negatives: str  # images | patches
+    random_cavs: str  # counterpart (one more random set against each random set) | consecutive (set k against k + 1)
+    classifier: str  # cav.classifier's choices
+    features: str  # raw | standardized
+    gradient: str  # tcav.gradient: logit | loss
+    label: str  # the protocol column of ace/concepts.csv: the name, with every key that departs from it
+
+    @property
+    def standardize(self) -> bool:
+        return self.features == "standardized"
+
+
+def ace_protocol(cfg: "Config") -> AceProtocol:
+    """The resolved ACE settings of ``cfg`` (main_ace.py, and step 4 for discovered concepts). The CAV
+    classifier and features are ``cav.classifier`` / ``cav.features`` when set, else the ACE protocol's."""
+    a = cfg.ace
+    preset = ACE_PROTOCOLS[a.protocol]
+    given = {"test": a.test, "correction": a.correction, "negatives": a.negatives,
+             "classifier": cfg.cav.classifier, "features": cfg.cav.features}
+    chosen = {k: v or preset[k] for k, v in given.items()}
+    section = {"test": "ace", "correction": "ace", "negatives": "ace", "classifier": "cav", "features": "cav"}
+    departs = [f"{section[k]}.{k}={v}" for k, v in chosen.items() if v != preset[k]]
+    preset_alpha = ACE_REFERENCE_ALPHA if a.protocol == "reference" else cfg.tcav.alpha
+    alpha = a.alpha or preset_alpha
+    if alpha != preset_alpha:
+        departs.append(f"ace.alpha={alpha:g}")
+    if a.sided != "two":
+        departs.append(f"ace.sided={a.sided}")
+    if cfg.tcav.gradient != "logit":
+        departs.append(f"tcav.gradient={cfg.tcav.gradient}")
+    label = a.protocol + (f" ({', '.join(departs)})" if departs else "")
+    return AceProtocol(name=a.protocol, sided=a.sided, alpha=float(alpha), random_cavs=preset["random_cavs"],
+                       gradient=cfg.tcav.gradient, label=label, **chosen)
+
+
+SANITY_MEASURES = ("spearman", "spearman_abs", "ssim", "top_iou")
 
 
 @dataclass
@@ -192,9 +313,10 @@ class SanityConfig:
     methods: list = opt([], "attribution methods tested by the randomisation test ([] = heatmaps.methods)")
     rounds: list = opt([0, -1], "rounds whose model is randomised (-1 = the sparsest; main_sanity_checks.py --rounds overrides)")
     n_images: int = opt(12, "step-6 images used, spread evenly over them (0 = all)", minimum=0)
-    measures: list = opt(["spearman", "ssim"], "similarity of each randomised model's maps with the original model's maps (spearman, ssim, top_iou)")
-    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures)", choices=list(SANITY_MEASURES))
-    threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the fully randomised model's maps against the original's is below this", minimum=-1.0, maximum=1.0)
+    randomization: str = opt("cascading", "cascading: re-initialise the blocks from the logits down, one more per stage (Adebayo et al.'s main test); independent: one block at a time, the others trained; both", choices=["cascading", "independent", "both"])
+    measures: list = opt(["spearman", "spearman_abs", "ssim"], "similarity of each randomised model's maps with the original model's maps (spearman: signed maps, spearman_abs: absolute values, as Adebayo et al. report both; ssim, top_iou)")
+    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures; spearman_abs: the absolute values)", choices=list(SANITY_MEASURES))
+    threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the randomised model's maps against the original's is below this (cascading: every block random; independent: the block that changes the maps most)", minimum=-1.0, maximum=1.0)
 
 
 @dataclass
@@ -461,6 +583,8 @@ def check_consistency(cfg: Config) -> None:
     """Rules that involve more than one key (and short names made canonical: ``train.loss: ce``)."""
     if cfg.train.loss == "ce":  # one name per loss in run folders and tables
         cfg.train.loss = "cross_entropy"
+    for key in PATH_KEYS:  # '~/runs' means the home folder's runs, once, here (not a folder named '~')
+        setattr(cfg, key, os.path.expanduser(getattr(cfg, key)))
     if cfg.pruning.schedule == "compression_rates":
         rates = cfg.pruning.compression_rates
         if not rates or any((not isinstance(r, (int, float))) or r < 1 for r in rates):
@@ -515,7 +639,7 @@ def check_values(cfg: Config) -> None:
     if name and (name in (".", "..") or any(ch in name for ch in "/\\\0") or name != name.strip()):
         raise UserError(f"config key 'experiment_name' is {name!r}; it must be one folder name inside logs "
                         "(no '/', '\\', '..' or surrounding spaces), or empty for the automatic name")
-    for key in ("logs", "data_root", "json_root"):
+    for key in PATH_KEYS:
         if "\0" in getattr(cfg, key):
             raise UserError(f"config key '{key}' holds a NUL character; give a plain path")
     if cfg.prune_percent >= 100:
@@ -523,13 +647,16 @@ def check_values(cfg: Config) -> None:
                         "(100 % would remove every remaining weight in the first pruned round)")
     if cfg.cav.n_jobs == 0 or cfg.cav.n_jobs < -1:
         raise UserError(f"config key 'cav.n_jobs' is {cfg.cav.n_jobs}; use -1 (all cores) or a positive number of processes")
-    for key, value in (("train.lr", cfg.train.lr), ("cav.C", cfg.cav.C)):
+    for key, value in (("train.lr", cfg.train.lr), ("cav.C", cfg.cav.C), ("cav.linear_alpha", cfg.cav.linear_alpha)):
         if value <= 0:
             raise UserError(f"config key '{key}' is {value:g}; it must be > 0")
     if not 0 < cfg.tcav.alpha < 1:
         raise UserError(f"config key 'tcav.alpha' is {cfg.tcav.alpha:g}; it must be between 0 and 1 (exclusive)")
     if not 0 < cfg.metrics.top_fraction <= 1:
         raise UserError(f"config key 'metrics.top_fraction' is {cfg.metrics.top_fraction:g}; it must be in (0, 1]")
+    if cfg.metrics.blur_kernel % 2 == 0:
+        raise UserError(f"config key 'metrics.blur_kernel' is {cfg.metrics.blur_kernel}; a blur kernel needs an odd "
+                        "side (RISE's is 11)")
     _check_names("labels_for_tcav", cfg.labels_for_tcav, empty="use [all] or name at least one class")
     _check_names("concepts_for_tcav", cfg.concepts_for_tcav, empty="use [all] or name at least one concept")
     _check_names("bb_layers_for_concepts", cfg.bb_layers_for_concepts, empty="name at least one layer, e.g. [layer3]")
@@ -565,7 +692,7 @@ def _check_sanity(cfg: Config) -> None:
     """The randomisation test's lists (method names are checked against the registry by its step)."""
     s = cfg.sanity
     _check_names("sanity.methods", s.methods, empty=None)  # [] = heatmaps.methods
-    _check_names("sanity.measures", s.measures, empty="name at least one of spearman, ssim, top_iou",
+    _check_names("sanity.measures", s.measures, empty="name at least one of " + ", ".join(SANITY_MEASURES),
                  known=SANITY_MEASURES)
     if s.verdict_measure not in s.measures:
         raise UserError(f"config key 'sanity.verdict_measure' is {s.verdict_measure!r}, which is not in sanity.measures "

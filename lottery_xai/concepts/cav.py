@@ -1,15 +1,46 @@
 """Concept activation vectors: linear classifiers on bottleneck activations, concept and random sets, storage.
 
-Choices (algorithms.md section 3 leaves them open):
-- Features are standardised (StandardScaler fitted on the training part) because the solvers converge
-  far better on standardised activations; the fitted normal w lives in standardised space, so it is
-  mapped back to the raw activation space as ``w / scale`` before unit-normalising: the TCAV gradient
-  is taken with respect to the raw activation.
-- Class balance: the concept sets subsample the negatives to the size of the positive set (TCAV paper
-  practice, and it makes every run's negative set different); any imbalance left (few negatives) is
-  absorbed by ``class_weight="balanced"`` in the classifier.
-- Held-out split: per class, ``max(2, round(test_fraction * n))`` examples are held out; a class with
-  fewer than 2 examples left for training or testing cannot give a CAV (NaN in `fit_all_cavs`).
+The reference (Kim et al. 2018, "Interpretability Beyond Feature Attribution: Quantitative Testing with Concept
+Activation Vectors (TCAV)", arXiv:1711.11279, sections 3.2 and 3.5; tensorflow/tcav, tcav/cav.py, tcav/tcav.py and
+tcav/utils.py as released in tcav 0.2.2 / the repository's master), and how each of our options relates to it:
+
+- Concept CAVs (``negatives="random"``, the reference and our default protocol). A CAV is the normal of a linear
+  classifier separating the layer activations of the concept's examples from those of a set of random examples
+  (paper 3.2). Significance needs several CAVs per concept: "instead of training a CAV once, against a single batch
+  of random examples N, we perform multiple training runs" (paper 3.5). tensorflow/tcav runs concept ``c`` against
+  random folders ``random500_0 .. random500_{n-1}`` (utils.py ``process_what_to_run_expand``, lines 54-105), one
+  folder per run, the SAME folders for every concept. Each pair is balanced by truncating both sets to the smaller
+  one's first examples (cav.py ``_create_cav_training_set``, lines 105-136). Here: ``n_random`` random sets are drawn
+  once per call (a round and layer) from all the CAV splits' images, run i of every concept uses random set i as its
+  negatives; the concept's positives are its examples in a fixed seeded order minus those in random set i (an image
+  is never on both sides), and both sides are cut to the shorter one's first examples.
+- The null (``random_cavs``). tensorflow/tcav without a ``random_counterpart`` trains every ordered pair of distinct
+  random folders, random set j as the positive side against random set i (tcav.py ``_process_what_to_run_expand``,
+  lines 319-382, the loop over ``i`` with ``num_random_exp - 1`` partners each), n (n - 1) random CAVs trained exactly
+  as the concept CAVs, and tests the concept's n scores against all of them (utils.py line 219). We do the same (the
+  ``random_counterpart`` variant, one fixed positive random set, is not offered).
+- The classifier: tensorflow/tcav's default ``model_type='linear'`` is ``SGDClassifier(alpha, max_iter=1000,
+  tol=1e-3)`` (hinge loss, no class weights; cav.py lines 48 and 168-169; ``alpha`` is 0.01 in ``default_hparams``
+  and whatever the caller's ``alphas`` list holds in ``TCAV.run``: 0.1 in its Run_TCAV notebook), ``'logistic'`` is
+  sklearn's ``LogisticRegression()`` (line 171). Both are fitted on the RAW flattened activations, 2/3 of the balanced
+  set, stratified (``train_test_split(test_size=0.33, stratify=y)``, line 251). Our ``linear`` is that SGDClassifier
+  (seeded; the reference passes no random_state), on raw activations when ``standardize=False``.
+- The direction: tensorflow/tcav's CAV is ``-coef_`` (the concept is label 0; cav.py lines 177-180), not normalised;
+  the paper uses a unit CAV (3.3). Ours is the unit normal pointing towards the positives; TCAV counts only signs, so
+  the scaling does not change a score.
+
+Our stricter option (``negatives="rest"``, ``standardize=True``, classifier ``logistic``: the ``strict`` protocol):
+- negatives are examples WITHOUT the concept, as many as the positives, a fresh seeded draw per run; the null is
+  ``n_random`` CAVs between two disjoint random sets;
+- features are standardised (StandardScaler fitted on the training part) because the solvers converge far better on
+  standardised activations; the fitted normal w lives in standardised space, so it is mapped back to the raw
+  activation space as ``w / scale`` before unit-normalising (the TCAV gradient is taken with respect to the raw
+  activation). Standardising changes the direction of a max-margin or regularised normal (not only its scale), which
+  is why the reference protocol fits on raw activations;
+- ``class_weight="balanced"`` absorbs any imbalance left (few negatives).
+
+Held-out split (both): per class, ``max(2, round(test_fraction * n))`` examples are held out; a class with fewer than
+2 examples left for training or testing cannot give a CAV (NaN in `fit_all_cavs`).
 """
 from __future__ import annotations
 
@@ -20,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -29,8 +61,9 @@ from ..errors import UserError
 from ..names import unknown_name
 from ..workers import die_with_parent
 
-CLASSIFIERS = ("logistic", "svm", "sgd")
+CLASSIFIERS = ("linear", "logistic", "svm", "sgd")
 NEGATIVES = ("rest", "random")
+LINEAR_MAX_ITER, LINEAR_TOL = 1000, 1e-3  # tensorflow/tcav CAV.default_hparams (cav.py line 48)
 MIN_PER_SIDE = 2  # examples of each class needed in the training part and in the held-out part
 
 
@@ -57,7 +90,9 @@ def _held_out_split(n: int, test_fraction: float, rng: np.random.Generator) -> t
     return perm[n_test:], perm[:n_test]
 
 
-def _classifier(name: str, C: float, n_train: int, seed: int):
+def _classifier(name: str, C: float, n_train: int, seed: int, linear_alpha: float = 0.01):
+    if name == "linear":  # tensorflow/tcav's model_type 'linear' (cav.py lines 168-169), seeded
+        return SGDClassifier(alpha=linear_alpha, max_iter=LINEAR_MAX_ITER, tol=LINEAR_TOL, random_state=seed)
     if name == "logistic":
         return LogisticRegression(C=C, class_weight="balanced", max_iter=2000)
     if name == "svm":
@@ -78,12 +113,16 @@ def fit_cav(
     test_fraction: float = 0.33,
     seed: int = 0,
     C: float = 1.0,
+    standardize: bool = True,
+    linear_alpha: float = 0.01,
 ) -> CAV:
     """Fit a linear classifier positives-vs-negatives ([n, D] each) and return its normal as a CAV.
 
-    The split is stratified and seeded; features are standardised for the fit and the normal is mapped
-    back to raw space (``w / scale``), unit-normalised, pointing towards the positives. Raises
-    `NotEnoughExamples` when a side has fewer than 4 examples.
+    The split is stratified and seeded. ``standardize=False`` fits on the raw activations (the reference);
+    ``True`` (this function's default, kept for its callers) fits on standardised features and maps the
+    normal back to raw space (``w / scale``). The CAV is unit-normalised and points towards the positives.
+    Solver convergence warnings are silenced (tensorflow/tcav's SGD does not converge within its 1000
+    iterations on every set either). Raises `NotEnoughExamples` when a side has fewer than 4 examples.
     """
     if classifier not in CLASSIFIERS:
         raise UserError(f"CAV classifier '{classifier}' is unknown; use one of {', '.join(CLASSIFIERS)}")
@@ -101,13 +140,19 @@ def fit_cav(
     x_test = np.concatenate([pos[pos_te], neg[neg_te]])
     y_test = np.r_[np.ones(len(pos_te)), np.zeros(len(neg_te))]
 
-    scaler = StandardScaler().fit(x_train)
-    model = _classifier(classifier, C, len(x_train), seed)
-    model.fit(scaler.transform(x_train), y_train)
-    accuracy = float(np.mean(model.predict(scaler.transform(x_test)) == y_test))
+    if standardize:
+        scaler = StandardScaler().fit(x_train)
+        x_train, x_test, scale = scaler.transform(x_train), scaler.transform(x_test), scaler.scale_
+    else:
+        scale = 1.0
+    model = _classifier(classifier, C, len(x_train), seed, linear_alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x_train, y_train)
+    accuracy = float(np.mean(model.predict(x_test) == y_test))
 
     # classes_ are sorted, so class 1 (the concept) is the positive side of coef_
-    raw = model.coef_.ravel() / scaler.scale_
+    raw = model.coef_.ravel() / scale
     norm = np.linalg.norm(raw)
     vector = raw / norm if norm > 0 else np.full_like(raw, np.nan)
     return CAV(vector=vector, accuracy=accuracy, n_pos=len(pos), n_neg=len(neg))
@@ -122,7 +167,9 @@ def concept_sets(
     rng: np.random.Generator,
     max_per_set: int | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`n_runs` (positive indices, negative indices) pairs for one concept column of a 0/1 matrix [N, n_concepts].
+    """`n_runs` (positive indices, negative indices) pairs for one concept column of a 0/1 matrix [N, n_concepts],
+    each run with its own negatives (the strict protocol's sets, ``rest``; `fit_all_cavs` builds the reference's
+    shared random sets with `reference_sets` instead of this function's ``random``).
 
     Positives: the examples with the concept (a seeded subsample of `max_per_set` when capped).
     Negatives, as many as positives when possible, a different seeded draw each run:
@@ -161,6 +208,100 @@ def random_sets(n: int, set_size: int, n_random: int, rng: np.random.Generator) 
     return out
 
 
+def reference_random_sets(n: int, set_size: int, n_sets: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """The reference's random folders (``random500_i``): `n_sets` seeded draws of `set_size` (at most n // 2)
+    indices from range(n), each without repeats, kept in draw order (so their first k are a random k of them).
+    Sets are drawn independently and may share images, as random folders may."""
+    size = min(int(set_size), n // 2)
+    return [rng.permutation(n)[:size] for _ in range(n_sets)]
+
+
+def reference_pair(positives: np.ndarray, random_set: np.ndarray,
+                   max_per_set: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One reference training pair: `positives` (in their given order) without the images of `random_set`, capped at
+    `max_per_set`, against `random_set`; both cut to the shorter one's first examples, as tensorflow/tcav's
+    ``_create_cav_training_set`` truncates both sets to ``min_data_points`` (cav.py lines 125-131)."""
+    positives = np.asarray(positives)
+    positives = positives[~np.isin(positives, random_set)]
+    if max_per_set:
+        positives = positives[:max_per_set]
+    k = min(len(positives), len(random_set))
+    return positives[:k], np.asarray(random_set)[:k]
+
+
+def reference_sets(
+    concepts: np.ndarray,
+    concept_index: int,
+    random_image_sets: list[np.ndarray],
+    *,
+    rng: np.random.Generator,
+    max_per_set: int | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Run i of one concept in the reference protocol: the concept's examples (one seeded order, the same every run)
+    against random set i (`reference_pair`). Every concept uses the same `random_image_sets`."""
+    order = rng.permutation(np.flatnonzero(np.asarray(concepts)[:, concept_index] > 0.5))
+    return [reference_pair(order, rs, max_per_set) for rs in random_image_sets]
+
+
+def reference_null_pairs(n_sets: int) -> list[tuple[int, int]]:
+    """The random-vs-random CAVs of tensorflow/tcav without a random counterpart: every ordered pair (p, q) of distinct
+    random sets, p the positive side, q the negative (tcav.py ``_process_what_to_run_expand``), n (n - 1) of them."""
+    return [(p, q) for p in range(n_sets) for q in range(n_sets) if q != p]
+
+
+def training_sets(
+    concepts: np.ndarray,
+    *,
+    n_random: int = 10,
+    negatives: str = "rest",
+    seed: int = 0,
+    max_per_set: int | None = None,
+    random_set_size: int | None = None,
+) -> dict:
+    """Every training set `fit_all_cavs` fits, and each fit's seed, drawn in order from `seed`.
+
+    Returns dict(concept: [n_concepts][n_random] (pos, neg, fit_seed), random: [(pos, neg, fit_seed)],
+    random_set_size, and for ``negatives="random"`` also random_sets (the n_random shared random sets)
+    and random_pairs [n_random (n_random - 1), 2] (positive set, negative set) of the null CAVs).
+    ``rest``: `concept_sets` per concept and `random_sets` pairs (the strict protocol, unchanged).
+    ``random``: `reference_random_sets` shared by all concepts, `reference_sets` per concept and
+    `reference_null_pairs` for the null. Random sets have `random_set_size` examples (default: the median
+    size of the concept sets, at least 4, at most N // 2).
+    """
+    if negatives not in NEGATIVES:
+        raise UserError(f"CAV negatives '{negatives}' is unknown; use one of {', '.join(NEGATIVES)}")
+    concepts = np.asarray(concepts)
+    n, n_concepts = concepts.shape
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_concepts + 1)]
+    if random_set_size is None:
+        counts = (concepts > 0.5).sum(axis=0)
+        sizes = np.minimum(counts, max_per_set or n)
+        sizes = sizes[sizes > 0]
+        random_set_size = int(np.median(sizes)) if len(sizes) else n // 2
+    random_set_size = max(random_set_size, 2 * MIN_PER_SIDE)
+    out = {"concept": [], "random": [], "random_set_size": random_set_size}
+
+    def seeded(sets, stream):
+        fit_seeds = stream.integers(0, 2**31 - 1, size=len(sets))
+        return [(p, q, int(s)) for (p, q), s in zip(sets, fit_seeds)]
+
+    if negatives == "rest":  # today's draws, in today's order: the strict protocol reproduces its numbers
+        for c in range(n_concepts):
+            sets = concept_sets(concepts, c, negatives="rest", n_runs=n_random, rng=streams[c], max_per_set=max_per_set)
+            out["concept"].append(seeded(sets, streams[c]))
+        out["random"] = seeded(random_sets(n, random_set_size, n_random, streams[-1]), streams[-1])
+        return out
+    shared = reference_random_sets(n, random_set_size, n_random, streams[-1])
+    for c in range(n_concepts):
+        out["concept"].append(seeded(reference_sets(concepts, c, shared, rng=streams[c], max_per_set=max_per_set),
+                                     streams[c]))
+    pairs = reference_null_pairs(n_random)
+    out["random"] = seeded([reference_pair(shared[p], shared[q]) for p, q in pairs], streams[-1])
+    out["random_sets"] = shared
+    out["random_pairs"] = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    return out
+
+
 def _parallel(n_jobs: int) -> Parallel:
     """joblib's Parallel whose worker processes die with this one (see :mod:`lottery_xai.workers`)."""
     try:
@@ -169,10 +310,11 @@ def _parallel(n_jobs: int) -> Parallel:
         return Parallel(n_jobs=n_jobs)
 
 
-def _fit_one(acts, pos_idx, neg_idx, classifier, test_fraction, seed, C):
+def _fit_one(acts, pos_idx, neg_idx, classifier, test_fraction, seed, C, standardize=True, linear_alpha=0.01):
     """Worker: one CAV fit, or None when the sets are too small."""
     try:
-        cav = fit_cav(acts[pos_idx], acts[neg_idx], classifier=classifier, test_fraction=test_fraction, seed=seed, C=C)
+        cav = fit_cav(acts[pos_idx], acts[neg_idx], classifier=classifier, test_fraction=test_fraction, seed=seed, C=C,
+                      standardize=standardize, linear_alpha=linear_alpha)
     except NotEnoughExamples:
         return None
     return cav.vector, cav.accuracy
@@ -192,15 +334,21 @@ def fit_all_cavs(
     C: float = 1.0,
     max_per_set: int | None = None,
     random_set_size: int | None = None,
+    standardize: bool = True,
+    linear_alpha: float = 0.01,
 ) -> dict:
-    """CAVs for every concept column (`n_random` runs each) and `n_random` random-vs-random CAVs.
+    """CAVs for every concept column (`n_random` runs each) and the random-vs-random CAVs of the null.
 
-    `acts` [N, D] (a memory map is fine), `concepts` [N, n_concepts] 0/1. Fits run in parallel
-    (joblib, `n_jobs`); all sets and seeds are drawn up front from `seed`, so the result does not
-    depend on `n_jobs`. Random sets have `random_set_size` examples (default: the median concept set
-    size). Concepts with too few positives or negatives get NaN CAVs and accuracies, with a warning.
+    `acts` [N, D] (a memory map is fine), `concepts` [N, n_concepts] 0/1. The sets come from `training_sets`:
+    ``negatives="random"`` is the reference protocol (run i of every concept against shared random set i;
+    n_random (n_random - 1) random CAVs, one per ordered pair of random sets), ``"rest"`` the strict one
+    (negatives without the concept; n_random random CAVs between disjoint random sets). The defaults of
+    this function (rest, logistic, standardize) are the strict protocol's, kept for its callers; the
+    pipeline passes ``config.cav_protocol``'s settings. Fits run in parallel (joblib, `n_jobs`); all sets
+    and seeds are drawn up front from `seed`, so the result does not depend on `n_jobs`. Concepts with
+    too few positives or negatives get NaN CAVs and accuracies, with a warning.
     Returns dict(concepts, cavs [n_concepts, n_random, D], accuracy [n_concepts, n_random],
-    random_cavs [n_random, D], random_accuracy [n_random]).
+    random_cavs [n_null, D], random_accuracy [n_null]) and, for ``random``, random_pairs [n_null, 2].
     """
     concepts = np.asarray(concepts)
     if acts.ndim != 2:
@@ -211,42 +359,31 @@ def fit_all_cavs(
         raise UserError(f"{len(concept_names)} concept names for {concepts.shape[1]} concept columns")
     if classifier not in CLASSIFIERS:
         raise UserError(f"CAV classifier '{classifier}' is unknown; use one of {', '.join(CLASSIFIERS)}")
-    if n_random < 1:
-        raise UserError(f"n_random must be at least 1, got {n_random}")
+    if n_random < 1 or (negatives == "random" and n_random < 2):
+        raise UserError(f"n_random must be at least {2 if negatives == 'random' else 1}, got {n_random}")
     n, d = acts.shape
     n_concepts = concepts.shape[1]
 
     # every random choice is made here, in order, so workers only compute
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(n_concepts + 1)]
-    tasks = []  # (kind, concept, run, pos_idx, neg_idx, fit_seed)
-    for c in range(n_concepts):
-        sets = concept_sets(concepts, c, negatives=negatives, n_runs=n_random, rng=streams[c], max_per_set=max_per_set)
-        fit_seeds = streams[c].integers(0, 2**31 - 1, size=n_random)
-        tasks += [("concept", c, r, p, q, int(s)) for r, ((p, q), s) in enumerate(zip(sets, fit_seeds))]
-    if random_set_size is None:
-        counts = (concepts > 0.5).sum(axis=0)
-        if negatives == "random" and max_per_set is None:
-            counts = np.maximum(counts // 2, np.minimum(counts, 1))  # the concept sets are halves (concept_sets)
-        sizes = np.minimum(counts, max_per_set or n)
-        sizes = sizes[sizes > 0]
-        random_set_size = int(np.median(sizes)) if len(sizes) else n // 2
-    random_set_size = max(random_set_size, 2 * MIN_PER_SIDE)
-    rsets = random_sets(n, random_set_size, n_random, streams[-1])
-    fit_seeds = streams[-1].integers(0, 2**31 - 1, size=n_random)
-    tasks += [("random", -1, r, p, q, int(s)) for r, ((p, q), s) in enumerate(zip(rsets, fit_seeds))]
+    sets = training_sets(concepts, n_random=n_random, negatives=negatives, seed=seed, max_per_set=max_per_set,
+                         random_set_size=random_set_size)
+    tasks = [("concept", c, r, p, q, s) for c, runs in enumerate(sets["concept"]) for r, (p, q, s) in enumerate(runs)]
+    tasks += [("random", -1, r, p, q, s) for r, (p, q, s) in enumerate(sets["random"])]
+    n_null = len(sets["random"])
 
     # one BLAS thread per fit: the problems are tiny, threads only add contention (8x slower on 2 busy
     # cores); the parallelism is across fits (joblib workers get the same limit from joblib itself).
     # The workers (loky processes, reused from call to call) die with this process, even when it is killed.
     with threadpool_limits(limits=1, user_api="blas"):
         results = _parallel(n_jobs)(
-            delayed(_fit_one)(acts, p, q, classifier, test_fraction, s, C) for (_, _, _, p, q, s) in tasks
+            delayed(_fit_one)(acts, p, q, classifier, test_fraction, s, C, standardize, linear_alpha)
+            for (_, _, _, p, q, s) in tasks
         )
 
     cavs = np.full((n_concepts, n_random, d), np.nan)
     accuracy = np.full((n_concepts, n_random), np.nan)
-    random_cavs = np.full((n_random, d), np.nan)
-    random_accuracy = np.full(n_random, np.nan)
+    random_cavs = np.full((n_null, d), np.nan)
+    random_accuracy = np.full(n_null, np.nan)
     for (kind, c, r, *_), res in zip(tasks, results):
         if res is None:
             continue
@@ -256,13 +393,17 @@ def fit_all_cavs(
             random_cavs[r], random_accuracy[r] = res
     for c in np.flatnonzero(np.isnan(accuracy).all(axis=1)):
         n_pos = int((concepts[:, c] > 0.5).sum())
-        warnings.warn(f"concept '{concept_names[c]}' has {n_pos} positives and {n - n_pos} negatives, too few "
+        against = f"{n - n_pos} negatives" if negatives == "rest" else f"random sets of {sets['random_set_size']}"
+        warnings.warn(f"concept '{concept_names[c]}' has {n_pos} positives and {against}, too few "
                       f"for a held-out CAV (need {2 * MIN_PER_SIDE} of each); its CAVs are NaN", stacklevel=2)
     if np.isnan(random_accuracy).any():
-        warnings.warn(f"random sets of {random_set_size} examples out of {n} are too small for some random CAVs; "
-                      "they are NaN", stacklevel=2)
-    return dict(concepts=list(concept_names), cavs=cavs, accuracy=accuracy,
-                random_cavs=random_cavs, random_accuracy=random_accuracy)
+        warnings.warn(f"random sets of {sets['random_set_size']} examples out of {n} are too small for some random "
+                      "CAVs; they are NaN", stacklevel=2)
+    out = dict(concepts=list(concept_names), cavs=cavs, accuracy=accuracy,
+               random_cavs=random_cavs, random_accuracy=random_accuracy)
+    if "random_pairs" in sets:
+        out["random_pairs"] = sets["random_pairs"]
+    return out
 
 
 def select_concepts(result: dict, names: list[str] | None) -> list[int]:
@@ -279,6 +420,7 @@ def select_concepts(result: dict, names: list[str] | None) -> list[int]:
 
 
 _KEYS = ("concepts", "cavs", "random_cavs", "accuracy", "random_accuracy")
+_OPTIONAL = ("random_pairs", "settings")  # the null's random set pairs (reference); step 4's settings (a JSON string)
 
 
 def save_cavs(path: str | os.PathLike, result: dict) -> Path:
@@ -288,6 +430,10 @@ def save_cavs(path: str | os.PathLike, result: dict) -> Path:
     path = Path(path)
     arrays = {k: np.asarray(result[k]) for k in _KEYS}
     arrays["concepts"] = np.asarray(list(result["concepts"]), dtype=str)
+    if result.get("random_pairs") is not None:
+        arrays["random_pairs"] = np.asarray(result["random_pairs"], dtype=np.int64).reshape(-1, 2)
+    if result.get("settings") is not None:
+        arrays["settings"] = np.asarray(str(result["settings"]))
     rd.save_npz(path, **arrays)
     return path
 
@@ -300,7 +446,7 @@ def load_cavs(path: str | os.PathLike) -> dict:
     from .. import rundir as rd  # the run directory's safe readers
 
     step = "step 4 (main_lth_generate_cavs.py)"
-    out = {k: v for k, v in rd.load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS}
+    out = {k: v for k, v in rd.load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS + _OPTIONAL}
     n_concepts = out["concepts"].size
     cavs, random_cavs = out["cavs"], out["random_cavs"]
     if out["concepts"].ndim != 1 or cavs.ndim != 3 or random_cavs.ndim != 2 or len(cavs) != n_concepts \
@@ -308,5 +454,9 @@ def load_cavs(path: str | os.PathLike) -> dict:
             or out["random_accuracy"].shape != random_cavs.shape[:1]:
         raise rd.unreadable(path, f"inconsistent shapes: {n_concepts} concepts, cavs {list(cavs.shape)}, "
                                   f"random_cavs {list(random_cavs.shape)}", step)
+    if "random_pairs" in out and out["random_pairs"].shape != (len(random_cavs), 2):
+        raise rd.unreadable(path, f"random_pairs {list(out['random_pairs'].shape)} for {len(random_cavs)} random CAVs", step)
+    if "settings" in out:
+        out["settings"] = str(out["settings"])
     out["concepts"] = [str(s) for s in out["concepts"]]
     return out

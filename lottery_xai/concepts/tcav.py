@@ -1,17 +1,40 @@
 """TCAV (Kim et al. 2018): directional derivatives of a class logit along CAVs, scores and their significance.
 
-Gradients are taken once per image and class, at one layer, of the image's own target LOGIT (not the
-loss, not the softmax); every CAV is then scored by one matrix product.
+What the reference does (Kim et al. 2018, arXiv:1711.11279 sections 3.3-3.5; tensorflow/tcav tcav/tcav.py,
+tcav/model.py, tcav/utils.py, tcav/utils_plot.py, as released in tcav 0.2.2), and what we do:
 
-Flattening must match the CAVs: ``flatten`` uses the flattened gradient. For ``avg_pool`` CAVs the
-pooled activation is p = mean_hw A_hw; moving p by eps * v means moving every spatial position A_hw by
-eps * v, so the exact directional derivative is sum_hw g_hw . v = HW * (mean_hw g) . v. The spatial
-mean of the gradient therefore has the derivative's sign, which is all the TCAV score counts.
-``max_pool`` has no such derivative (it only sees the arg-max position), so it is refused.
-
-Significance: a two-sided Welch t-test (``equal_var=False``: the concept runs and the random runs need
-not share a variance) between the scores of the concept's CAV runs and of the random CAVs, significant
-when p < alpha / (number of concepts tested), the Bonferroni correction over concepts.
+- Gradient. The paper's conceptual sensitivity is the directional derivative of the class LOGIT h_k along the unit
+  CAV, S = grad h_k(f_l(x)) . v (section 3.3, eq. 1), and the TCAV score the fraction of the class's inputs with
+  S > 0 (3.4, eq. 2). tensorflow/tcav differentiates the LOSS instead: ``model.loss`` is the softmax cross-entropy of
+  the target class (model.py lines 253-264, ``_make_gradient_tensors`` lines 134-140) and an input counts when
+  ``dot(grad_loss, cav) < 0`` (tcav.py ``get_direction_dir_sign``, lines 56-60: "Grad points in the direction which
+  DECREASES probability of class"). ``gradient="logit"`` (default) is the paper's; ``gradient="loss"`` is the code's:
+  we return MINUS the gradient of the cross-entropy, so the same "> 0" count means the same thing (moving along the
+  CAV lowers the loss of the class = raises its probability). The two differ where the other classes' logits move
+  along the CAV too. (tensorflow/tcav's public image wrappers feed the softmax OUTPUT as the "logits" of
+  ``softmax_cross_entropy_with_logits``, model.py lines 256-263 with ``prediction='output2:0'`` / ``'softmax:0'``;
+  we use the cross-entropy of the model's logits, what that code means to compute.)
+- Gradients are taken once per image and class, at one layer, of the image's own target (the class scored); every
+  CAV is then scored by one matrix product. Flattening must match the CAVs: ``flatten`` uses the flattened gradient
+  (the paper flattens, footnote 1). For ``avg_pool`` CAVs the pooled activation is p = mean_hw A_hw; moving p by
+  eps * v means moving every spatial position A_hw by eps * v, so the exact directional derivative is
+  sum_hw g_hw . v = HW * (mean_hw g) . v. The spatial mean of the gradient therefore has the derivative's sign,
+  which is all the TCAV score counts. ``max_pool`` has no such derivative (it only sees the arg-max position), so it
+  is refused.
+- Significance. Paper 3.5: "we perform a two-sided t-test of the TCAV scores based on these multiple samples. If we
+  can reject the null hypothesis of a TCAV score of 0.5 [...] Note that we also perform a Bonferroni correction for
+  our hypotheses (at p < alpha/m with m = 2)". tensorflow/tcav (utils.py ``print_results`` line 219 and
+  utils_plot.py ``plot_results`` line 96): ``scipy.stats.ttest_ind(random_i_ups, i_ups)``, i.e. a two-sided STUDENT
+  two-sample t-test (equal variances, scipy's default) of the concept's run scores against the scores of all
+  random-vs-random CAVs, significant when ``p <= min_p_val`` (default 0.05), with no correction. The paper's "null of
+  0.5" is what the code tests in practice: the ordered random pairs make the null sample symmetric about 0.5.
+  Our ``test="student"`` is that test (``"welch"``: equal_var=False). For the threshold, the code and the paper
+  differ: ``correction="paper"`` is the paper's p < alpha / 2 (our reference protocol's default: the paper states
+  it as the protocol all its results passed; the code's helpers leave the threshold to the caller),
+  ``"none"`` the code's p < alpha (we compare strictly, the code with <=), ``"concepts"`` Bonferroni over every
+  concept tested for the class and layer (the strict protocol).
+- This module's function defaults (Welch, Bonferroni over concepts, logit) are the strict protocol's, kept for the
+  callers that rely on them; the pipeline passes ``config.cav_protocol``'s settings (default: reference).
 """
 from __future__ import annotations
 
@@ -23,6 +46,7 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch import nn
+from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..activations import eval_mode, forward_with_capture, model_device
@@ -31,6 +55,10 @@ from ..models import get_layer
 from .cav import select_concepts
 
 TCAV_FLATTENINGS = ("flatten", "avg_pool")
+GRADIENTS = ("logit", "loss")
+TESTS = ("student", "welch")
+CORRECTIONS = ("paper", "none", "concepts")
+PAPER_M = 2  # Kim et al. 2018 section 3.5: Bonferroni "at p < alpha/m with m = 2"
 
 
 def _check_flattening(flattening: str) -> None:
@@ -47,14 +75,19 @@ def layer_gradients(
     images: torch.Tensor,
     targets: torch.Tensor | int,
     flattening: str = "flatten",
+    gradient: str = "logit",
 ) -> torch.Tensor:
     """d z_target / d A at `layer` for each image, [N, D] reshaped the way the CAVs were fitted.
 
-    One forward and one ``torch.autograd.grad`` of the summed target logits (each image gets its own
-    gradient). The part of the network before the layer runs without autograd; no parameter gradient
-    is computed and parameters need not require grad. The model is used in its current mode.
+    ``gradient="loss"``: minus d CE(z, target) / d A instead (tensorflow/tcav's loss, sign flipped so that
+    a positive directional derivative still means towards the class). One forward and one
+    ``torch.autograd.grad`` of the summed per-image targets (each image gets its own gradient). The part
+    of the network before the layer runs without autograd; no parameter gradient is computed and
+    parameters need not require grad. The model is used in its current mode.
     """
     _check_flattening(flattening)
+    if gradient not in GRADIENTS:
+        raise UserError(f"TCAV gradient '{gradient}' is unknown; use one of {', '.join(GRADIENTS)}")
     n = images.shape[0]
     targets = torch.as_tensor(targets, dtype=torch.long, device=images.device)
     if targets.dim() == 0:
@@ -63,7 +96,10 @@ def layer_gradients(
         raise UserError(f"{targets.shape[0]} targets for {n} images")
     # the layer's output as a fresh leaf: autograd stops there (a module run twice: its first call)
     activation, logits = forward_with_capture(model, images, layer, repeat="first")
-    selected = logits.gather(1, targets[:, None]).sum()
+    if gradient == "logit":
+        selected = logits.gather(1, targets[:, None]).sum()
+    else:  # minus the summed per-image losses: each image's gradient is minus that of its own loss
+        selected = -F.cross_entropy(logits.float(), targets, reduction="sum")
     (grad,) = torch.autograd.grad(selected, activation)
     if flattening == "avg_pool" and grad.dim() > 2:
         return grad.mean(dim=tuple(range(2, grad.dim())))
@@ -80,10 +116,12 @@ def gradients_by_class(
     device: str | torch.device | None = None,
     max_images: int | None = None,
     progress: bool = False,
+    gradient: str = "logit",
 ) -> dict[int, np.ndarray]:
     """One pass over a loader of dict batches (``image``, ``label``): each image of a requested class gets
-    the gradient of its own class logit. Returns {class: float32 numpy [n_class, D]} in loader order,
-    at most `max_images` per class. Runs in eval mode on `device` (default: where the model is)."""
+    the gradient of its own class logit (or minus that of its loss, ``gradient="loss"``). Returns
+    {class: float32 numpy [n_class, D]} in loader order, at most `max_images` per class. Runs in eval
+    mode on `device` (default: where the model is)."""
     _check_flattening(flattening)
     get_layer(model, layer)
     device = torch.device(device) if device is not None else model_device(model)
@@ -104,7 +142,7 @@ def gradients_by_class(
                 continue
             images = batch["image"][keep].to(device, non_blocking=True)
             kept_labels = labels[keep]
-            grads = layer_gradients(model, layer, images, kept_labels.to(device), flattening)
+            grads = layer_gradients(model, layer, images, kept_labels.to(device), flattening, gradient)
             for c in kept_labels.unique().tolist():  # rows picked by a CPU-built index: no device sync
                 rows = torch.nonzero(kept_labels == c).flatten().to(device, non_blocking=True)
                 collected[c].append(grads.index_select(0, rows))
@@ -130,8 +168,9 @@ def class_gradients(
     batch_size: int = 16,
     device: str | torch.device | None = None,
     max_images: int | None = None,
+    gradient: str = "logit",
 ) -> np.ndarray:
-    """Gradients of class `class_index`'s logit at `layer` for all of the class's images, computed once.
+    """Gradients of class `class_index`'s logit (or minus its loss) at `layer` for all of the class's images.
 
     `loader_or_images` is either an image tensor [n, 3, H, W] (all taken as the class's images, run in
     batches of `batch_size`) or a loader of dict batches (images whose ``label`` is the class are used).
@@ -141,9 +180,10 @@ def class_gradients(
         images = loader_or_images[:max_images] if max_images is not None else loader_or_images
         batches = [{"image": chunk, "label": torch.full((len(chunk),), class_index)}
                    for chunk in images.split(batch_size)]
-        return gradients_by_class(model, layer, batches, [class_index], flattening=flattening, device=device)[class_index]
+        return gradients_by_class(model, layer, batches, [class_index], flattening=flattening, device=device,
+                                  gradient=gradient)[class_index]
     return gradients_by_class(model, layer, loader_or_images, [class_index], flattening=flattening,
-                              device=device, max_images=max_images)[class_index]
+                              device=device, max_images=max_images, gradient=gradient)[class_index]
 
 
 def tcav_scores(grads, cavs) -> np.ndarray:
@@ -166,16 +206,25 @@ def tcav_scores(grads, cavs) -> np.ndarray:
     return scores.reshape(v.shape[:-1]).cpu().numpy()
 
 
-def _two_sided_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Welch t-test p-value; 1.0 where it cannot be computed (NaN, < 2 values, identical constants)."""
+def _two_sided_p(a: np.ndarray, b: np.ndarray, test: str = "welch") -> float:
+    """Two-sided two-sample t-test p-value (scipy.stats.ttest_ind, equal_var for ``student``); 1.0 where it
+    cannot be computed (NaN, < 2 values, identical constants)."""
     a, b = a[~np.isnan(a)], b[~np.isnan(b)]
     if len(a) < 2 or len(b) < 2:
         return 1.0
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         # both constant: no variance to test against; different constants are as far apart as it gets
         return 1.0 if a[0] == b[0] else 0.0
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    p = stats.ttest_ind(a, b, equal_var=test == "student").pvalue
     return 1.0 if not np.isfinite(p) else float(p)
+
+
+def significance_threshold(alpha: float, correction: str, n_tested: int) -> float:
+    """The p-value a test must stay below: ``paper`` alpha / 2 (Kim et al. 2018, m = 2), ``none`` alpha,
+    ``concepts`` alpha / n_tested (Bonferroni over the concepts tested)."""
+    if correction not in CORRECTIONS:
+        raise UserError(f"TCAV correction '{correction}' is unknown; use one of {', '.join(CORRECTIONS)}")
+    return {"paper": alpha / PAPER_M, "none": alpha, "concepts": alpha / max(n_tested, 1)}[correction]
 
 
 def tcav_significance(
@@ -185,25 +234,31 @@ def tcav_significance(
     alpha: float = 0.05,
     bonferroni: bool = True,
     concept_names: Sequence[str] | None = None,
+    test: str = "welch",
+    correction: str | None = None,
 ) -> pd.DataFrame:
-    """Per concept: tcav_mean, tcav_std, random_mean, p_value (two-sided Welch t-test of the concept's
-    run scores [n_concepts, n_runs] against the random scores [n_random]) and `significant`
-    (p < alpha / number of concepts tested, with Bonferroni). NaN runs are ignored; a concept with
-    fewer than 2 valid runs is not tested (p = 1, not significant, not counted by Bonferroni)."""
+    """Per concept: tcav_mean, tcav_std, random_mean, p_value (two-sided t-test of the concept's run scores
+    [n_concepts, n_runs] against the random scores [n_random]: ``test`` ``welch`` or ``student``) and
+    `significant` (p < the `significance_threshold` of ``correction``: ``concepts``, alpha / number of
+    concepts tested; ``paper``, alpha / 2; ``none``, alpha). ``correction=None`` keeps the older switch:
+    ``concepts`` with `bonferroni`, else ``none``. NaN runs are ignored; a concept with fewer than 2 valid
+    runs is not tested (p = 1, not significant, not counted by the correction over concepts)."""
+    if test not in TESTS:
+        raise UserError(f"TCAV test '{test}' is unknown; use one of {', '.join(TESTS)}")
+    correction = correction or ("concepts" if bonferroni else "none")
     concept_scores = np.atleast_2d(np.asarray(concept_scores, dtype=np.float64))
     random_scores = np.asarray(random_scores, dtype=np.float64).ravel()
     names = list(concept_names) if concept_names is not None else list(range(len(concept_scores)))
     if len(names) != len(concept_scores):
         raise UserError(f"{len(names)} concept names for {len(concept_scores)} rows of scores")
     valid = (~np.isnan(concept_scores)).sum(axis=1)
-    n_tested = max(int((valid >= 2).sum()), 1)
-    threshold = alpha / n_tested if bonferroni else alpha
+    threshold = significance_threshold(alpha, correction, int((valid >= 2).sum()))
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nan-means of all-NaN concepts are expected
         random_mean = float(np.nanmean(random_scores)) if (~np.isnan(random_scores)).any() else np.nan
         for name, scores, k in zip(names, concept_scores, valid):
-            p = _two_sided_p(scores, random_scores)
+            p = _two_sided_p(scores, random_scores, test)
             rows.append(dict(
                 concept=name,
                 tcav_mean=float(np.nanmean(scores)) if k else np.nan,
@@ -222,11 +277,13 @@ def run_tcav(
     *,
     alpha: float = 0.05,
     bonferroni: bool = True,
+    test: str = "welch",
+    correction: str | None = None,
 ) -> pd.DataFrame:
     """TCAV for every class in `grads_by_class` ({class name: gradients [n, D]}) and every concept of a
     `fit_all_cavs` result (or the `concept_names` listed; None or ["all"] for all), with significance
-    against the result's random CAVs. Columns: class, concept, tcav_mean, tcav_std, random_mean,
-    p_value, significant, n_images."""
+    against the result's random CAVs (`tcav_significance`'s ``test`` and ``correction``, per class).
+    Columns: class, concept, tcav_mean, tcav_std, random_mean, p_value, significant, n_images."""
     chosen = select_concepts(cav_result, list(concept_names) if concept_names is not None else None)
     names = [cav_result["concepts"][i] for i in chosen]
     cavs = np.asarray(cav_result["cavs"])[chosen]
@@ -236,7 +293,8 @@ def run_tcav(
         if len(grads) == 0:
             raise UserError(f"class '{class_name}' has no images to score; check labels_for_tcav and tcav.splits")
         table = tcav_significance(tcav_scores(grads, cavs), tcav_scores(grads, random_cavs),
-                                  alpha=alpha, bonferroni=bonferroni, concept_names=names)
+                                  alpha=alpha, bonferroni=bonferroni, concept_names=names, test=test,
+                                  correction=correction)
         table.insert(0, "class", class_name)
         table["n_images"] = len(grads)
         tables.append(table)

@@ -166,13 +166,14 @@ def _tcav_table(frame: pd.DataFrame, keys: list[str], what: str) -> pd.DataFrame
 def tcav_agreement(df_round: pd.DataFrame, df_dense: pd.DataFrame) -> pd.DataFrame:
     """Compare a pruning round's TCAV table with the dense model's, per (class, concept).
 
-    Inputs have columns class, concept, tcav_mean, significant (plus layer, used as a key when
-    both have it). Returns one row per pair present in both: the keys, ``tcav_mean_round``,
+    Inputs have columns class, concept, tcav_mean, significant (plus layer and protocol, each used as
+    a key when both tables have it: a table holding the scores of both TCAV protocols compares each
+    protocol's round with the same protocol's dense scores). Returns one row per pair present in both: the keys, ``tcav_mean_round``,
     ``tcav_mean_dense``, ``abs_diff = |round - dense|``, ``significant_round``,
     ``significant_dense`` and ``flipped`` (significance differs). The summary
     (`tcav_agreement_summary`) is also stored in ``table.attrs["summary"]``.
     """
-    keys = ["class", "concept"] + (["layer"] if "layer" in df_round.columns and "layer" in df_dense.columns else [])
+    keys = ["class", "concept"] + [k for k in ("layer", "protocol") if k in df_round.columns and k in df_dense.columns]
     round_table = _tcav_table(df_round, keys, "df_round")
     dense_table = _tcav_table(df_dense, keys, "df_dense")
     table = round_table.merge(dense_table, on=keys, how="inner", suffixes=("_round", "_dense"))

@@ -1,12 +1,22 @@
-"""Step 4: CAVs of every concept and random-vs-random CAVs, per round and layer."""
+"""Step 4: CAVs of every concept and random-vs-random CAVs, per round and layer.
+
+The CAV settings in force (``config.cav_protocol``: the protocol with the keys set on top, and the other ``cav.*``
+keys that change a fit) are recorded beside each round and layer's checkpoint fingerprint, as the unit
+``round_XX/<layer>#settings`` of ``cavs/fingerprints.json`` with the value ``<fingerprint>|<settings JSON>``; a rerun
+with other settings recomputes. (The unit ``round_XX/<layer>`` itself keeps the bare checkpoint fingerprint, which
+ACE, step 7 and the tests compare with ``run.round_fingerprint``.) CAV files written before the settings were
+recorded are recomputed once.
+"""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import rundir as rd
-from ..config import Config
+from ..config import Config, cav_protocol
 from ..data import require_annotations
 from ..loaders import SeedPurpose, derived_seed
 from .rounds import load_data, resolve_names, start_step
@@ -38,6 +48,40 @@ def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str, info=None) -> tupl
     return np.concatenate(acts).astype(np.float32), np.concatenate(concepts)
 
 
+def cav_settings(cfg: Config, concepts: list[str]) -> dict:
+    """Everything besides the checkpoint that changes step 4's CAVs (the labelled ``concepts`` fitted included)."""
+    p = cav_protocol(cfg)
+    return {"negatives": p.negatives, "features": p.features,
+            "classifier": p.classifier, "C": cfg.cav.C, "linear_alpha": cfg.cav.linear_alpha,
+            "n_random": cfg.cav.n_random, "max_per_set": cfg.cav.max_per_set, "test_fraction": cfg.cav.test_fraction,
+            "splits": list(cfg.cav.splits), "flattening": cfg.cav_flattening_type, "concepts": list(concepts)}
+
+
+def settings_value(fingerprint: str, settings: dict) -> str:
+    """The value recorded for a unit's settings: the checkpoint fingerprint and the settings as JSON."""
+    return f"{fingerprint}|{json.dumps(settings, sort_keys=True)}"
+
+
+def settings_current(run: rd.RunDir, step: str, unit: str, fingerprint: str, settings: dict, log=None) -> bool:
+    """Whether ``step``'s outputs of ``unit`` were made with ``settings`` (their checkpoint is checked by
+    ``run.up_to_date``); logs which settings changed when not."""
+    recorded = run.fingerprints(step).get(f"{unit}#settings")
+    if recorded == settings_value(fingerprint, settings):
+        return True
+    if log is not None and recorded is not None and recorded.split("|", 1)[0] == fingerprint:
+        try:
+            old = json.loads(recorded.split("|", 1)[1])
+        except (IndexError, ValueError):
+            old = {}
+        changed = ", ".join(f"{k} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v)
+        log(f"round {int(unit.split('/')[0].rsplit('_', 1)[1])}: {step}/{unit} was made with other settings "
+            f"({changed or 'unreadable record'}), recomputing")
+    elif log is not None and recorded is None:
+        log(f"round {int(unit.split('/')[0].rsplit('_', 1)[1])}: {step}/{unit} has no recorded settings (made before "
+            "the TCAV protocols), recomputing")
+    return False
+
+
 def _activation_width(cfg: Config, run: rd.RunDir, r: int, layer: str) -> int | None:
     """Values per image of round ``r``'s stored activations of ``layer`` (None when step 3 left none)."""
     path = run.activation_file(r, cfg.cav.splits[0], layer)
@@ -60,23 +104,28 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
     concepts = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
     columns = [info.concept_names.index(c) for c in concepts]
     table = rd.read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
+    protocol, settings = cav_protocol(cfg), cav_settings(cfg, concepts)
     for r in tqdm(rounds, desc="CAV rounds"):
         fp, rows = run.round_fingerprint(r), []
         for layer in cfg.bb_layers_for_concepts:
             path = run.cav_file(r, layer)
             unit = f"{rd.round_name(r)}/{layer}"
             if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log) \
+                    or not settings_current(run, "cavs", unit, fp, settings, log) \
                     or lacks_discovered(run, path, discovered):
                 acts, labels = _stacked(cfg, run, r, layer, info)
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
-                                      negatives=cfg.cav.negatives, classifier=cfg.cav.classifier,
+                                      negatives=protocol.negatives, classifier=protocol.classifier,
+                                      standardize=protocol.standardize, linear_alpha=cfg.cav.linear_alpha,
                                       seed=derived_seed(cfg.seed, SeedPurpose.CAV, r), n_jobs=cfg.cav.n_jobs,
                                       test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
                                       max_per_set=cfg.cav.max_per_set or None)
                 result = add_discovered_cavs(run, r, layer, discovered, result,  # ACE hook
                                              derived_seed(cfg.seed, SeedPurpose.CAV, r, 1))
+                result["settings"] = json.dumps(settings, sort_keys=True)
                 save_cavs(path, result)
                 run.record_fingerprint("cavs", unit, fp)
+                run.record_fingerprint("cavs", f"{unit}#settings", settings_value(fp, settings))
             result = load_cavs(path)
             width = _activation_width(cfg, run, r, layer)
             if width is not None and result["cavs"].shape[-1] != width:

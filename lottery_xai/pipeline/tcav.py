@@ -1,4 +1,13 @@
-"""Step 5: TCAV scores with the random baseline and the two-sided t-test (Bonferroni over concepts)."""
+"""Step 5: TCAV scores with the random baseline and the protocol's two-sided t-test and threshold.
+
+``tcav_scores.csv`` holds one protocol per (round, layer): its ``protocol`` column is ``config.cav_protocol``'s
+label (``reference``, ``strict``, or the name with the keys that depart from it, e.g. ``reference (tcav.test=welch)``).
+A table written before that column existed is read as the ``strict`` protocol, the only one the code had then
+(exact for its default ``cav.negatives: rest``); its rows are recomputed when their round is run again, because no
+settings were recorded with them. The settings of step 5 (protocol, test, threshold, gradient, splits and the CAVs'
+own settings) are recorded like step 4's (``tcav/fingerprints.json``, unit ``round_XX/<layer>#settings``): a rerun
+with other settings, or after step 4 changed its settings, recomputes.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -8,14 +17,28 @@ from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
 from .. import rundir as rd
-from ..config import Config
+from ..config import Config, cav_protocol
 from ..errors import UserError
 from ..loaders import make_loader
 from .activations import warn_linear_tail
+from .cavs import cav_settings, settings_current, settings_value
 from .rounds import as_run, load_data, load_round_model, resolve_names, start_step
 
+# the columns every tcav_scores.csv has (readers require these, so that older tables stay readable) ...
 TCAV_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean",
                 "p_value", "significant", "n_images"]
+# ... and the columns step 5 writes: the protocol of each row last
+TCAV_TABLE_COLUMNS = TCAV_COLUMNS + ["protocol"]
+LEGACY_PROTOCOL = "strict"  # the protocol of the rows of a table written before the protocol column
+
+
+def tcav_settings(cfg: Config, cav_record: str | None) -> dict:
+    """Everything besides the checkpoint that changes step 5's rows of a layer (``cav_record``: step 4's
+    recorded settings of the CAVs scored)."""
+    p = cav_protocol(cfg)
+    return {"protocol": p.label, "test": p.test, "correction": p.correction, "gradient": p.gradient,
+            "alpha": cfg.tcav.alpha, "splits": list(cfg.tcav.splits), "max_images": cfg.tcav.max_images_per_class,
+            "cavs": cav_record}
 
 
 @rd.locked("tcav")
@@ -35,19 +58,31 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     from .ace import concepts_at, discovered_names, split_concept_names
 
     labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
-    concepts = (resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []) \
-        + discovered_names(run, discovered)
+    labelled = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
+    concepts = labelled + discovered_names(run, discovered)
     class_index = {name: info.class_names.index(name) for name in classes}
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
-    table = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS) if run.tcav_scores().is_file() and not force else \
-        pd.DataFrame(columns=TCAV_COLUMNS)
+    protocol = cav_protocol(cfg)
+    table = pd.DataFrame(columns=TCAV_TABLE_COLUMNS)
+    if run.tcav_scores().is_file():
+        stored = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS)
+        if "protocol" not in stored.columns:  # a table from before the protocols: its rows were the strict protocol's
+            stored["protocol"] = LEGACY_PROTOCOL
+            rd.save_csv(run.tcav_scores(), stored[TCAV_TABLE_COLUMNS])  # so that the upserts below can read it
+        if not force:
+            table = stored[TCAV_TABLE_COLUMNS]
+
+    def settings(r: int, layer: str) -> dict:
+        return tcav_settings(cfg, run.fingerprints("cavs").get(f"{rd.round_name(r)}/{layer}#settings"))
+
     for r in tqdm(rounds, desc="TCAV rounds"):
         fp = run.round_fingerprint(r)
         todo = [layer for layer in cfg.bb_layers_for_concepts
                 if force or table[(table["round"] == r) & (table["layer"] == layer)].empty
                 or not set(concepts_at(cfg, layer, concepts))
                 <= set(table.loc[(table["round"] == r) & (table["layer"] == layer), "concept"])
-                or not run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp, log)]
+                or not run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp, log)
+                or not settings_current(run, "tcav", f"{rd.round_name(r)}/{layer}", fp, settings(r, layer), log)]
         if not todo:
             continue
         model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
@@ -55,22 +90,28 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
         for layer in todo:
             cav_path = run.require(run.cav_file(r, layer), "step 4 (main_lth_generate_cavs.py)")
             run.require_up_to_date("cavs", f"{rd.round_name(r)}/{layer}", fp, "step 4 (main_lth_generate_cavs.py)")
+            if not settings_current(run, "cavs", f"{rd.round_name(r)}/{layer}", fp, cav_settings(cfg, labelled)):
+                raise UserError(f"the CAVs of round {r} at {layer} in '{run.root}' were made with other CAV settings "
+                                "(tcav.protocol, cav.*) or before the protocols; rerun step 4 "
+                                "(main_lth_generate_cavs.py) with this config first")
             cav_result = load_cavs(cav_path)
             grads = gradients_by_class(model, layer, loader, list(class_index.values()),
                                        flattening=cfg.cav_flattening_type, device=device,
-                                       max_images=cfg.tcav.max_images_per_class or None)
+                                       max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
             widths = {int(np.shape(g)[-1]) for g in grads.values() if len(g)}
             if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
                 raise rd.unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
                                               f"of this model gives {widths.pop()}", "step 4 (main_lth_generate_cavs.py)")
             scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result,
                               concepts_at(cfg, layer, concepts),
-                              alpha=cfg.tcav.alpha)
+                              alpha=cfg.tcav.alpha, test=protocol.test, correction=protocol.correction)
+            scores["protocol"] = protocol.label
             scores.insert(0, "layer", layer)
             scores.insert(0, "weights_remaining", ckpt["weights_remaining"])
             scores.insert(0, "round", r)
             table = rd.upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
-                                    sort=["round", "layer", "class", "concept"], columns=TCAV_COLUMNS)
+                                    sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS)
             run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}", fp)
+            run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}#settings", settings_value(fp, settings(r, layer)))
     log(f"step 5 done: {run.tcav_scores()}")
     return table

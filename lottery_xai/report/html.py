@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 
 from .. import rundir as rd
-from ..config import Config, dump_yaml
+from ..config import Config, cav_protocol, dump_yaml
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from ..attribution import METHODS
 from ..metrics import METRICS
-from ..pipeline.sanity import NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
+from ..pipeline.sanity import CONTROL_METHOD, NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
 from ..stats.inference import TEST_COLUMNS, bootstrap_ci
 from . import figures
 from .tables import (STEP2, STEP5, STEP6, STEP7, MissingInput, accuracy_runs, heatmap_methods, tcav_ground_truth,
@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("lottery-xai", "torch", "torchvision", "numpy", "scipy", "pandas", "scikit-learn", "statsmodels",
             "matplotlib", "scikit-image", "opencv-python-headless", "jinja2")
 SANITY = "main_sanity_checks.py"
-BASELINE = "random"  # the random attribution: the negative control of the sanity check
+BASELINE = CONTROL_METHOD  # the random attribution: the sanity check's control (redrawn at every stage: the chance level)
 REPLICATES = "bash bash_script/run_seeds.sh --seeds 0,1,2 (it ends with main_aggregate.py)"
 # the metric each verdict reads, per family (the first present in step 7's table)
 VERDICT_METRICS = {"faithfulness": ("deletion_auc", "insertion_auc"),
@@ -226,8 +226,11 @@ def accuracy_section(run: rd.RunDir, seeds: list[int] | None) -> dict:
 
 def tcav_section(run: rd.RunDir, seeds: list[int] | None, top: int = 6) -> dict:
     cfg = run.cfg
-    s = _section("tcav", "TCAV", f"Concept sensitivity per class at the concept layers; significant: two-sided Welch "
-                 f"t-test against the random CAVs, p < {cfg.tcav.alpha:g} / n_concepts (Bonferroni).")
+    p = cav_protocol(cfg)
+    threshold = {"paper": f"p < {cfg.tcav.alpha:g} / 2 (Bonferroni at m = 2, Kim et al. 2018)",
+                 "none": f"p < {cfg.tcav.alpha:g}", "concepts": f"p < {cfg.tcav.alpha:g} / n_concepts (Bonferroni)"}
+    s = _section("tcav", "TCAV", f"Concept sensitivity per class at the concept layers, TCAV protocol {p.label}; "
+                 f"significant: two-sided {p.test.capitalize()} t-test against the random CAVs, {threshold[p.correction]}.")
     try:
         table = tcav_table(cfg)
     except MissingInput:
@@ -369,13 +372,22 @@ def sanity_tables(run: rd.RunDir) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
 
 def sanity_figures(run: rd.RunDir, summary: pd.DataFrame, image: int = 0) -> list[tuple]:
-    """``(figure, caption, round)``: the cascade curves of every measure (round None), then per round one
-    image's maps at every stage (matplotlib figures, not saved)."""
+    """``(figure, caption, name)``: the curves of every measure and randomisation (name ``sanity_checks``
+    for cascading, ``sanity_checks_independent``), then per round one image's maps at every stage of the
+    first randomisation computed (``sanity_maps_round_XX``; matplotlib figures, not saved)."""
     s = run.cfg.sanity
-    out = [(figures.sanity_cascade(summary, measure, s.threshold if measure == s.verdict_measure else None),
-            f"{measure} of each stage's maps with the original model's (mean and std over the images)", None)
-           for measure in summary["measure"].unique()]
-    if not run.heatmap_images().is_file():
+    kinds = [k for k in ("cascading", "independent") if k in set(summary["randomization"])]
+    out = []
+    for kind in kinds:
+        part = summary[summary["randomization"] == kind]
+        for measure in part["measure"].unique():
+            what = ("the top k blocks re-initialised" if kind == "cascading" else "only block k re-initialised")
+            out.append((figures.sanity_cascade(part, measure, s.threshold if measure == s.verdict_measure else None,
+                                               randomization=kind),
+                        f"{kind} randomisation ({what}): {measure} of each stage's maps with the original model's "
+                        f"(mean and std over the images; dashed: the control, random maps redrawn at every stage)",
+                        "sanity_checks" if kind == "cascading" else f"sanity_checks_{kind}"))
+    if not kinds or not run.heatmap_images().is_file():
         return out
     images = rd.load_npz(run.heatmap_images(), keys=("ids", "images"), step=STEP6)
     for r in sorted(summary["round"].unique()):
@@ -383,63 +395,80 @@ def sanity_figures(run: rd.RunDir, summary: pd.DataFrame, image: int = 0) -> lis
         for method in summary.loc[summary["round"] == r, "method"].unique():
             path = run.sanity_maps(int(r), method)
             if path.is_file():
-                data = rd.load_npz(path, keys=("maps", "ids", "blocks"), step=SANITY)
-                m = data["maps"][:, image].astype(np.float32)
+                data = rd.load_npz(path, keys=(f"maps_{kinds[0]}", "ids", "blocks"), step=SANITY)
+                m = data[f"maps_{kinds[0]}"][:, image].astype(np.float32)
                 peak = m.reshape(len(m), -1).max(1)[:, None, None]
                 maps[method] = np.where(peak > 0, m / np.where(peak > 0, peak, 1), 0)
                 blocks, image_id = [str(b) for b in data["blocks"]], data["ids"][image]
         where = np.flatnonzero(images["ids"] == image_id)
         if maps and len(where):
-            title = f"round {r}: image {image_id} as the blocks are re-initialised from the top"
-            out.append((figures.sanity_maps(images["images"][where[0]] / 255.0, maps, blocks, title),
-                        f"round {r}: the maps of one image at every stage", int(r)))
+            how = "as the blocks are re-initialised from the top" if kinds[0] == "cascading" else \
+                "with one block at a time re-initialised"
+            out.append((figures.sanity_maps(images["images"][where[0]] / 255.0, maps, blocks,
+                                            f"round {r}: image {image_id} {how}", randomization=kinds[0]),
+                        f"round {r}: the maps of one image at every stage ({kinds[0]})",
+                        f"sanity_maps_{rd.round_name(int(r))}"))
     return out
 
 
 def plot_sanity(cfg: Config, save: bool = True) -> list:
-    """The sanity-check figures of a run: ``sanity/sanity_checks.png`` (the cascade curves of the verdict's
-    measure) and ``sanity/sanity_maps_round_XX.png`` (one image's maps at every stage)."""
+    """The sanity-check figures of a run: ``sanity/sanity_checks.png`` (the cascading curves of the
+    verdict's measure), ``sanity/sanity_checks_independent.png`` (when computed) and
+    ``sanity/sanity_maps_round_XX.png`` (one image's maps at every stage)."""
     run = _as_run(cfg)
     tables = sanity_tables(run)
     if tables is None:
         raise MissingInput(f"'{run.sanity_verdicts()}' is missing; run {SANITY} first")
     measure = cfg.sanity.verdict_measure
     drawn = []
-    for fig, _, r in sanity_figures(run, tables[1][tables[1]["measure"] == measure]):
+    for fig, _, name in sanity_figures(run, tables[1][tables[1]["measure"] == measure]):
         if save:
-            with rd.atomic_path(run.sanity_figure("sanity_checks" if r is None else
-                                                  f"sanity_maps_{rd.round_name(r)}")) as tmp:
+            with rd.atomic_path(run.sanity_figure(name)) as tmp:
                 fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
             figures.plt.close(fig)
         drawn.append(fig)
     return drawn
 
 
+def _spearman_label(measure: str) -> str:
+    return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)"}.get(measure, measure)
+
+
 def sanity_section(run: rd.RunDir) -> dict:
     cfg = run.cfg
-    s = _section("sanity", "Sanity checks", "Model-parameter randomisation test (Adebayo et al. 2018): the blocks of "
-                 "the network are re-initialised from the logits down, one more per stage, and each stage's maps of the "
-                 "step-6 images are compared with the original model's. A method whose maps stay similar "
-                 f"({cfg.sanity.verdict_measure} >= {cfg.sanity.threshold:g} once every block is random) does not "
-                 "depend on the weights and cannot tell us anything about pruning.")
+    s = _section("sanity", "Sanity checks", "Model-parameter randomisation test (Adebayo et al. 2018): blocks of the "
+                 "network are re-initialised (cascading: from the logits down, one more per stage; independent: one "
+                 "block at a time, the others trained) and each stage's maps of the step-6 images are compared with the "
+                 "original model's. A method whose maps stay similar "
+                 f"({_spearman_label(cfg.sanity.verdict_measure)} >= {cfg.sanity.threshold:g} once every block is random; "
+                 "independent: under every single block) does not depend on the weights and cannot tell us anything "
+                 "about pruning. The control, random maps redrawn at every stage, shows the chance level of each measure.")
     tables = sanity_tables(run)
     if tables is None:
         return _missing(s, "Sanity checks", SANITY)
     verdicts, summary = tables
+    base = summary[(summary["method"] == BASELINE) & (summary["measure"] == cfg.sanity.verdict_measure)]
+    control = {(t.round, t.randomization, t.stage): t.mean for t in base.itertuples()}  # the chance level per stage
+
     def judged(method: str, outcome: str) -> dict:
         if method == BASELINE:
-            return {"text": f"{outcome} (the negative control)", "cls": "dim"}
+            return {"text": "the control (chance level)", "cls": "dim"}
         return {"text": outcome, "cls": "bad" if outcome == NO_CHANGE else "good"}
 
-    rows = [[t.method, str(int(t.round)), _pct(t.weights_remaining), _num(t.similarity), judged(t.method, t.verdict)]
+    rows = [[t.method, str(int(t.round)), _pct(t.weights_remaining), t.randomization,
+             f"{int(t.stage)} (+{t.block})" if t.randomization == "cascading" else f"{int(t.stage)} ({t.block} only)",
+             _spearman_label(t.measure), _num(t.similarity), _num(control.get((t.round, t.randomization, t.stage), np.nan)),
+             judged(t.method, t.verdict)]
             for t in verdicts.itertuples()]
-    s["blocks"].append(_table(["method", "round", "weights remaining", f"{cfg.sanity.verdict_measure}, fully randomised",
-                               "verdict"], rows, "Verdicts"))
+    s["blocks"].append(_table(["method", "round", "weights remaining", "randomisation", "stage read", "measure",
+                               "similarity", "control at that stage", "verdict"], rows, "Verdicts"))
     s["blocks"] += [_figure(fig, caption) for fig, caption, _ in sanity_figures(run, summary)]
-    wide = summary.pivot_table(index=["round", "method", "measure"], columns="stage", values="mean").reset_index()
+    wide = summary.pivot_table(index=["round", "method", "randomization", "measure"], columns="stage",
+                               values="mean").reset_index()
     blocks = summary.drop_duplicates("stage").set_index("stage")["block"]
-    wide.columns = [c if not isinstance(c, (int, np.integer)) else f"+{blocks[c]}" for c in wide.columns]
-    s["blocks"].append({"kind": "details", "summary": "similarity at every stage (mean over the images)",
+    wide.columns = [c if not isinstance(c, (int, np.integer)) else f"{int(c)}: {blocks[c]}" for c in wide.columns]
+    s["blocks"].append({"kind": "details", "summary": "similarity at every stage (mean over the images; cascading: "
+                        "that block and every one above it random; independent: that block alone random)",
                         "blocks": [_frame_table(wide)]})
     return s
 
@@ -516,19 +545,20 @@ def method_verdicts(run: rd.RunDir, seeds: list[int] | None) -> list[dict]:
             v = sanity[0][sanity[0]["method"] == method]
             if len(v):
                 same = v[v["verdict"] == NO_CHANGE]
-                numbers = ", ".join(f"{s:.2f} at round {int(r)}" for r, s in zip(v["round"], v["similarity"]))
-                if len(same) and method == BASELINE:
-                    parts.append(f"sanity check: its maps do not change when the weights are randomised "
-                                 f"({run.cfg.sanity.verdict_measure} {numbers}), as expected of the negative control")
+                measure = _spearman_label(run.cfg.sanity.verdict_measure)
+                numbers = ", ".join(f"{s:.2f} at round {int(r)} ({kind})"
+                                    for r, s, kind in zip(v["round"], v["similarity"], v["randomization"]))
+                if method == BASELINE:
+                    parts.append(f"sanity check: random maps redrawn at every stage stay at the chance level "
+                                 f"({measure} {numbers}), as expected of the negative control")
                 elif len(same):
                     flagged = True
-                    where = ", ".join(str(int(r)) for r in same["round"])
+                    where = ", ".join(str(r) for r in sorted(set(same["round"].astype(int))))
                     parts.append(f"sanity check FAILED at round {where}: its maps do not change when the weights are "
-                                 f"randomised "
-                                 f"({run.cfg.sanity.verdict_measure} {numbers}), so they cannot tell us anything about pruning")
+                                 f"randomised ({measure} {numbers}), so they cannot tell us anything about pruning")
                 else:
                     parts.append(f"sanity check passed: its maps change when the weights are randomised "
-                                 f"({run.cfg.sanity.verdict_measure} {numbers})")
+                                 f"({measure} {numbers})")
             else:
                 parts.append("sanity check: not computed for this method")
         else:

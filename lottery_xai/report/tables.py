@@ -86,7 +86,8 @@ def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "ra
 def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = None) -> pd.DataFrame:
     """On data whose class-defining attributes are known (the embedded synthetic set, MNIST even/odd):
     the share of (class, defining attribute) pairs whose TCAV is significant and above 0.5, against the
-    share of (class, absent attribute) pairs that are. The first should be high, the second low."""
+    share of (class, absent attribute) pairs that are. The first should be high, the second low. The
+    ``protocol`` column names the TCAV protocol of the rows (step 5's ``protocol`` column)."""
     from ..pipeline.rounds import load_data
 
     _, info = load_data(cfg, ())
@@ -103,7 +104,8 @@ def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = Non
         absent = [not d and info.class_concepts[info.class_names.index(k), info.concept_names.index(c)] == 0
                   for d, k, c in zip(defining, g["class"], g["concept"])]
         defining, absent = np.asarray(defining), np.asarray(absent)
-        rows.append({"round": round_index, "layer": lay,
+        protocol = ", ".join(sorted(set(g["protocol"]))) if "protocol" in g else "strict"  # older tables: strict
+        rows.append({"round": round_index, "layer": lay, "protocol": protocol,
                      "defining_pairs": int(defining.sum()),
                      "defining_significant_above_half": float(hit[defining].mean()) if defining.any() else np.nan,
                      "absent_pairs": int(absent.sum()),

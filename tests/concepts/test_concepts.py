@@ -314,21 +314,23 @@ def test_tcav_scores_nan_cav_and_shape_errors():
 # ---------------------------------------------------------------- significance
 
 def test_significance_matches_welch_t_test_with_bonferroni():
+    """The strict rule (this function's defaults): two-sided Welch t-test, p < alpha / (concepts tested)."""
     rng = np.random.default_rng(0)
     random_scores = rng.uniform(0.3, 0.7, size=10)
     concept_scores = np.stack([rng.uniform(0.85, 1.0, 10), rng.uniform(0.3, 0.7, 10), random_scores + 0.12])
     table = tcav_significance(concept_scores, random_scores, alpha=0.05, concept_names=["a", "b", "c"])
     assert list(table.columns) == ["concept", "tcav_mean", "tcav_std", "random_mean", "p_value", "significant"]
+    welch = [stats.ttest_ind(c, random_scores, equal_var=False).pvalue for c in concept_scores]
     for i, row in table.iterrows():
-        ref = stats.ttest_ind(concept_scores[i], random_scores, equal_var=False).pvalue
-        assert row.p_value == pytest.approx(ref)
+        assert row.p_value == pytest.approx(welch[i], rel=1e-12)
         assert row.tcav_mean == pytest.approx(concept_scores[i].mean())
         assert row.tcav_std == pytest.approx(concept_scores[i].std(ddof=1))
-        assert row.significant == (ref < 0.05 / 3)
+        assert row.significant == (welch[i] < 0.05 / 3)
     assert table.significant.tolist()[:2] == [True, False]
-    # a p-value between alpha/3 and alpha is significant only without the correction
-    p_c = table.p_value[2]
-    alpha = 3 * p_c * 0.9  # p < alpha, p > alpha / 3
+    # a p-value between alpha/3 and alpha is significant only without the correction: alpha chosen from
+    # scipy's p-value (not from the function under test), so that alpha / 3 < p < alpha
+    alpha = 3 * welch[2] * 0.9
+    assert alpha / 3 < welch[2] < alpha
     assert not tcav_significance(concept_scores, random_scores, alpha=alpha).significant[2]
     assert tcav_significance(concept_scores, random_scores, alpha=alpha, bonferroni=False).significant[2]
 
@@ -342,8 +344,12 @@ def test_significance_degenerate_inputs_do_not_crash():
     assert np.isnan(table.tcav_mean[1]) and table.tcav_mean[3] == 0.9
 
 
-def test_planted_concept_is_significant_and_random_labels_are_not():
+@pytest.mark.parametrize("protocol", ["reference", "strict"])
+def test_planted_concept_is_significant_and_random_labels_are_not(protocol):
     """Concept 0 shifts activations along u; the head's logit grows along u for every image."""
+    from lottery_xai.config import cav_protocol, load_config
+
+    p = cav_protocol(load_config(None, [f"tcav.protocol={protocol}"]))
     rng = np.random.default_rng(0)
     d, n = 8, 300
     acts, concepts, u, _ = planted_activations(rng, n=n, d=d)
@@ -354,10 +360,11 @@ def test_planted_concept_is_significant_and_random_labels_are_not():
     with torch.no_grad():
         head[1].weight.copy_(w1)
         head[3].weight.copy_(torch.stack([torch.rand(16), -torch.rand(16)]))
-    res = fit_all_cavs(acts, concepts, ["planted", "shuffled"], n_random=10, seed=0, n_jobs=1)
+    res = fit_all_cavs(acts, concepts, ["planted", "shuffled"], n_random=10, seed=0, n_jobs=1,
+                       negatives=p.negatives, classifier=p.classifier, standardize=p.standardize)
     class_images = torch.from_numpy(acts[:60])
-    grads = {"bird": class_gradients(head.eval(), "0", class_images, 0, flattening="flatten")}
-    table = run_tcav(grads, res, alpha=0.05).set_index("concept")
+    grads = {"bird": class_gradients(head.eval(), "0", class_images, 0, flattening="flatten", gradient=p.gradient)}
+    table = run_tcav(grads, res, alpha=0.05, test=p.test, correction=p.correction).set_index("concept")
     assert list(run_tcav(grads, res).columns) == ["class", "concept", "tcav_mean", "tcav_std", "random_mean",
                                                   "p_value", "significant", "n_images"]
     assert table.loc["planted", "tcav_mean"] > 0.95 and table.loc["planted", "significant"]

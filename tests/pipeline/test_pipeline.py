@@ -63,15 +63,15 @@ def test_run_directory_contract(tiny_run):
         assert np.allclose(norms[np.isfinite(norms)], 1, atol=1e-5)
         for method in cfg.heatmaps.methods:
             maps = np.load(run.heatmap_file(r, method))
-            assert maps["maps"].dtype == np.float16 and maps["maps"].shape[1:] == (32, 32)
+            assert maps["maps"].dtype == np.float32 and maps["maps"].shape[1:] == (32, 32)
             assert len(maps["ids"]) == len(maps["targets"]) == len(maps["maps"]) == 8
     acc = pd.read_csv(run.cav_accuracy())
     assert list(acc.columns) == ["round", "layer", "concept", "run", "accuracy", "kind"]
     assert set(acc["kind"]) == {"concept", "random"}
     tcav = pd.read_csv(run.tcav_scores())
     assert list(tcav.columns) == ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std",
-                                  "random_mean", "p_value", "significant", "n_images"]
-    assert set(tcav["round"]) == {0, 1, 2} and (tcav["n_images"] > 0).all()
+                                  "random_mean", "p_value", "significant", "n_images", "protocol"]
+    assert set(tcav["round"]) == {0, 1, 2} and (tcav["n_images"] > 0).all() and set(tcav["protocol"]) == {"reference"}
     plots = {p.name for p in (run.root / "plots").glob("*.png")}
     assert {"accuracy_vs_weights.png", "cav_accuracy.png", "heatmaps_gradcam.png"} <= plots
     assert any(name.startswith("tcav_layer3_") for name in plots)

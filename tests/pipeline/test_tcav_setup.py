@@ -60,3 +60,70 @@ def test_the_warning_is_right_about_the_gradients(layer, image_independent):
     lines = []
     assert warn_linear_tail(cfg, 3, lines.append) == ([layer] if image_independent else [])
     assert (len(lines) == 1 and "earlier layer" in lines[0]) is image_independent
+
+
+# ---------------------------------------------------------------- protocols (issue 19 item 2)
+
+def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, tmp_path):
+    """Steps 4-5 under the default (reference) protocol, then under strict in the same run folder: the CAVs and the
+    TCAV rows are recomputed (logged), the protocol column says which protocol made the rows, step 5 refuses CAVs
+    of another protocol, and a table from before the protocol column is read as the strict protocol's."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from conftest import DEVICE, run_steps, tiny_overrides
+    from lottery_xai import rundir as rd
+    from lottery_xai.pipeline.cavs import cavs_step
+    from lottery_xai.pipeline.prune import LotteryRun
+    from lottery_xai.pipeline.tcav import tcav_step
+
+    overrides = tiny_overrides(tiny_data, tmp_path, "prune_iterations=0", "train.epochs=1", "cav.n_random=3",
+                               "cav.n_jobs=1")
+    cfg = load_config(None, overrides)
+    strict = load_config(None, overrides + ["tcav.protocol=strict"])
+    run = rd.RunDir(cfg)
+    assert rd.RunDir(strict).root == run.root
+    LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0])
+    run_steps(cfg, [0], last=5)
+    table = pd.read_csv(run.tcav_scores())
+    assert list(table.columns)[-1] == "protocol" and set(table["protocol"]) == {"reference"}
+    cav_file = run.cav_file(0, "layer3")
+    assert len(np.load(cav_file)["random_cavs"]) == 3 * 2  # the reference null: ordered pairs of 3 random sets
+    recorded = run.fingerprints("cavs")["round_00/layer3#settings"]
+    assert recorded.startswith(run.round_fingerprint(0) + "|") and json.loads(recorded.split("|", 1)[1])["negatives"] == "random"
+    assert run.fingerprints("tcav")["round_00/layer3"] == run.round_fingerprint(0)  # step 7 and ACE compare this
+
+    with pytest.raises(UserError, match="other CAV settings"):
+        tcav_step(strict, DEVICE, [0], log=lambda *_: None)  # CAVs of the reference protocol, strict step 5
+    logged, before = [], cav_file.stat().st_mtime_ns
+    cavs_step(strict, [0], log=logged.append)
+    tcav_step(strict, DEVICE, [0], log=logged.append)
+    assert cav_file.stat().st_mtime_ns != before and len(np.load(cav_file)["random_cavs"]) == 3
+    assert any("made with other settings (negatives 'random' -> 'rest'" in line for line in logged)
+    assert any(line.startswith("round 0: tcav/round_00/layer3 was made with other settings") for line in logged)
+    assert set(pd.read_csv(run.tcav_scores())["protocol"]) == {"strict"}
+    logged = []
+    cavs_step(strict, [0], log=logged.append)
+    tcav_step(strict, DEVICE, [0], log=logged.append)
+    assert not [line for line in logged if "recomputing" in line]  # same settings: nothing recomputed
+
+    # a table (and fingerprints) from before the protocols, with a row of a round this call does not redo
+    old = pd.read_csv(run.tcav_scores()).drop(columns="protocol")
+    extra = old.iloc[:1].assign(round=7)
+    rd.save_csv(run.tcav_scores(), pd.concat([old, extra]))
+    prints = run.fingerprints("tcav")
+    del prints["round_00/layer3#settings"]
+    rd.write_text(run.fingerprints_file("tcav"), json.dumps(prints))
+    logged = []
+    tcav_step(strict, DEVICE, [0], log=logged.append)
+    assert any("no recorded settings" in line for line in logged)
+    table = pd.read_csv(run.tcav_scores())
+    assert table.set_index("round")["protocol"].to_dict() == {0: "strict", 7: "strict"}
+    # a key that departs from the protocol is named in the column
+    welch = load_config(None, overrides + ["tcav.test=welch"])
+    cavs_step(welch, [0], log=lambda *_: None)
+    tcav_step(welch, DEVICE, [0], log=lambda *_: None)
+    table = pd.read_csv(run.tcav_scores())
+    assert set(table.loc[table["round"] == 0, "protocol"]) == {"reference (tcav.test=welch)"}
