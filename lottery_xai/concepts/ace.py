@@ -13,9 +13,13 @@ together. The method, as the original does it, with the differences named:
 - k-means (scikit-learn, seeded) on the spatially averaged activations; a cluster with more than
   ``min_patches`` patches is kept by ACE's rules (:data:`CLUSTER_RULES`), and its ``max_patches``
   patches closest to the centre form the concept.
-- Significance of a concept's TCAV scores against the random CAVs' scores: the two-sided Welch test
-  of step 5 (default), ACE's paired t-test, and either one-sided (concept > random), with Bonferroni
-  over the class's concepts.
+- Significance (:func:`concept_significance`), by default as ACE's ``test_and_remove_concepts`` does it:
+  ``do_statistical_testings`` is ``scipy.stats.ttest_rel(concept[:m], random[:m])`` (paired, two-sided)
+  of the concept's TCAV scores (its CAV against random set i, i = 0 .. num_random_exp - 1) against the
+  scores of the random concept ``random_discovery``'s CAVs (a further random image set against the same
+  random set i), and a concept with ``p > 0.01`` is removed: no correction for the number of concepts.
+  Our stricter option: Welch's t-test (``ttest_ind(equal_var=False)``) with Bonferroni over the class's
+  concepts; either test can be one-sided (concept > random).
 - Concepts of two rounds are matched one to one (Hungarian assignment) by the Jaccard overlap of
   their patches or by the cosine of their mean CAVs.
 """
@@ -32,17 +36,23 @@ from scipy import optimize, stats
 from ..crops import resized_crop
 from ..errors import UserError
 
-# ACE's rules (ace.py, discover_concepts): n_images = distinct discovery images among a cluster's
-# patches, n_patches = the cluster's size, n_discovery = the number of discovery images.
+# ACE's rules (amiratag/ACE ace.py, ConceptDiscovery.discover_concepts), for a cluster with more than
+# min_imgs patches (``len(label_idxs) > self.min_imgs``): n_images = len(concept_image_numbers), the
+# distinct discovery images among ALL the cluster's patches; n_patches = len(label_idxs), the cluster's
+# size; n_discovery = discovery_size = len(self.discovery_images). Kept when one holds:
+#   highly_common_concept                                   n_images > 0.5 * n_patches
+#   cond2 = mildly_common and mildly_populated              n_images > 0.25 * n_patches and n_images > 0.25 * n_discovery
+#   cond3 = non_common and highly_populated                 n_images > 0.1 * n_patches and n_images > 0.5 * n_discovery
 CLUSTER_RULES = {
     "highly_common": lambda n_images, n_patches, n_discovery: n_images > 0.5 * n_patches,
     "common_and_populated": lambda n_images, n_patches, n_discovery: (n_images > 0.25 * n_patches
                                                                         and n_images > 0.25 * n_discovery),
     "highly_populated": lambda n_images, n_patches, n_discovery: (n_images > 0.1 * n_patches
-                                                                    and n_patches > 0.5 * n_discovery),
+                                                                    and n_images > 0.5 * n_discovery),
 }
-TESTS = ("welch", "paired")
+TESTS = ("paired", "welch")
 SIDES = ("two", "one")
+CORRECTIONS = ("none", "bonferroni")
 
 
 # ---------------------------------------------------------------- discovery images
@@ -235,23 +245,31 @@ def _p_value(concept: np.ndarray, random: np.ndarray, test: str, sided: str) -> 
     return 1.0 if not np.isfinite(p) else float(p)
 
 
-def concept_significance(concept_scores: np.ndarray, random_scores: np.ndarray, *, alpha: float = 0.05,
-                         test: str = "welch", sided: str = "two") -> pd.DataFrame:
+def concept_significance(concept_scores: np.ndarray, random_scores: np.ndarray, *, alpha: float = 0.01,
+                         test: str = "paired", sided: str = "two", correction: str = "none") -> pd.DataFrame:
     """Per concept (rows of ``concept_scores`` [n_concepts, n_runs]): tcav_mean, tcav_std, random_mean,
-    p_value and significant (p < alpha / the number of concepts tested, Bonferroni), testing the runs'
-    TCAV scores against ``random_scores`` [n_random]. ``welch``/``two`` is step 5's test exactly
-    (``tcav_significance``); ``paired`` is ACE's ``ttest_rel`` of run i against random run i;
-    ``one`` asks whether the concept scores higher than random."""
-    from .tcav import tcav_significance
+    p_value and significant, testing the runs' TCAV scores against ``random_scores`` [n_random].
 
-    if test not in TESTS or sided not in SIDES:
-        raise UserError(f"significance test {test!r}/{sided!r} is unknown; use test {TESTS} and sided {SIDES}")
+    The defaults are amiratag/ACE's (``do_statistical_testings`` and ``test_and_remove_concepts``):
+    ``paired`` is ``scipy.stats.ttest_rel`` of run i against random run i (both cut to the shorter
+    length, as ACE does; pairs with a NaN dropped), two-sided, and a concept is significant when
+    ``p <= alpha`` (ACE removes those with ``p > 0.01``), no correction. ``welch`` is
+    ``scipy.stats.ttest_ind(equal_var=False)``; ``bonferroni`` makes it ``p < alpha / the number of
+    concepts tested`` (step 5's rule); ``sided="one"`` asks whether the concept scores higher than random.
+    Where the test has no variance (every paired difference, or both samples, constant) a difference of
+    0 (or one against the one-sided alternative) gives p = 1 and any other p = 0, where scipy gives NaN
+    (which ACE's ``p > 0.01`` would keep)."""
+    if test not in TESTS or sided not in SIDES or correction not in CORRECTIONS:
+        raise UserError(f"significance test {test!r}/{sided!r}/{correction!r} is unknown; use test {TESTS}, "
+                        f"sided {SIDES} and correction {CORRECTIONS}")
     concept_scores = np.atleast_2d(np.asarray(concept_scores, dtype=np.float64))
     random_scores = np.asarray(random_scores, dtype=np.float64).ravel()
-    if test == "welch" and sided == "two":
-        return tcav_significance(concept_scores, random_scores, alpha=alpha)
     valid = (~np.isnan(concept_scores)).sum(axis=1)
     n_tested = max(int((valid >= 2).sum()), 1)
+    if correction == "none":
+        passes = lambda p: p <= alpha  # noqa: E731  (ACE: removed when p > 0.01)
+    else:
+        passes = lambda p: p < alpha / n_tested  # noqa: E731
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -260,7 +278,7 @@ def concept_significance(concept_scores: np.ndarray, random_scores: np.ndarray, 
             p = _p_value(scores, random_scores, test, sided)
             rows.append(dict(concept=i, tcav_mean=float(np.nanmean(scores)) if k else np.nan,
                              tcav_std=float(np.nanstd(scores, ddof=1)) if k >= 2 else (0.0 if k else np.nan),
-                             random_mean=random_mean, p_value=p, significant=bool(k >= 2 and p < alpha / n_tested)))
+                             random_mean=random_mean, p_value=p, significant=bool(k >= 2 and passes(p))))
     return pd.DataFrame(rows, columns=["concept", "tcav_mean", "tcav_std", "random_mean", "p_value", "significant"])
 
 

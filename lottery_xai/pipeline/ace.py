@@ -5,9 +5,21 @@ class in labels_for_tcav (seeded; never an image TCAV scores), their SLIC label 
 index (one row per kept segment: image, resolution, label, share inside the box, nearest part).
 Per round: the patches' spatially averaged activations at the layer, streamed batch by batch into a
 ``.npy`` memory map (memory does not grow with the number of patches); per class, k-means, ACE's
-cluster rules, the concepts' CAVs against random sets (random patches of other classes' images, or
-random train images of other classes), TCAV of the class's val+test images with the configured test
-and Bonferroni over the class's concepts. Then every round's concepts are matched to the dense round's
+cluster rules, the concepts' CAVs against random sets, TCAV of the class's val+test images and the
+significance of each concept, by ``ace.protocol`` (:func:`lottery_xai.config.ace_protocol`):
+
+- ``reference`` (amiratag/ACE, ``ConceptDiscovery.cavs``, ``tcavs`` and ``test_and_remove_concepts``, run
+  by ``ace_run.py``): ``ace.n_random`` random sets of ``ace.max_patches`` train images (ACE's folders
+  ``random500_i``, of which it loads ``max_imgs`` images; here of any class but the class's discovery
+  images, from step 3's activations), concept CAV i against random set i, and the random concept
+  (ACE's ``random_discovery``: one more random image set) against every random set i; concept run i is
+  paired with random run i by ``scipy.stats.ttest_rel`` (two-sided), kept when p <= 0.01, no correction.
+  The CAVs are tensorflow/tcav's defaults as ACE calls ``cav.get_or_train_cav``: the linear SGD classifier
+  on raw activations, both sides cut to the smaller one.
+- ``strict`` (ours): random patches of other classes' discovery images, random CAV k between random sets k
+  and k + 1, standardized logistic fits, Welch's t-test and Bonferroni over the class's concepts.
+
+The protocol's label is the ``protocol`` column of ``ace/concepts.csv``. Then every round's concepts are matched to the dense round's
 (``ace/survival.csv``: survived, vanished, appeared), and, at the end of every run of the step (cheap,
 stored CAVs only), to the closest labelled attribute (cosine with step 4's CAVs where they are current). A round is complete when its files exist and its
 fingerprint (checkpoint + ACE settings) is recorded; a rerun skips it.
@@ -18,6 +30,7 @@ CAVs at every round from that round's activations of the same patches (:func:`di
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -30,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .. import rundir as rd
 from ..activations import StreamWriter, layer_activations
-from ..config import Config
+from ..config import Config, ace_protocol
 from ..data.transforms import denormalize
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed, make_loader
@@ -44,7 +57,7 @@ PREFIX = "ace:"
 CONCEPT_COLUMNS = ["round", "class", "concept", "n_patches", "n_images", "cav_acc_mean", "tcav_mean", "tcav_std",
                    "p_value", "significant", "matched_dense_concept", "match_cosine",
                    "weights_remaining", "layer", "name", "random_mean", "match_overlap", "box_fraction", "top_part",
-                   "top_part_share", "best_attribute", "attribute_cosine", "attribute_defining"]
+                   "top_part_share", "best_attribute", "attribute_cosine", "attribute_defining", "protocol"]
 SURVIVAL_COLUMNS = ["round", "class", "dense_concept", "concept", "status", "overlap", "cosine", "dense_significant",
                     "significant"]
 
@@ -70,13 +83,19 @@ def patch_settings(cfg: Config) -> str:
                     "data": [cfg.dataset, cfg.data_root, cfg.json_root]})
 
 
+def activation_settings(cfg: Config) -> str:
+    """What a round's patch activations depend on besides its checkpoint (not the clustering or the test:
+    a change of ace.protocol reuses them)."""
+    return _digest({"patches": patch_settings(cfg), "fill": cfg.ace.fill, "layer": ace_layer(cfg)})
+
+
 def round_settings(cfg: Config) -> str:
     """What a round's discovery depends on besides its checkpoint."""
-    a = cfg.ace
+    a, p = cfg.ace, ace_protocol(cfg)
     return _digest({"patches": patch_settings(cfg), "fill": a.fill, "layer": ace_layer(cfg), "k": a.n_clusters,
                     "min": a.min_patches, "max": a.max_patches, "rules": list(a.cluster_rules),
-                    "negatives": a.negatives, "n_random": a.n_random, "test": a.test, "sided": a.sided,
-                    "cav": [cfg.cav.classifier, cfg.cav.C, cfg.cav.test_fraction], "alpha": cfg.tcav.alpha,
+                    "n_random": a.n_random, "protocol": dataclasses.asdict(p),
+                    "cav": [cfg.cav.C, cfg.cav.linear_alpha, cfg.cav.test_fraction],
                     "tcav": [list(cfg.tcav.splits), cfg.tcav.max_images_per_class]})
 
 
@@ -184,15 +203,24 @@ def stream_patch_activations(model, layer: str, index: dict, info, path, *, fill
 
 def _fit_runs(positives: np.ndarray, negative_sets: list[np.ndarray], cfg: Config, seeds) -> tuple[np.ndarray, np.ndarray]:
     """One CAV per negative set: (unit vectors [n_runs, D], held-out accuracies [n_runs]); NaN where a
-    set is too small."""
+    set is too small. The classifier and features are the ACE protocol's; under ``reference`` both sides
+    are cut to the smaller one, as tensorflow/tcav's ``_create_cav_training_set`` does (the positives keep
+    their first rows, closest to the cluster centre first; the negatives, a random set, a seeded subset)."""
     from ..concepts.cav import NotEnoughExamples, fit_cav
 
+    p = ace_protocol(cfg)
     d = positives.shape[1]
     vectors, accuracy = np.full((len(negative_sets), d), np.nan), np.full(len(negative_sets), np.nan)
     for k, (neg, seed) in enumerate(zip(negative_sets, seeds)):
+        pos = positives
+        if p.name == "reference":
+            n = min(len(pos), len(neg))
+            pos = pos[:n]
+            if len(neg) > n:
+                neg = neg[np.sort(np.random.default_rng(int(seed)).choice(len(neg), n, replace=False))]
         try:
-            cav = fit_cav(positives, neg, classifier=cfg.cav.classifier, test_fraction=cfg.cav.test_fraction,
-                          seed=int(seed), C=cfg.cav.C)
+            cav = fit_cav(pos, neg, classifier=p.classifier, test_fraction=cfg.cav.test_fraction, seed=int(seed),
+                          C=cfg.cav.C, standardize=p.standardize, linear_alpha=cfg.cav.linear_alpha)
         except NotEnoughExamples:
             continue
         vectors[k], accuracy[k] = cav.vector, cav.accuracy
@@ -200,24 +228,29 @@ def _fit_runs(positives: np.ndarray, negative_sets: list[np.ndarray], cfg: Confi
 
 
 def _random_pool(cfg: Config, run: rd.RunDir, r: int, index: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, activations source) for class ``c``'s random sets: other classes' patches, or step 3's
-    train activations of other classes' images."""
-    if cfg.ace.negatives == "patches":
+    """(rows, activations source) for class ``c``'s random sets: ``patches``: other classes' patches (rows of
+    the patch index); ``images``: step 3's train activations of every train image but the class's discovery
+    images (ACE's random folders hold random images of the dataset, apart from the discovery images)."""
+    if ace_protocol(cfg).negatives == "patches":
         return np.flatnonzero(index["patch_class"] != c), None
     layer = ace_layer(cfg)
     path = run.require(run.activation_file(r, "train", layer), STEP3)
     run.require_up_to_date("activations", f"{rd.round_name(r)}/train", run.round_fingerprint(r), STEP3)
-    labels = rd.load_npy(run.activation_meta(r, "train", "labels"), STEP3, ndim=1)
-    acts = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(labels))
-    return np.flatnonzero(labels != c), acts
+    ids = rd.load_npy(run.activation_meta(r, "train", "ids"), STEP3, ndim=1)
+    acts = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+    discovery = np.asarray(index["image_ids"])[np.asarray(index["image_class"]) == c]
+    return np.flatnonzero(~np.isin(ids.astype(str), discovery.astype(str))), acts
 
 
 def random_sets_for(cfg: Config, index: dict, c: int, pool: np.ndarray) -> np.ndarray:
-    """The class's random sets (the same every round: seeded by the class only)."""
+    """The class's random sets [n, ace.max_patches] (the same every round: seeded by the class only):
+    ``ace.n_random`` sets, and under the reference protocol one more, the last (ACE's random concept
+    ``random_discovery``), whose CAVs against the others are the random CAVs."""
     from ..concepts.ace import draw_random_sets
 
     rng = np.random.default_rng(derived_seed(cfg.seed, SeedPurpose.ACE_RANDOM_SETS, c))
-    return draw_random_sets(pool, cfg.ace.n_random, cfg.ace.max_patches, rng)
+    extra = 1 if ace_protocol(cfg).random_cavs == "counterpart" else 0
+    return draw_random_sets(pool, cfg.ace.n_random + extra, cfg.ace.max_patches, rng)
 
 
 def _discover_class(cfg: Config, acts_c: np.ndarray, rows: np.ndarray, index: dict, c: int, n_discovery: int):
@@ -252,28 +285,29 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
     from ..concepts.tcav import gradients_by_class, tcav_scores
 
     cfg = run.cfg
+    protocol = ace_protocol(cfg)
     layer = ace_layer(cfg)
     fp = run.round_fingerprint(r)
     value = f"{fp}:{round_settings(cfg)}"
     model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
     model.requires_grad_(False)
     acts_path = run.ace_patch_activations(r)
-    unit = f"{rd.round_name(r)}/activations"
-    if not (acts_path.is_file() and run.fingerprints("ace").get(unit) == value):
+    unit, acts_value = f"{rd.round_name(r)}/activations", f"{fp}:{activation_settings(cfg)}"
+    if not (acts_path.is_file() and run.fingerprints("ace").get(unit) == acts_value):
         stream_patch_activations(model, layer, index, info, acts_path, fill=cfg.ace.fill,
                                  batch_size=cfg.data.eval_batch_size, device=device)
-        run.record_fingerprint("ace", unit, value)
+        run.record_fingerprint("ace", unit, acts_value)
     acts = rd.load_npy(acts_path, STEP, mmap=True, ndim=2, rows=len(index["patch_image"]))
     class_ids = [info.class_names.index(c) for c in classes]
     n_discovery = {c: int((index["image_class"] == c).sum()) for c in class_ids}
     grads = gradients_by_class(model, layer, loader, class_ids, flattening="avg_pool", device=device,
-                               max_images=cfg.tcav.max_images_per_class or None)
+                               max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
     n_patches = len(index["patch_image"])
     assignment = np.full(n_patches, -1, dtype=np.int64)
     distance = np.full(n_patches, np.nan, dtype=np.float32)
     concept_of = np.full(n_patches, -1, dtype=np.int64)
     table, concept_rows = [], {"class": [], "id": [], "cluster": [], "top": [], "cavs": [], "acc": [], "scores": []}
-    randoms = {"cavs": [], "acc": [], "sets": [], "scores": []}
+    randoms = {"cavs": [], "acc": [], "sets": [], "counterpart": [], "scores": []}
     rng = np.random.default_rng(derived_seed(cfg.seed, SeedPurpose.ACE_CAV_FITS, r))
     for c in tqdm(class_ids, desc=f"ACE round {r} classes", leave=False):
         rows = np.flatnonzero(index["patch_class"] == c)
@@ -281,25 +315,34 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
         assign_c, dist_c, concepts = _discover_class(cfg, acts_c, rows, index, c, n_discovery[c])
         assignment[rows], distance[rows] = assign_c, dist_c
         pool, pool_acts = _random_pool(cfg, run, r, index, c)
-        sets = random_sets_for(cfg, index, c, pool)
+        drawn = random_sets_for(cfg, index, c, pool)
+        sets = drawn[:cfg.ace.n_random]
         source = acts if pool_acts is None else pool_acts
         negatives = [np.asarray(source[s], dtype=np.float64) for s in sets]
         with threadpool_limits(limits=1, user_api="blas"):  # tiny problems: threads only add contention
-            # random CAV k: random set k against set k + 1 (ACE's random-vs-random CAVs)
-            pairs = [_fit_runs(negatives[k], [negatives[(k + 1) % len(sets)]], cfg, [seed])
-                     for k, seed in enumerate(rng.integers(0, 2**31 - 1, len(sets)))]
-            r_cavs, r_acc = np.concatenate([v for v, _ in pairs]), np.concatenate([a for _, a in pairs])
+            seeds = rng.integers(0, 2**31 - 1, len(sets))
+            if protocol.random_cavs == "counterpart":
+                # ACE's random concept (random_discovery) against every random set i: run i of the null
+                counterpart = drawn[-1]
+                r_cavs, r_acc = _fit_runs(np.asarray(source[counterpart], dtype=np.float64), negatives, cfg, seeds)
+            else:  # random CAV k: random set k against set k + 1
+                counterpart = np.full(sets.shape[1], -1, dtype=sets.dtype)
+                pairs = [_fit_runs(negatives[k], [negatives[(k + 1) % len(sets)]], cfg, [seed])
+                         for k, seed in enumerate(seeds)]
+                r_cavs, r_acc = np.concatenate([v for v, _ in pairs]), np.concatenate([a for _, a in pairs])
             fitted = [_fit_runs(np.asarray(acts[top], dtype=np.float64), negatives, cfg,
                                 rng.integers(0, 2**31 - 1, len(sets))) for _, top, _ in concepts]
         r_scores = tcav_scores(grads[c], r_cavs)
         randoms["cavs"].append(r_cavs), randoms["acc"].append(r_acc), randoms["sets"].append(sets)
+        randoms["counterpart"].append(counterpart)
         randoms["scores"].append(r_scores)
         if not concepts:
             continue
         cavs_c = np.stack([v for v, _ in fitted])
         acc_c = np.stack([a for _, a in fitted])
         scores = tcav_scores(grads[c], cavs_c)
-        sig = concept_significance(scores, r_scores, alpha=cfg.tcav.alpha, test=cfg.ace.test, sided=cfg.ace.sided)
+        sig = concept_significance(scores, r_scores, alpha=protocol.alpha, test=protocol.test, sided=protocol.sided,
+                                   correction=protocol.correction)
         cls = info.class_names[c]
         for k, ((cluster, top, members), s) in enumerate(zip(concepts, sig.itertuples(index=False))):
             concept_of[members] = k
@@ -316,7 +359,8 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
                           "box_fraction": float(index["patch_in_box"][members].mean()),
                           "top_part": str(index["part_names"][top_part]) if top_part >= 0 else "background",
                           "top_part_share": float((parts == top_part).mean()) if top_part >= 0 else float((parts < 0).mean()),
-                          "best_attribute": "", "attribute_cosine": np.nan, "attribute_defining": False})
+                          "best_attribute": "", "attribute_cosine": np.nan, "attribute_defining": False,
+                          "protocol": protocol.label})
             concept_rows["class"].append(c), concept_rows["id"].append(k), concept_rows["cluster"].append(cluster)
             concept_rows["top"].append(np.pad(top, (0, cfg.ace.max_patches - len(top)), constant_values=-1))
         concept_rows["cavs"].append(cavs_c), concept_rows["acc"].append(acc_c), concept_rows["scores"].append(scores)
@@ -334,7 +378,8 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
                 tcav=stack(concept_rows["scores"], (0, cfg.ace.n_random)),
                 class_index=np.asarray(class_ids, dtype=np.int64), random_cavs=np.stack(randoms["cavs"]),
                 random_accuracy=np.stack(randoms["acc"]), random_sets=np.stack(randoms["sets"]),
-                random_tcav=np.stack(randoms["scores"]), random_source=np.asarray(cfg.ace.negatives),
+                random_tcav=np.stack(randoms["scores"]), random_source=np.asarray(protocol.negatives),
+                random_counterpart=np.stack(randoms["counterpart"]), protocol=np.asarray(protocol.label),
                 layer=np.asarray(layer), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
     rd.upsert_table(run.ace_concepts(), pd.DataFrame(table, columns=CONCEPT_COLUMNS), keys=["round"],
                     sort=["round", "class", "concept"], columns=CONCEPT_COLUMNS, replace={"round": r})
@@ -466,6 +511,22 @@ def survival_summary(survival: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the step
 
+def _drop_older_table(run: rd.RunDir, log) -> None:
+    """An ``ace/concepts.csv`` written before a column was added (its rounds' settings are stale anyway) is
+    removed, so that the rounds asked for are discovered again and written to a table of today's columns."""
+    path = run.ace_concepts()
+    if not path.is_file():
+        return
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+    except Exception:  # unreadable: left for read_csv to report
+        return
+    lacking = [c for c in CONCEPT_COLUMNS if c not in header]
+    if lacking:
+        log(f"ACE: {path} lacks the column(s) {', '.join(lacking)} (an older version wrote it); discovering again")
+        path.unlink()
+
+
 @rd.locked("ace")
 def ace_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """Discover concepts at every requested round; returns the concept table (``ace/concepts.csv``)."""
@@ -483,6 +544,7 @@ def ace_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], f
     index = build_patch_index(run, datasets["train"], info, classes, log)
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
     settings = round_settings(cfg)
+    _drop_older_table(run, log)
     for r in tqdm(rounds, desc="ACE rounds"):
         value = f"{run.round_fingerprint(r)}:{settings}"
         done = run.ace_clusters(r).is_file() and run.ace_cavs(r).is_file() and run.ace_concepts().is_file()

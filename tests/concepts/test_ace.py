@@ -81,11 +81,18 @@ def test_patch_locations_inside_the_box_and_nearest_part():
 
 
 def hand_made_clusters():
-    """(assignment, patch_image) of clusters built to meet known rules, with 40 discovery images:
-    A: 12 patches of 8 images, highly common only; C: 30 patches of 4 images, highly populated only;
-    D: 30 patches of 2 images, none; E: 5 patches of 5 images, too few (<= min_patches 5);
-    F: 30 patches of 12 images, common-and-populated and highly populated, not highly common."""
-    spec = {0: (12, 8), 1: (30, 4), 2: (30, 2), 3: (5, 5), 4: (30, 12)}
+    """(assignment, patch_image) of clusters (patches, distinct images) built to meet known rules, with 40
+    discovery images and min_patches 5; amiratag/ACE's conditions worked by hand (img = distinct images,
+    n = patches): highly common img > 0.5 n; common and populated img > 0.25 n and img > 10;
+    highly populated img > 0.1 n and img > 20.
+    0: (12, 8)    8 > 6: highly common only (8 > 10, 8 > 20 fail)
+    1: (100, 11)  none: 11 > 50, 11 > 25 fail; 11 > 10 but 11 > 20 fails (patches 100 > 20 would pass)
+    2: (100, 21)  highly populated only: 21 > 10 and 21 > 20; 21 > 50 and 21 > 25 fail
+    3: (30, 2)    none
+    4: (5, 5)     too few patches (5 is not > 5)
+    5: (40, 12)   common and populated only: 12 > 10 and 12 > 10; 12 > 20 fails for the other two
+    6: (60, 31)   all three: 31 > 30; 31 > 15 and 31 > 10; 31 > 6 and 31 > 20."""
+    spec = {0: (12, 8), 1: (100, 11), 2: (100, 21), 3: (30, 2), 4: (5, 5), 5: (40, 12), 6: (60, 31)}
     assignment, images = [], []
     for cluster, (n_patches, n_images) in spec.items():
         assignment += [cluster] * n_patches
@@ -94,15 +101,32 @@ def hand_made_clusters():
 
 
 @pytest.mark.parametrize("rules, expected", [
-    (list(CLUSTER_RULES), [4, 0, 1]),  # ordered by distinct images: F (12), A (8), C (4)
-    (["highly_common"], [0]),
-    (["common_and_populated"], [4]),
-    (["highly_populated"], [4, 1]),
-    (["highly_common", "highly_populated"], [4, 0, 1]),
+    (list(CLUSTER_RULES), [6, 2, 5, 0]),  # ordered by distinct images: 31, 21, 12, 8
+    (["highly_common"], [6, 0]),
+    (["common_and_populated"], [6, 5]),
+    (["highly_populated"], [6, 2]),
+    (["highly_common", "highly_populated"], [6, 2, 0]),
 ])
 def test_cluster_rules_keep_exactly_the_right_clusters(rules, expected):
     assignment, images = hand_made_clusters()
     assert kept_clusters(assignment, images, n_discovery=40, rules=rules, min_patches=5) == expected
+
+
+def test_highly_populated_counts_distinct_discovery_images_not_patches():
+    """amiratag/ACE: highly_populated_concept = len(concept_image_numbers) > 0.5 * discovery_size. A cluster
+    of 100 patches from 11 of 40 discovery images is dropped; from 21 images it is kept; 20 is not > 20."""
+    for n_images, kept in ((11, []), (20, []), (21, [0])):
+        assignment = np.zeros(100, dtype=int)
+        images = np.arange(100) % n_images
+        assert kept_clusters(assignment, images, n_discovery=40, rules=["highly_populated"], min_patches=20) == kept
+        assert kept_clusters(assignment, images, n_discovery=40, min_patches=20) == kept  # no other rule holds
+
+
+def test_minimum_cluster_size_is_strict():
+    """ACE considers a cluster when len(label_idxs) > min_imgs: 20 patches of 20 images are too few at 20."""
+    images = np.arange(20)
+    assert kept_clusters(np.zeros(20, int), images, n_discovery=40, min_patches=20) == []
+    assert kept_clusters(np.zeros(21, int), np.arange(21), n_discovery=40, min_patches=20) == [0]
 
 
 def test_unknown_cluster_rule_is_a_user_error():
@@ -121,12 +145,14 @@ def test_closest_members_and_discovery_images_are_deterministic():
     assert (labels[a[2]] == 2).all() and len(a[0]) == 4
 
 
-def test_significance_tests_one_sided_and_paired():
+def test_significance_welch_option_one_sided_and_paired():
     random = np.linspace(0.3, 0.7, 10)
     high, low = random + 0.25, random - 0.25
-    two = concept_significance(np.stack([high, low]), random, test="welch", sided="two")
+    two = concept_significance(np.stack([high, low]), random, test="welch", sided="two", correction="bonferroni",
+                               alpha=0.05)
     assert two["significant"].tolist() == [True, True]  # two-sided: a concept far below random counts too
-    one = concept_significance(np.stack([high, low]), random, test="welch", sided="one")
+    one = concept_significance(np.stack([high, low]), random, test="welch", sided="one", correction="bonferroni",
+                               alpha=0.05)
     assert one["significant"].tolist() == [True, False]  # one-sided: it does not
     assert one["p_value"][0] == pytest.approx(stats.ttest_ind(high, random, equal_var=False,
                                                               alternative="greater").pvalue)

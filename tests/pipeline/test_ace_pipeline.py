@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from nbclient import NotebookClient
+from scipy import stats
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
@@ -156,20 +157,91 @@ def test_notebook_05_executes_with_ace_outputs(ace_run, monkeypatch):
     assert len(images) >= 5  # montages, similarity, PCA, histograms, occlusion masks
 
 
-def test_random_sets_of_train_images(ace_run, tmp_path):
-    """ace.negatives: images draws each class's random sets from step 3's train activations of the other
-    classes' images (not patches); the setting is part of the round's settings, so the round is redone."""
+def _paired_p(concept: np.ndarray, random: np.ndarray) -> float:
+    """amiratag/ACE's do_statistical_testings written out: ttest_rel of the first min(len) runs (pairs with
+    a NaN dropped, a run whose CAV could not be fitted); NaN where scipy has no answer (constant)."""
+    m = min(len(concept), len(random))
+    a, b = concept[:m], random[:m]
+    keep = ~(np.isnan(a) | np.isnan(b))
+    return float(stats.ttest_rel(a[keep], b[keep]).pvalue)
+
+
+def test_reference_protocol_by_default(ace_run):
+    """ace.protocol: reference: random sets of train images (step 3's activations, none of them one of the
+    class's discovery images), one more random set as ACE's random_discovery, concept run i paired with
+    random run i by ttest_rel, kept at p <= 0.01 with no correction; the table says which protocol."""
+    cfg, _, table, _ = ace_run
+    run = rd.RunDir(cfg)
+    assert (table["protocol"] == "reference").all()
+    index = np.load(run.ace_patches())
+    ids = np.load(run.activation_meta(0, "train", "ids"))
+    checked = 0
+    for r in ROUNDS:
+        cavs = np.load(run.ace_cavs(r))
+        assert str(cavs["random_source"]) == "images" and str(cavs["protocol"]) == "reference"
+        assert cavs["random_sets"].shape[1] == cfg.ace.n_random
+        for c, sets, extra in zip(cavs["class_index"], cavs["random_sets"], cavs["random_counterpart"]):
+            discovery = set(index["image_ids"][index["image_class"] == c].tolist())
+            for rows in (*sets, extra):
+                assert len(rows) == cfg.ace.max_patches and (rows >= 0).all()
+                assert not discovery & set(ids[rows].tolist())  # random images, never the class's own
+        rows = table[table["round"] == r]
+        for i, (c, k) in enumerate(zip(cavs["concept_class"], cavs["concept_id"])):
+            row = rows[(rows["class"] == str(index["class_names"][c])) & (rows["concept"] == k)].iloc[0]
+            p = _paired_p(cavs["tcav"][i], cavs["random_tcav"][list(cavs["class_index"]).index(c)])
+            if np.isfinite(p):
+                assert row["p_value"] == pytest.approx(p, rel=1e-9, abs=1e-12)
+                assert bool(row["significant"]) == (p <= 0.01)
+                checked += 1
+    assert checked > 0
+
+
+def test_strict_protocol_redoes_the_round_with_ours(ace_run, tmp_path):
+    """ace.protocol: strict is part of the round's settings, so the round is redone (its patch activations
+    reused): random patches of other classes, Welch's test and Bonferroni over the class's concepts."""
     import shutil
 
     cfg, overrides, _, _ = ace_run
     shutil.copytree(cfg.logs, tmp_path / "logs")
-    images = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "ace.negatives=images"])
-    table = ace_step(images, CPU, [0], log=quiet)
-    run = rd.RunDir(images)
+    strict = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "ace.protocol=strict"])
+    run = rd.RunDir(strict)
+    acts_stamp = run.ace_patch_activations(0).stat().st_mtime_ns
+    table = ace_step(strict, CPU, [0], log=quiet)
+    assert run.ace_patch_activations(0).stat().st_mtime_ns == acts_stamp
     cavs = np.load(run.ace_cavs(0))
-    assert str(cavs["random_source"]) == "images" and len(table[table["round"] == 0]) > 0
-    labels = np.load(run.activation_meta(0, "train", "labels"))
+    assert str(cavs["random_source"]) == "patches" and str(cavs["protocol"]) == "strict"
+    index = np.load(run.ace_patches())
     for c, sets in zip(cavs["class_index"], cavs["random_sets"]):
-        rows = sets[sets >= 0]
-        assert len(rows) and (labels[rows] != c).all()  # only other classes' images
-    assert table["p_value"].dropna().between(0, 1).all()
+        assert (index["patch_class"][sets] != c).all()  # patches of the other classes' images
+    dense = table[table["round"] == 0]
+    assert len(dense) > 0 and (dense["protocol"] == "strict").all()
+    assert (table.loc[table["round"] == 2, "protocol"] == "reference").all()  # round 2 was not asked for
+    checked = 0
+    for i, (c, k) in enumerate(zip(cavs["concept_class"], cavs["concept_id"])):
+        name = str(index["class_names"][c])
+        row = dense[(dense["class"] == name) & (dense["concept"] == k)].iloc[0]
+        concept = cavs["tcav"][i][~np.isnan(cavs["tcav"][i])]
+        random = cavs["random_tcav"][list(cavs["class_index"]).index(c)]
+        p = stats.ttest_ind(concept, random[~np.isnan(random)], equal_var=False).pvalue
+        if np.isfinite(p):
+            assert row["p_value"] == pytest.approx(p, rel=1e-9, abs=1e-12)
+            assert bool(row["significant"]) == (p < strict.tcav.alpha / (dense["class"] == name).sum())
+            checked += 1
+    assert checked > 0
+
+
+def test_a_table_of_an_older_version_is_dropped(tmp_path):
+    """ace/concepts.csv without today's columns (no protocol column: written before ace.protocol) is removed
+    before the rounds are discovered again; a table with every column stays."""
+    from lottery_xai.pipeline.ace import CONCEPT_COLUMNS, _drop_older_table
+
+    run = rd.RunDir(load_config(None, [f"logs={tmp_path}"]))
+    path = run.ace_concepts()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(columns=[c for c in CONCEPT_COLUMNS if c != "protocol"]).to_csv(path, index=False)
+    said = []
+    _drop_older_table(run, said.append)
+    assert not path.exists() and "protocol" in said[0]
+    pd.DataFrame(columns=CONCEPT_COLUMNS).to_csv(path, index=False)
+    _drop_older_table(run, said.append)
+    assert path.exists() and len(said) == 1
