@@ -2,9 +2,12 @@
 # Replicates over seeds:  bash bash_script/run_seeds.sh [config/NAME.yaml] --seeds 0,1,2 [--set key=value ...]
 # Runs bash_script/run_all.sh once per seed (--set seed=<k>: sibling run folders, the run name holds
 # seed<k>), then the random-pruning control for the first seed (steps 1, 2 and 6 with
-# --set pruning.method=random: the same dense round 0, then every round at the ticket's sparsity with
-# random instead of magnitude pruning), then main_aggregate.py (mean and interval over the seeds, the
-# null bands) and step 8 of every seed again (its consistency figures now draw the null bands).
+# --set pruning.method=random: the same dense round 0, then every round keeps in each tensor as many
+# randomly chosen weights as that seed's ticket keeps there at the same round, the LTH control of
+# pruning.random_sparsity=matched; it reads the ticket's checkpoints, which run_all.sh has just made;
+# add --set pruning.random_sparsity=uniform for uniform random pruning instead), then main_aggregate.py
+# (mean and interval over the seeds, the null bands) and step 8 of every seed again (its consistency
+# figures now draw the null bands).
 # Every step skips finished work, so a seed that has already run (e.g. make run's seed 0) costs little.
 set -euo pipefail
 cd "$(dirname "$0")/.."

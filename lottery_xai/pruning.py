@@ -68,6 +68,9 @@ def prune(weights: dict[str, torch.Tensor], masks: Masks, keep_fraction: dict[st
     ``scope='layerwise'`` applies the fraction per tensor; ``scope='global'`` ranks all tensors
     that share the same target fraction together (one threshold), so the classifier, which
     has its own rate, is ranked on its own. Only alive weights can survive.
+    ``method='random'`` ranks by uniform random scores from ``generator``: uniform random pruning at the
+    schedule's fractions (``pruning.random_sparsity: uniform``; with ``scope='global'`` it does not keep
+    the ticket's per-layer sparsity, see :func:`random_matched` for the LTH control).
     """
     def scores_of(name: str) -> torch.Tensor:
         w = weights[name].detach().float().cpu()
@@ -101,6 +104,39 @@ def prune(weights: dict[str, torch.Tensor], masks: Masks, keep_fraction: dict[st
     else:
         raise ValueError(f"unknown pruning scope {scope}")
     return {n: m.to(masks[n].device) for n, m in new.items()}
+
+
+def random_matched(masks: Masks, counts: dict[str, int], generator: torch.Generator) -> Masks:
+    """The random-pruning control of the lottery-ticket hypothesis (``pruning.method: random`` with
+    ``pruning.random_sparsity: matched``): new masks that keep, in each tensor, ``counts[name]`` weights
+    (the ticket's alive count in that tensor at the same round) drawn uniformly at random among the
+    weights alive in ``masks`` (this run's masks of the previous round).
+
+    Reference: Frankle & Carbin 2019 compare winning tickets with "randomly sampled sparse networks"
+    of the ticket's layerwise sparsity; facebookresearch/open_lth's ``randomly_prune`` branch
+    (strategy ``layerwise``, its default) shuffles each tensor of a level's ticket mask, i.e. draws a
+    uniform random subset of the whole tensor of the ticket's size, independently at every level.
+
+    Here the subset is drawn among this run's alive weights of the previous round, so the control's
+    masks are nested round to round (the iterative version). Both give, at every round, the same
+    distribution of masks: a uniform random subset of a uniform random subset is a uniform random
+    subset of the whole tensor (of the ticket's size, which does not depend on the draw), so each
+    round is exactly OpenLTH's control. Nesting keeps the control on the code path of every other
+    run (round r prunes round r-1's alive weights), so it also works with ``rewind: finetune`` (a
+    fresh subset would revive weights that fine-tuning has held at 0) and with masks that only shrink.
+
+    Tensors are drawn in the order of ``masks`` from ``generator``: the same seed gives the same masks.
+    """
+    new: Masks = {}
+    for name, mask in masks.items():
+        alive = int(mask.sum())
+        n_keep = int(counts[name])
+        if not 0 <= n_keep <= alive:
+            raise ValueError(f"{name}: the ticket keeps {n_keep} weights, this run has {alive} alive")
+        scores = torch.rand(mask.shape, generator=generator)
+        scores = torch.where(mask.cpu(), scores, torch.full_like(scores, -math.inf))
+        new[name] = _keep_top(scores, n_keep).to(mask.device)
+    return new
 
 
 @torch.no_grad()

@@ -57,7 +57,10 @@ def experiment_name(cfg: Config) -> str:
     rewind = p.rewind.replace(":", "")
     if p.rewind == "reinit" and p.reinit_masks_from != "init":
         rewind += "-masks-" + p.reinit_masks_from.replace(":", "")
-    parts = [cfg.dataset, cfg.model_arch, p.method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
+    method = p.method
+    if p.method == "random" and p.random_sparsity != "matched":  # issue 19: matched is the control's default
+        method += "-" + p.random_sparsity
+    parts = [cfg.dataset, cfg.model_arch, method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
     if cfg.train.loss != "cross_entropy":  # a network trained for consistent explanations is another run
         t = cfg.train
         loss = f"{t.loss}{t.cgc_lambda:g}"

@@ -5,6 +5,20 @@ alive weights of round r-1's final weights, rewinds the survivors (or reinitiali
 or keeps them for fine-tuning), and trains again with a fresh optimizer. Each round's
 result depends only on files on disk and seeds derived from (seed, round), so a run killed
 in the middle of a round and rerun gives the same checkpoints as an uninterrupted one.
+
+Late rewinding (``pruning.rewind: epoch:K`` / ``iter:K``; Frankle, Dziugaite, Roy and Carbin 2020,
+"Linear mode connectivity and the lottery ticket hypothesis"): round 0 trains the dense network
+from 0 to T and saves its state at step K; every later round starts from that state (masked) and
+trains from K to T, T - K iterations, its learning-rate schedule continuing at step K, with a
+fresh optimizer (no momentum from round 0). That is what facebookresearch/open_lth does: its
+``LotteryRunner._train_level`` loads the weights saved at ``train_start_step`` (the rewinding step)
+and calls ``train.standard_train(..., start_step=train_start_step)``, whose ``train`` builds a new
+optimizer, steps the learning-rate schedule ``start_step.iteration`` times before the first update,
+skips the batches of the start epoch before the start iteration and stops at the end step. The
+rewound state includes BatchNorm's running statistics at step K (open_lth loads the whole saved
+model); with ``rewind: init`` they are the initial ones. Remaining differences: open_lth trains its
+level 0 as 0..K then K..T with a fresh optimizer at K (ours trains round 0 in one piece), and each
+of its rounds sees the dense run's data order from K on (ours draws a data order per round).
 """
 from __future__ import annotations
 
@@ -21,8 +35,8 @@ from ..config import Config, to_dict
 from ..errors import UserError
 from ..loaders import HideLabels, SeedPurpose, WithOriginalView, derived_seed, make_loader
 from ..models import architecture
-from ..pruning import (Masks, apply_masks, full_masks, prune, remaining_fractions, reset_batchnorm_stats,
-                       target_fractions)
+from ..pruning import (Masks, apply_masks, full_masks, prune, random_matched, remaining_fractions,
+                       reset_batchnorm_stats, target_fractions)
 from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
 from ..training.distributed import Distributed
 from .rounds import STEP1, as_run, cam_layer, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
@@ -65,6 +79,7 @@ class LotteryRun:
         self.template = new_model(cfg, self.num_classes, cfg.seed)
         self.names = model_masks_template(cfg, self.template)
         self.mask_run = self._mask_source()
+        self.ticket_run = self._ticket_source()
 
     # ---------------------------------------------------------------- masks and rewinding
     def _mask_source(self) -> rd.RunDir | None:
@@ -72,6 +87,26 @@ class LotteryRun:
         if p.rewind == "reinit" and p.reinit_masks_from != "self":
             return self.run.sibling(**{"pruning.rewind": p.reinit_masks_from, "experiment_name": ""})
         return None
+
+    def _ticket_source(self) -> rd.RunDir | None:
+        """The random-pruning control's ticket (``pruning.method: random``, ``random_sparsity: matched``):
+        the magnitude run with the same settings otherwise, whose per-tensor alive counts it matches."""
+        p = self.cfg.pruning
+        if p.method != "random" or p.random_sparsity != "matched" or self.mask_run is not None:
+            return None
+        return self.run.sibling(**{"pruning.method": "magnitude", "pruning.random_sparsity": "matched",
+                                   "experiment_name": ""})
+
+    def _ticket_counts(self, r: int) -> dict[str, int]:
+        """Per-tensor alive counts of the ticket's round ``r`` (the random control's sparsity)."""
+        path = self.ticket_run.checkpoint(r)
+        if not path.is_file():
+            raise UserError(
+                f"the random-pruning control matches round {r}'s per-layer sparsity of the ticket '{self.ticket_run.root}', "
+                f"which has no round {r}; run main_lth_pruning.py with pruning.method=magnitude (same settings otherwise) "
+                "first (or set pruning.random_sparsity=uniform)")
+        masks = self._masks(rd.load_torch(path, step=f"{STEP1} with pruning.method=magnitude", keys=("masks",))["masks"], path)
+        return {n: int(m.sum()) for n, m in masks.items()}
 
     def masks_for_round(self, r: int) -> Masks:
         if r == 0:
@@ -85,9 +120,16 @@ class LotteryRun:
                     "(or set pruning.reinit_masks_from=self)")
             step = f"main_lth_pruning.py --set pruning.rewind={self.cfg.pruning.reinit_masks_from}"
             return self._masks(rd.load_torch(path, step=step, keys=("masks",))["masks"], path)
+        counts = self._ticket_counts(r) if self.ticket_run is not None else None
         path = self.run.checkpoint(r - 1)
         prev = rd.load_torch(path, step=STEP1, keys=("state_dict", "masks"))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, SeedPurpose.PRUNE, r))
+        if counts is not None:  # the LTH random-pruning control: the ticket's count per tensor
+            previous = self._masks(prev["masks"], path)
+            if any(counts[n] > int(previous[n].sum()) for n in counts):
+                raise UserError(f"the ticket '{self.ticket_run.root}' keeps more weights at round {r} than '{path}' has "
+                                "alive; redo this control's step 1 with --force")
+            return random_matched(previous, counts, generator)
         return prune(self._state(prev["state_dict"], path), self._masks(prev["masks"], path),
                      keep_fractions(self.cfg, self.names, r), self.cfg.pruning.scope, self.cfg.pruning.method, generator)
 
@@ -104,6 +146,24 @@ class LotteryRun:
 
     def _load_state(self, path, step: str = STEP1) -> dict:
         return self._state(rd.load_torch(path, step=step, keys=("state_dict",))["state_dict"], path)
+
+    def late_rewind(self) -> tuple[str, int] | None:
+        """``("epoch", K)`` or ``("iter", K)`` for late rewinding with K > 0, else None."""
+        kind, _, k = self.cfg.pruning.rewind.partition(":")
+        return (kind, int(k)) if kind in ("epoch", "iter") and int(k) > 0 else None
+
+    def start_iteration(self, r: int, steps_per_epoch: int) -> int:
+        """The step round ``r`` trains from: K (in iterations) for a late-rewound round, else 0."""
+        late = self.late_rewind()
+        if late is None:
+            return 0
+        kind, k = late
+        k_iterations = k * steps_per_epoch if kind == "epoch" else k
+        total = self.cfg.train.epochs * steps_per_epoch
+        if k_iterations >= total:
+            raise UserError(f"pruning.rewind={self.cfg.pruning.rewind} is at or after the end of training "
+                            f"({self.cfg.train.epochs} epochs of {steps_per_epoch} iterations); choose a smaller K")
+        return k_iterations if r > 0 else 0
 
     def starting_state(self, r: int) -> dict:
         rewind = self.cfg.pruning.rewind
@@ -163,8 +223,8 @@ class LotteryRun:
         """The model round ``r`` starts training from: rewound (or reinitialised) survivors, pruned ones at 0."""
         model = new_model(self.cfg, self.num_classes, self.cfg.seed)
         model.load_state_dict(self.starting_state(r))
-        if r > 0 and self.cfg.pruning.rewind != "finetune":
-            reset_batchnorm_stats(model)
+        if r > 0 and self.cfg.pruning.rewind != "finetune" and self.late_rewind() is None:
+            reset_batchnorm_stats(model)  # a late rewind restores step K's statistics with the weights (open_lth)
         apply_masks(model, masks)
         return model
 
@@ -190,6 +250,7 @@ class LotteryRun:
         train_loader = make_loader(train_set, cfg, self.device, train=True,
                                    seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r), sampler=sampler)
         val_loader = make_loader(self.datasets["val"], cfg, self.device, train=False)
+        start_iteration = self.start_iteration(r, len(train_loader))
         ddp = None
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -205,7 +266,7 @@ class LotteryRun:
             if self.dist.main else None
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
                              loss=loss, callbacks=callbacks, desc=f"round {r}",
-                             train_sampler=sampler,
+                             train_sampler=sampler, start_iteration=start_iteration,
                              ddp_model=ddp, resume=resume, save_resume=save_resume)
         remaining, total_remaining = remaining_fractions(model, masks)
         meta = {
@@ -218,8 +279,13 @@ class LotteryRun:
             "best_epoch": result.best_epoch,
             "epochs": len(result.history),  # epochs trained: fewer than train.epochs when train.early_stopping ends the round
             "max_epochs": cfg.train.epochs,
+            "start_iteration": start_iteration,  # K of a late-rewound round (it trained from K to the end), else 0
             "train_seconds": result.seconds,
         }
+        if cfg.pruning.method == "random":
+            meta["random_sparsity"] = cfg.pruning.random_sparsity
+        if cfg.train.loss == "gc_mse" and cfg.train.cgc_lambda > 0:
+            meta["gc_mse_reduction"] = "mean"  # the reference's F.mse_loss (a sum over pixels before issue 19)
         if self.dist.main:
             rd.save_csv(self.run.round_log(r), pd.DataFrame(result.history))
             rd.save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
@@ -241,6 +307,10 @@ class LotteryRun:
         sources = [self.run.init_state()] + ([self.run.checkpoint(r - 1)] if r > 0 else [])
         if self.mask_run is not None and r > 0:
             sources.append(self.mask_run.checkpoint(r))
+        if self.ticket_run is not None and r > 0:
+            sources.append(self.ticket_run.checkpoint(r))
+        if self.late_rewind() is not None and r > 0:
+            sources.append(self.run.rewind_state())
         keep["sources"] = [rd.fingerprint(p) if p.is_file() else "" for p in sources]
         return json.dumps(keep, sort_keys=True, default=str)
 
@@ -260,6 +330,25 @@ class LotteryRun:
             return None
         self.log(f"round {r}: resuming after epoch {state['epoch']} of {self.cfg.train.epochs}")
         return state
+
+    def _check_protocol(self, r: int) -> None:
+        """A finished round made before issue 19 by a protocol that has changed since under the same run name
+        (uniform random pruning for the matched control, a late-rewound round on a fresh schedule, gc_mse's
+        sum over pixels) is not reused."""
+        tc = self.cfg.train
+        checks = {"late rewinding on a fresh schedule": r > 0 and self.late_rewind() is not None,
+                  "uniform random pruning": r > 0 and self.ticket_run is not None,
+                  "gc_mse summed over pixels": tc.loss == "gc_mse" and tc.cgc_lambda > 0}
+        if not any(checks.values()):
+            return
+        ckpt = rd.load_torch(self.run.checkpoint(r), step=STEP1)
+        found = {"late rewinding on a fresh schedule": "start_iteration" in ckpt,
+                 "uniform random pruning": ckpt.get("random_sparsity") == "matched",
+                 "gc_mse summed over pixels": ckpt.get("gc_mse_reduction") == "mean"}
+        stale = [what for what, applies in checks.items() if applies and not found[what]]
+        if stale:
+            raise UserError(f"round {r} of '{self.run.root}' was made by an earlier version ({stale[0]}); "
+                            "redo step 1 with --force")
 
     def summary_rows(self) -> list[dict]:
         rows = []
@@ -281,6 +370,7 @@ class LotteryRun:
         rows = {row["round"]: row for row in self.summary_rows()}
         for r in tqdm(rounds, desc="rounds", disable=not self.dist.main):
             if r in rows and not self.force:
+                self._check_protocol(r)
                 self.log(f"round {r}: complete, skipped (use --force to redo)")
                 continue
             if r > 0 and not self.run.checkpoint(r - 1).is_file() and self.mask_run is None:

@@ -1,7 +1,9 @@
 """Callbacks of the training loop: ``train_round(..., callbacks=[...])``.
 
 A callback has ``on_iteration(iteration, model)`` (after each optimizer step, 1-based count over
-the round) and ``on_epoch(epoch, model)`` (after each epoch's validation, 1-based). The frequency
+the round) and ``on_epoch(epoch, model)`` (after each epoch's validation, 1-based). A late-rewound
+round (``train_round(..., start_iteration=K)``) counts on from the rewind point: its first step is
+iteration K + 1 and its first epoch ``K // steps_per_epoch + 1``. The frequency
 helpers wrap a plain function ``fn(count, model)``: the late-rewinding snapshot of step 1 is
 ``at_epoch(k, save)`` or ``at_iteration(k, save)``; a test that interrupts a run is
 ``every_iteration(fn)``.

@@ -12,7 +12,8 @@ The gradient is taken with ``create_graph=True``, so the loss back-propagates th
 The map of ``x`` is carried to the frame of ``T(x)`` by the same crop and flip (one batched linear
 operator, :mod:`lottery_xai.crops`): ``v = T(M(x))``, ``u = M(T(x))``, both flattened and
 L2-normalised. CGC: ``logits_b = [u_b . v_b, {u_b . u_j}_{j != b}] / tau``, cross-entropy with
-label 0; ``gc_mse``: the mean over the batch of ``|u_b - v_b|^2``. Total: ``CE(training view) + CE(x) +
+label 0; ``gc_mse``: the mean over the batch and the pixels of ``(u_b - v_b)^2`` (the reference's
+``F.mse_loss``, see :func:`mse_loss`). Total: ``CE(training view) + CE(x) +
 CE(T(x)) + lambda * L`` (three forwards; with ``data.augment: false`` the training view is ``x`` and
 its cross-entropy counts once). With ``lambda = 0`` the registry builds the plain cross-entropy loss instead (nothing
 else is computed or drawn), so such a run equals the cross-entropy run bit for bit.
@@ -97,9 +98,16 @@ def contrastive_loss(u: torch.Tensor, v: torch.Tensor, temperature: float) -> to
 
 
 def mse_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The ablation without negatives: mean over the batch of the squared distance of u_b and v_b."""
+    """The ablation without negatives (``train.loss: gc_mse``): the mean over the batch AND the pixels
+    of ``(u - v)^2`` for the flattened, L2-normalised maps, i.e. ``|u_b - v_b|^2 / D`` averaged over b.
+
+    Reference: UCDvision/CGC ``train_eval_gc_l2_no_contrast_baseline.py`` (``disable_contrast=True``
+    in ``models/resnet_multigpu_cgc.py``): ``torch.nn.functional.mse_loss(aug_gradcam_mask,
+    orig_aug_gradcam_mask)`` on the L2-normalised maps flattened at the input size (224 x 224), whose
+    default reduction is the mean over every element. (Before issue 19 this was the sum over pixels,
+    D = H x W times stronger: 4096x at 64 px.)"""
     u, v = F.normalize(u.flatten(1), dim=1), F.normalize(v.flatten(1), dim=1)
-    return ((u - v) ** 2).sum(1).mean()
+    return ((u - v) ** 2).mean()
 
 
 def consistency_term(forward: nn.Module, model: nn.Module, images: torch.Tensor, crop: tuple, layer: str,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from contextlib import nullcontext
@@ -54,14 +55,18 @@ def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
-def make_scheduler(optimizer, tc: TrainConfig, steps_per_epoch: int):
-    """Per-iteration schedule over the round's epochs (a fresh one every round)."""
+def make_scheduler(optimizer, tc: TrainConfig, steps_per_epoch: int, start_iteration: int = 0):
+    """Per-iteration schedule over the round's epochs (a fresh one every round), at step ``start_iteration``
+    of it from the first update on (late rewinding: the schedule continues at the rewind point K; the
+    learning rate of the first update is the schedule's value at K, as open_lth's ``train`` gets by
+    stepping its schedule K times before training)."""
     total = max(tc.epochs * steps_per_epoch, 1)
+    k = int(start_iteration)
     if tc.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total) / total)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 0.5 * (1 + math.cos(math.pi * min(it + k, total) / total)))
     if tc.lr_schedule == "step":
         step = tc.lr_step_epochs * steps_per_epoch
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: tc.lr_gamma ** (it // step))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: tc.lr_gamma ** ((it + k) // step))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
 
 
@@ -122,9 +127,19 @@ def _set_rng_state(loader, state: dict) -> None:
 def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, masks: Masks, device: torch.device,
                 num_classes: int, *, loss: Callable | None = None, callbacks: Sequence[Callback] = (),
                 desc: str = "train", train_sampler=None, ddp_model: nn.Module | None = None,
-                resume: dict | None = None, save_resume: Callable[[dict], None] | None = None) -> RoundResult:
+                start_iteration: int = 0, resume: dict | None = None,
+                save_resume: Callable[[dict], None] | None = None) -> RoundResult:
     """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step
     (fewer with ``tc.early_stopping``: :class:`.callbacks.EarlyStopping` ends the round).
+
+    ``start_iteration`` = K > 0 (late rewinding) trains from step K to the end, T - K iterations with
+    T = ``tc.epochs * len(train_loader)``, as open_lth's ``train(start_step=K)``: a fresh optimizer, the
+    schedule continuing at K, epochs and iterations counted from K (the first epoch is
+    ``K // len(train_loader) + 1``; when K falls inside it, it trains the ``len(train_loader) - K %
+    len(train_loader)`` iterations the epoch has left after K, on the first batches of its data order
+    (open_lth skips the first ones, those its dense run trained on before K: our rounds draw their own
+    data order, so which positions are used makes no difference, and no batch is loaded in vain), then
+    validates as at every epoch end).
 
     Validation runs after each epoch's training, so the final weights are scored. The best
     validation state is kept in memory and returned with the last state. ``loss`` is a loss object
@@ -138,13 +153,17 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     exactly the weights an uninterrupted run would have.
     """
     start = time.perf_counter()
+    steps = len(train_loader)
+    if not 0 <= start_iteration < max(tc.epochs * steps, 1):
+        raise ValueError(f"start_iteration {start_iteration} is outside the {tc.epochs * steps} iterations of training")
     optimizer = make_optimizer(model, tc)
-    scheduler = make_scheduler(optimizer, tc, len(train_loader))
+    scheduler = make_scheduler(optimizer, tc, steps, start_iteration)
     forward = ddp_model if ddp_model is not None else model
     loss_fn = loss if loss is not None else get_loss(tc.loss, tc)
     stopper = early_stopping(tc)  # None unless train.early_stopping
     best_acc, best_state, best_epoch, history = -1.0, None, 0, []
-    iteration, first, elapsed = 0, 1, 0.0
+    start_epoch, skip = start_iteration // max(steps, 1) + 1, start_iteration % max(steps, 1)
+    iteration, first, elapsed = start_iteration, start_epoch, 0.0
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -162,7 +181,11 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 dataset.set_epoch(epoch)
             model.train()
             loss_sum, seen = 0.0, 0
-            bar = tqdm(train_loader, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False)
+            batches = train_loader
+            if epoch == start_epoch and skip:  # the rewind point is inside this epoch: its remaining batches
+                batches = itertools.islice(train_loader, steps - skip)
+            bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False,
+                       total=steps - skip if epoch == start_epoch else steps)
             for batch in bar:
                 images, labels = to_device(batch, device, tc.channels_last)
                 if getattr(loss_fn, "own_forward", False):

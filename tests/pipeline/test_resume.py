@@ -95,3 +95,23 @@ def test_force_ignores_a_resume_state(tiny_data, tmp_path, straight):
                log=lambda *_: None).run_rounds([0, 1])
     assert [it for r, it in steps if r == 1] == list(range(1, EPOCHS * per_epoch + 1))
     _same_round(rd.RunDir(straight), rd.RunDir(cfg), 1)
+
+
+def test_a_late_rewound_round_resumes_bit_identical(tiny_data, tmp_path):
+    """pruning.rewind=epoch:1: round 1 trains epochs 2 and 3 (from step K on); killed one step into epoch 3,
+    it resumes after epoch 2 with the schedule where it was and ends as the uninterrupted run."""
+    extra = ("pruning.rewind=epoch:1",)
+    straight = tiny_cfg(tiny_data, tmp_path / "straight", f"train.epochs={EPOCHS}", "prune_iterations=1", *extra)
+    LotteryRun(straight, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    cfg = tiny_cfg(tiny_data, tmp_path / "killed", f"train.epochs={EPOCHS}", "prune_iterations=1", *extra)
+    per_epoch = _steps_per_epoch(cfg)
+    with pytest.raises(Interrupt):
+        LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
+    run = rd.RunDir(cfg)
+    saved = rd.load_torch(run.resume_state(1))
+    assert saved["epoch"] == EPOCHS - 1 and [h["epoch"] for h in saved["history"]] == list(range(2, EPOCHS))
+    steps = []
+    LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lambda *_: None).run_rounds([0, 1])
+    assert [it for r, it in steps if r == 1] == list(range((EPOCHS - 1) * per_epoch + 1, EPOCHS * per_epoch + 1))
+    _same_round(rd.RunDir(straight), run, 1)
+    assert rd.load_torch(run.checkpoint(1))["epochs"] == EPOCHS - 1  # T - K epochs trained

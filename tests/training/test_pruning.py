@@ -56,14 +56,18 @@ def test_pruned_weights_stay_exactly_zero_through_training(optimizer, momentum, 
         seen.append(all(bool((params[n][~mask] == 0).all()) for n, mask in masks.items()))
 
     tc = TrainConfig(epochs=2, optimizer=optimizer, lr=0.1, momentum=momentum, weight_decay=wd)
+    start = {n: v.detach().clone() for n, v in model.state_dict().items()}  # the rewound (masked) state
     res = train_round(model, batches, batches, tc, masks, torch.device("cpu"), 3, callbacks=[every_iteration(check)])
     assert seen and all(seen)
     for n, mask in masks.items():
         assert (res.last_state[n][~mask] == 0).all()
         assert (res.best_state[n][~mask] == 0).all()
-        assert (res.last_state[n][mask] != 0).float().mean() > 0.9  # survivors did train
-    # gating is on the mask, not the value: negative weights keep training (the reference's w < eps bug)
-    assert any((res.last_state[n][mask] < 0).any() for n, mask in masks.items())
+        # survivors trained: (nearly) every one moved away from its starting value
+        assert (res.last_state[n][mask] != start[n][mask]).float().mean() > 0.9, n
+    # gating is on the mask, not the value: negative survivors train too (the reference's w < eps bug froze them)
+    for n, mask in masks.items():
+        negative = mask & (start[n] < 0)
+        assert negative.any() and (res.last_state[n][negative] != start[n][negative]).float().mean() > 0.9, n
 
 
 def test_mask_enforcer_removes_its_hooks():
@@ -141,3 +145,27 @@ def test_random_pruning_is_seeded_and_respects_count():
     m2 = prune({"w": w}, masks, {"w": 0.3}, "layerwise", "random", torch.Generator().manual_seed(1))
     m3 = prune({"w": w}, masks, {"w": 0.3}, "layerwise", "random", torch.Generator().manual_seed(2))
     assert torch.equal(m1["w"], m2["w"]) and not torch.equal(m1["w"], m3["w"]) and int(m1["w"].sum()) == 30
+
+
+def test_random_matched_keeps_the_ticket_counts_among_alive_weights_seeded():
+    """The LTH random control: per tensor, exactly the ticket's count, only previously alive weights,
+    a uniform draw (every alive weight kept with probability count / alive), the same for the same seed."""
+    from lottery_xai.pruning import random_matched
+
+    g = torch.Generator().manual_seed(0)
+    previous = {"a": torch.rand(6, 5, generator=g) < 0.7, "b": torch.ones(10, dtype=torch.bool)}
+    previous["a"][0, :3] = True
+    counts = {"a": 7, "b": 4}
+    m1 = random_matched(previous, counts, torch.Generator().manual_seed(1))
+    m2 = random_matched(previous, counts, torch.Generator().manual_seed(1))
+    m3 = random_matched(previous, counts, torch.Generator().manual_seed(2))
+    for n in previous:
+        assert int(m1[n].sum()) == counts[n] and not (m1[n] & ~previous[n]).any()
+        assert torch.equal(m1[n], m2[n])
+    assert any(not torch.equal(m1[n], m3[n]) for n in previous)
+    # uniform over the alive weights: 3000 draws of 4 of 10, each weight kept 40 % of the time (binomial sd 0.9 %)
+    g = torch.Generator().manual_seed(3)
+    kept = torch.stack([random_matched({"b": previous["b"]}, {"b": 4}, g)["b"] for _ in range(3000)]).float().mean(0)
+    assert (kept - 0.4).abs().max() < 0.04
+    with pytest.raises(ValueError, match="alive"):
+        random_matched(previous, {"a": int(previous["a"].sum()) + 1, "b": 1}, torch.Generator().manual_seed(0))
