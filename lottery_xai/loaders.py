@@ -35,6 +35,8 @@ class SeedPurpose(IntEnum):
     HUMAN_STUDY = 71     # the human study: its draws (image choice, side order, ties, task order, simulation)
     SANITY = 73          # sanity checks: the fresh weights of the randomised layers of round r
     STATS_BOOTSTRAP = 79  # step 7 and main_aggregate.py: the bootstrap over images of round r
+    METRICS = 83         # step 7: tie-breaking permutations of the rankings (round, method) and the region noise
+    IG_NOISE = 89        # integrated gradients' uniform-noise baselines (below a map seed)
 
 
 def derived_seed(seed: int, *parts: int) -> int:

@@ -19,8 +19,10 @@ def tiny_data(tmp_path_factory):
 
 
 def tiny_overrides(data, logs, *extra):
+    # tiny runs keep the costly reference settings small: no doubling of IG's steps, 10 Samek steps
     return [f"data_root={data}", f"json_root={data}/prepared", f"logs={logs}", "img_size=32", "train.epochs=2",
-            "data.batch_size=8", "prune_iterations=2", "prune_percent=50", "device=cpu", *extra]
+            "data.batch_size=8", "prune_iterations=2", "prune_percent=50", "device=cpu", "heatmaps.ig_max_steps=2",
+            "metrics.samek_steps=10", *extra]
 
 
 def iteration_hook(fn):

@@ -3,7 +3,8 @@
 Every method is called as `method(model, images[N,C,H,W], targets[N] or None, *, layer=None,
 **options) -> maps [N,H,W]` (float32, on the images' device, raw values); `targets=None`
 explains the predicted class. `attribute(name, ...)` looks a method up by name, checks its
-options and normalises the maps.
+options and normalises the maps. A method with a report (integrated gradients: its completeness
+per image) fills `attribute(..., details={})` as well.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch import nn
 from lottery_xai.attribution._hooks import TargetsLike
 from lottery_xai.attribution.baseline import random_map
 from lottery_xai.attribution.cam import grad_x_activation, grad_x_activation_map, gradcam, gradcam_pp, score_cam
-from lottery_xai.attribution.gradients import integrated_gradients, saliency
+from lottery_xai.attribution.gradients import integrated_gradients, integrated_gradients_report, saliency
 from lottery_xai.attribution.perturbation import occlusion
 from lottery_xai.errors import UserError
 from lottery_xai.names import unknown_name
@@ -33,12 +34,18 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
 }
 # Methods whose `layer` argument matters; the others accept it and ignore it.
 LAYER_METHODS = frozenset({"gradcam", "gradcampp", "grad_x_activation", "scorecam"})
+# Methods that can say how good their maps are: name -> a function with the method's arguments that
+# returns (maps, {detail: tensor [N]}).
+REPORTS: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
+    "integrated_gradients": integrated_gradients_report,
+}
 NORMALIZE_MODES = ("max", "minmax", "none")
 
 __all__ = [
     "METHODS",
     "LAYER_METHODS",
     "NORMALIZE_MODES",
+    "REPORTS",
     "attribute",
     "get_method",
     "normalize_maps",
@@ -49,6 +56,7 @@ __all__ = [
     "score_cam",
     "saliency",
     "integrated_gradients",
+    "integrated_gradients_report",
     "occlusion",
     "random_map",
 ]
@@ -94,12 +102,15 @@ def attribute(
     *,
     layer: str | None = None,
     normalize: str = "max",
+    details: dict | None = None,
     **options,
 ) -> torch.Tensor:
     """Maps [N, H, W] of method `name`, normalised per image (`normalize`: max, minmax or none).
 
     `options` are the method's own keyword arguments; an unknown one raises UserError naming the
-    closest valid option, so a typo in a config cannot pass silently.
+    closest valid option, so a typo in a config cannot pass silently. With a dict `details`, a method
+    in REPORTS runs through its report function and puts its per-image details (tensors [N], computed
+    on the raw maps) in it; other methods leave it empty.
     """
     method = get_method(name)
     accepted = [
@@ -113,5 +124,9 @@ def attribute(
                                otherwise=f"{name} takes {', '.join(accepted) or 'no options'}")
     if normalize not in NORMALIZE_MODES:
         raise UserError(f"normalize must be one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
-    maps = method(model, images, targets, layer=layer, **options)
+    if details is not None and name in REPORTS:
+        maps, found = REPORTS[name](model, images, targets, layer=layer, **options)
+        details.update(found)
+    else:
+        maps = method(model, images, targets, layer=layer, **options)
     return normalize_maps(maps, normalize)

@@ -64,6 +64,29 @@ def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
     return batch, info
 
 
+def ig_completeness(details: dict, cfg: Config, r: int, log) -> dict[str, np.ndarray]:
+    """Integrated gradients' completeness per image, as stored beside its maps, with one log line per round.
+
+    ``completeness``: |sum(attributions) - (F(x) - F(x'))| / |F(x) - F(x')| on the raw (unnormalised)
+    attributions, F the explained output (``heatmaps.ig_output``) and x' the baseline; ``completeness_delta``
+    the signed sum(attributions) - (F(x) - F(x')) (Captum's convergence delta); ``output_difference``
+    F(x) - F(x'); ``ig_steps`` the integration points each image needed (``heatmaps.ig_steps``, doubled up
+    to ``heatmaps.ig_max_steps`` while the gap exceeds ``heatmaps.ig_tolerance``)."""
+    h = cfg.heatmaps
+    gap = details["completeness"].cpu().numpy().astype(np.float32)
+    steps = details["steps"].cpu().numpy().astype(np.int64)
+    above = gap > h.ig_tolerance
+    more = int((steps > h.ig_steps).sum())
+    line = (f"round {r}: integrated gradients' completeness gap median {np.median(gap):.2%}, max {gap.max():.2%}"
+            f"; {more} of {len(gap)} images integrated with more than {h.ig_steps} steps")
+    if above.any():
+        line += (f"; warning: {int(above.sum())} images stay above heatmaps.ig_tolerance={h.ig_tolerance:g} with "
+                 f"{int(steps[above].max())} steps (raise heatmaps.ig_max_steps; their gaps are in 'completeness')")
+    log(line)
+    return {"completeness": gap, "completeness_delta": details["delta"].cpu().numpy().astype(np.float32),
+            "output_difference": details["output_difference"].cpu().numpy().astype(np.float32), "ig_steps": steps}
+
+
 @rd.locked("heatmaps")
 def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
@@ -82,9 +105,13 @@ def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[in
             predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
         targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
         for method in todo:
-            maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r))
+            details: dict = {}
+            maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r),
+                                   details=details)
+            extra = ig_completeness(details, cfg, r, log) if details else {}  # only integrated gradients reports
             rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
                         labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
-                        maps=maps.cpu().numpy().astype(np.float16), weights_remaining=ckpt["weights_remaining"])
+                        maps=maps.cpu().numpy().astype(np.float32), weights_remaining=ckpt["weights_remaining"],
+                        **extra)
             run.record_fingerprint("heatmaps", f"{rd.round_name(r)}/{method}", fp)
     log(f"step 6 done: maps in {run.root / 'heatmaps'}")

@@ -10,7 +10,7 @@ from .. import rundir as rd
 from ..attribution import LAYER_METHODS, METHODS, attribute
 from ..config import SPLIT_NAMES, Config, check_method_names
 from ..errors import UserError
-from ..loaders import derived_seed
+from ..loaders import SeedPurpose, derived_seed
 from ..models import architecture, build_model
 from ..names import unknown_name
 from ..pruning import prunable_names
@@ -145,14 +145,24 @@ def resolve_names(requested: list[str], known: list[str], what: str, key: str) -
     return list(resolved)
 
 
-def method_options(cfg: Config, method: str, seed: int) -> dict:
+def method_options(cfg: Config, method: str, seed: int, adaptive: bool = True) -> dict:
+    """The keyword options of ``method`` that the config sets (``seed`` seeds the methods that draw).
+    ``adaptive=False``: integrated gradients keeps ``heatmaps.ig_steps`` for every image (no doubling
+    towards completeness: the sanity check compares maps, it does not read their completeness)."""
     h = cfg.heatmaps
     options = {
-        "integrated_gradients": {"steps": h.ig_steps, "batch_size": h.batch_size},
         "occlusion": {"patch": h.occlusion_patch or None, "batch_size": h.batch_size},
         "scorecam": {"batch_size": h.batch_size},
         "random": {"seed": seed},
     }
+    if method == "integrated_gradients":
+        from ..data import get_dataset  # the images' normalisation, which the black and uniform baselines undo
+
+        spec = get_dataset(cfg.dataset)
+        return {"steps": h.ig_steps, "rule": h.ig_rule, "baseline": h.ig_baseline, "mean": spec.mean, "std": spec.std,
+                "output": h.ig_output, "samples": h.ig_uniform_samples, "tolerance": h.ig_tolerance,
+                "max_steps": h.ig_max_steps if adaptive else h.ig_steps, "batch_size": h.batch_size,
+                "seed": derived_seed(seed, SeedPurpose.IG_NOISE)}  # apart from the random maps' stream
     return options.get(method, {})
 
 
@@ -166,11 +176,20 @@ def layer_for(cfg: Config, method: str) -> str | None:
 
 
 def configured_maps(cfg: Config, method: str, model, images: torch.Tensor, targets: torch.Tensor, seed: int,
-                    normalize: str | None = None) -> torch.Tensor:
+                    normalize: str | None = None, details: dict | None = None, adaptive: bool = True) -> torch.Tensor:
     """Maps of ``method`` with the configured layer and options, in chunks of ``heatmaps.batch_size``;
-    chunk i is seeded ``derived_seed(seed, i)``, so the random baseline does not repeat from chunk to chunk."""
+    chunk i is seeded ``derived_seed(seed, i)``, so the random baseline does not repeat from chunk to chunk.
+    With a dict ``details``, a method that reports on its maps (integrated gradients: completeness per
+    image) puts its per-image values there as tensors [N] (see ``attribution.attribute``)."""
     size = cfg.heatmaps.batch_size
-    return torch.cat([
-        attribute(method, model, chunk, t, layer=layer_for(cfg, method), normalize=normalize or cfg.heatmaps.normalize,
-                  **method_options(cfg, method, derived_seed(seed, i)))
-        for i, (chunk, t) in enumerate(zip(images.split(size), targets.split(size)))])
+    found: list[dict] = []
+    maps = []
+    for i, (chunk, t) in enumerate(zip(images.split(size), targets.split(size))):
+        chunk_details = {} if details is not None else None
+        maps.append(attribute(method, model, chunk, t, layer=layer_for(cfg, method),
+                              normalize=normalize or cfg.heatmaps.normalize, details=chunk_details,
+                              **method_options(cfg, method, derived_seed(seed, i), adaptive)))
+        found.append(chunk_details)
+    if details is not None and found and found[0]:
+        details.update({key: torch.cat([part[key] for part in found]) for key in found[0]})
+    return torch.cat(maps)
