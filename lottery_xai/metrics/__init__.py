@@ -5,6 +5,9 @@ function takes from the data and ``cfg.metrics``; reports and plots read `METRIC
 `get_metric(name)` instead of hard-coding which way is better, and step 7 computes every
 declared metric whose needs it can provide (`compute_metrics`).
 """
+import torch
+
+from lottery_xai.errors import UserError
 from lottery_xai.metrics.base import (FAMILIES, METRICS, NEEDS, WITHOUT_MAPS, MetricInputs, MetricSpec,
                                       compute_metrics, get_metric, register, unregister)
 from lottery_xai.metrics.consistency import (
@@ -19,14 +22,19 @@ from lottery_xai.metrics.consistency import (
     top_iou,
     transform_consistency,
 )
-from lottery_xai.metrics.faithfulness import deletion_insertion, pixel_perturbation, pixel_rank, trapezoid_auc
-from lottery_xai.metrics.localisation import box_mask, content_heatmap, energy_in_box, energy_in_parts, pointing_game
+from lottery_xai.metrics.faithfulness import (deletion_insertion, perturbation_aopc, pixel_perturbation, pixel_rank,
+                                              region_perturbation, rise_blur, rise_kernel, scaled_blur, scaled_region,
+                                              tie_seeds, trapezoid_auc)
+from lottery_xai.metrics.localisation import (box_mask, content_heatmap, energy_in_box, energy_in_parts, no_energy,
+                                              pointing_game, zero_map_indicator)
 
 __all__ = [
     "FAMILIES", "METRICS", "NEEDS", "WITHOUT_MAPS", "MetricInputs", "MetricSpec", "compute_metrics", "get_metric",
     "register", "unregister",
-    "deletion_insertion", "pixel_perturbation", "pixel_rank", "trapezoid_auc",
-    "energy_in_box", "content_heatmap", "pointing_game", "energy_in_parts", "box_mask",
+    "deletion_insertion", "pixel_perturbation", "region_perturbation", "perturbation_aopc", "pixel_rank",
+    "tie_seeds", "trapezoid_auc", "rise_blur", "rise_kernel", "scaled_blur", "scaled_region",
+    "energy_in_box", "content_heatmap", "zero_map_indicator", "no_energy", "pointing_game", "energy_in_parts",
+    "box_mask",
     "map_agreement", "spearman", "top_iou", "ssim", "average_rank",
     "tcav_agreement", "tcav_agreement_summary",
     "transform_consistency", "resized_crop", "sample_crop_boxes",
@@ -35,14 +43,40 @@ __all__ = [
 
 # The keyword arguments of each function, from the inputs of one round and method (pixel settings are
 # given at 224 px and scaled with the images). The faithfulness metrics score the predicted class.
+def _fill(x: MetricInputs, choice: str, key: str):
+    """A configured fill: 'train_mean' -> the training set's per-channel mean (normalised); else the name."""
+    if choice != "train_mean":
+        return choice
+    if x.train_mean is None:
+        raise UserError(f"metrics.{key}: train_mean needs the training set's per-channel mean (step 7 computes "
+                        "it); pass train_mean to the metric inputs or choose zeros")
+    return x.train_mean
+
+
+def _ranking(x: MetricInputs) -> dict:
+    return {"ties": x.settings.ties, "seed": 0 if x.tie_seed is None else x.tie_seed}
+
+
 def _deletion_insertion_args(x: MetricInputs) -> dict:
-    return {"model": x.model, "images": x.images, "maps": x.maps, "n_steps": x.settings.n_steps,
-            "batch_size": x.settings.batch_size}
+    s = x.settings
+    kernel, sigma = scaled_blur(x.scale, s.blur_kernel, s.blur_sigma)
+    return {"model": x.model, "images": x.images, "maps": x.maps, "n_steps": s.n_steps, "batch_size": s.batch_size,
+            "substrate": _fill(x, s.deletion_substrate, "deletion_substrate"), "blur_kernel": kernel,
+            "blur_sigma": sigma, **_ranking(x)}
 
 
-def _pixel_perturbation_args(x: MetricInputs) -> dict:
-    return {"model": x.model, "images": x.images, "maps": x.maps, "fractions": x.settings.fractions,
-            "batch_size": x.settings.batch_size}
+def _perturbation_args(x: MetricInputs) -> dict:
+    s = x.settings
+    common = {"model": x.model, "images": x.images, "maps": x.maps, "batch_size": s.batch_size, **_ranking(x)}
+    if s.perturbation == "pixels":
+        return {"protocol": "pixels", "fractions": s.fractions, "fill": _fill(x, s.pixel_fill, "pixel_fill"), **common}
+    if x.normalisation is None:
+        raise UserError("metrics.perturbation samek draws uniform noise over the valid pixel values: pass the "
+                        "images' normalisation (mean, std) to the metric inputs")
+    mean, std = (torch.as_tensor(v, dtype=torch.float64) for v in x.normalisation)
+    return {"protocol": "samek", "region": scaled_region(x.scale, s.samek_region), "n_steps": s.samek_steps,
+            "noise_low": ((0 - mean) / std).tolist(), "noise_high": ((1 - mean) / std).tolist(),
+            "noise_seed": 0 if x.noise_seed is None else x.noise_seed, **common}
 
 
 def _energy_in_box_args(x: MetricInputs) -> dict:
@@ -50,11 +84,16 @@ def _energy_in_box_args(x: MetricInputs) -> dict:
 
 
 def _content_heatmap_args(x: MetricInputs) -> dict:
-    return {"maps": x.true_class_maps, "boxes": x.boxes}
+    return {"maps": x.true_class_maps, "boxes": x.boxes, "zero_maps": x.settings.zero_maps}
+
+
+def _zero_maps_args(x: MetricInputs) -> dict:
+    return {"maps": x.true_class_maps}
 
 
 def _pointing_game_args(x: MetricInputs) -> dict:
-    return {"maps": x.maps, "boxes": x.boxes, "tolerance": x.settings.pointing_tolerance * x.scale}
+    return {"maps": x.maps, "boxes": x.boxes, "tolerance": x.settings.pointing_tolerance * x.scale,
+            "ties": x.settings.pointing_ties}
 
 
 def _energy_in_parts_args(x: MetricInputs) -> dict:
@@ -83,12 +122,13 @@ _DECLARATIONS = [
     MetricSpec("insertion_auc", "faithfulness", True, {"model"}, deletion_insertion,
                "area under the probability curve while the top pixels are restored into a blurred image (RISE)",
                output="insertion_auc", arguments=_deletion_insertion_args),
-    MetricSpec("morf_aopc", "faithfulness", True, {"model"}, pixel_perturbation,
-               "average probability drop when the most relevant 1-10 % of pixels are replaced by the mean",
-               output="aopc", options={"order": "morf"}, arguments=_pixel_perturbation_args),
-    MetricSpec("lerf_aopc", "faithfulness", False, {"model"}, pixel_perturbation,
-               "average probability drop when the least relevant 1-10 % of pixels are replaced by the mean",
-               output="aopc", options={"order": "lerf"}, arguments=_pixel_perturbation_args),
+    MetricSpec("morf_aopc", "faithfulness", True, {"model"}, perturbation_aopc,
+               "average probability drop while the most relevant regions are perturbed first (Samek et al.: "
+               "9x9-pixel regions at 224 px replaced by uniform noise over 100 steps; metrics.perturbation)",
+               output="aopc", options={"order": "morf"}, arguments=_perturbation_args),
+    MetricSpec("lerf_aopc", "faithfulness", False, {"model"}, perturbation_aopc,
+               "average probability drop while the least relevant regions are perturbed first (Samek et al.; "
+               "metrics.perturbation)", output="aopc", options={"order": "lerf"}, arguments=_perturbation_args),
     MetricSpec("roar_test_acc", "faithfulness", False, {"retraining"}, None,
                "test accuracy of the architecture retrained from scratch after the top-p % pixels of every image "
                "were replaced by the training mean (ROAR; main_roar.py); a lower curve than random is better",
@@ -99,9 +139,14 @@ _DECLARATIONS = [
                arguments=_energy_in_box_args),
     MetricSpec("content_heatmap", "localisation", True, {"box", "true_class_maps"}, content_heatmap,
                "percentage of map energy inside the box for the ground-truth class's map (CGC's content heatmap; "
-               "all-zero maps count as 0)", arguments=_content_heatmap_args),
+               "maps without positive energy are skipped, metrics.zero_maps)", arguments=_content_heatmap_args),
+    MetricSpec("content_heatmap_zero_maps", "localisation", False, {"box", "true_class_maps"}, zero_map_indicator,
+               "1 when the ground-truth class's map has no positive energy (skipped by the content heatmap); "
+               "the row's value is their share, value x n_images their count (not tested)", arguments=_zero_maps_args,
+               tested=False),
     MetricSpec("pointing_game", "localisation", True, {"box"}, pointing_game,
-               "1 when the map's maximum lies within the tolerance of the bounding box", arguments=_pointing_game_args),
+               "1 when the map's maximum lies within the tolerance of the bounding box (TorchRay's rule; "
+               "metrics.pointing_ties)", arguments=_pointing_game_args),
     MetricSpec("energy_in_parts", "localisation", True, {"parts"}, energy_in_parts,
                "percentage of (positive) map energy near the visible part locations (NaN without visible parts)",
                arguments=_energy_in_parts_args),

@@ -35,7 +35,11 @@ class MetricInputs:
     with, or (``maps`` None) the round's and the dense model's TCAV tables. None = not available.
 
     `settings` is ``cfg.metrics``; `scale` is the image side over 224 (the pixel settings are given at
-    224 px). `attribution_fn` and `seed` recompute the method on transformed images (``transform``).
+    224 px; 1 with ``metrics.pixel_scaling: fixed``). `attribution_fn` and `seed` recompute the method on
+    transformed images (``transform``). `train_mean` is the training set's per-channel mean and
+    `normalisation` the (mean, std) the images were normalised with, both per channel (the fills and
+    the noise range of the faithfulness metrics). `tie_seed` seeds the random tie-breaking of the
+    rankings (``metrics.ties``), `noise_seed` the region-perturbation noise (0 when not given).
     """
 
     settings: "MetricsConfig"
@@ -49,11 +53,17 @@ class MetricInputs:
     attribution_fn: Callable[..., torch.Tensor] | None = None
     seed: int | None = None
     true_class_maps: torch.Tensor | None = None  # the same method's maps of each image's ground-truth class
+    train_mean: torch.Tensor | None = None  # [C], normalised units
+    normalisation: tuple | None = None  # (mean [C], std [C]) of the images' normalisation
+    tie_seed: int | None = None
+    noise_seed: int | None = None
     tcav_round: "pd.DataFrame | None" = None
     tcav_dense: "pd.DataFrame | None" = None
 
     @property
     def scale(self) -> float:
+        if getattr(self.settings, "pixel_scaling", "scaled") == "fixed":
+            return 1.0
         return (self.images if self.images is not None else self.maps).shape[-1] / 224
 
     @property
@@ -97,6 +107,7 @@ class MetricSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     step: str | None = None  # computed by this script's own step instead of by `fn` in step 7 (ROAR retrains)
     arguments: Callable[[MetricInputs], Mapping[str, Any]] | None = None
+    tested: bool = True  # step 7's paired tests include it (False: a diagnostic count, e.g. the skipped maps)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -39,43 +39,105 @@ def energy_in_box(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
     The positive part of each map is normalised to sum 1 at map resolution, and
     ``100 * sum_{p in box} M(p)`` is returned. An all-zero (or all-negative) map scores 0 and an
-    empty box scores 0: such images count, they are not skipped. The mean over images is the
-    "content heatmap" CH. Higher is better.
+    empty box scores 0: such images count, they are not skipped (`content_heatmap`, computed on the
+    maps of the ground-truth class, skips all-zero maps as CGC's reference does). Higher is better.
     """
     maps = check_maps(maps)
     boxes = check_boxes(boxes, maps)
     return _energy_share(maps, box_mask(boxes, *maps.shape[-2:]))
 
 
-def content_heatmap(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """The content heatmap of the CGC paper, per image: :func:`energy_in_box` of the maps of each
-    image's ground-truth class (the caller passes those maps); all-zero maps count as 0."""
-    return energy_in_box(maps, boxes)
+ZERO_MAPS = ("skip", "zero", "uniform")
+POINTING_TIES = ("first", "half")
 
 
-def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0) -> torch.Tensor:
-    """Pointing game hits, [N] float of 1.0 (hit) / 0.0 (miss).
+def no_energy(maps: torch.Tensor) -> torch.Tensor:
+    """[N] bool: maps with no positive energy (all zero, or nowhere positive), which `content_heatmap` skips."""
+    return check_maps(maps).clamp_min(0).flatten(1).sum(dim=1) <= 0
 
-    The map points at its maximum. A maximal pixel hits when the Euclidean distance from its
-    centre to the (closed) box is at most `tolerance`, in map pixels (Zhang et al. 2016 use 15 px
-    at about 224 px; scale it with the map size). Ties: when the maximum is attained at several
-    pixels, the image is a hit when at least half of the maximal pixels hit. Unlike "any", this
-    does not reward a flat map whose plateau merely touches the box, and unlike "the first in
-    raster order" it does not depend on where the plateau starts; with a unique maximum all rules
-    agree. A constant map (all zero included) carries no location and is a miss; so is an empty
-    box (x1 <= x0 or y1 <= y0). Higher is better.
+
+def content_heatmap(maps: torch.Tensor, boxes: torch.Tensor, zero_maps: str = "skip") -> torch.Tensor:
+    """The content heatmap of the CGC paper (Pillai et al. 2022), per image: `energy_in_box` of the maps
+    of each image's ground-truth class (the caller passes those maps), in [0, 100].
+
+    Reference: UCDvision/CGC ``TorchRay/torchray/benchmark/evaluate_finegrained_gradcam_energy_inside_bbox.py``
+    (and ``evaluate_imagenet_gradcam_energy_inside_bbox.py``): the Grad-CAM of the ground-truth class is
+    resized to the image, and when its sum is ``<= 0`` the image is skipped (``continue``) and counted
+    (``zero_count``, printed as "Zero GC found for k/n samples"); otherwise the map is divided by its sum
+    and its mass inside the box is averaged over the images that were not skipped. So with
+    ``zero_maps='skip'`` (the default) a map with no positive energy (`no_energy`) is NaN here, the mean
+    over the others (``nanmean``, as step 7 takes) is CGC's number; `zero_map_indicator` marks them (step 7's
+    ``content_heatmap_zero_maps``). ``zero_maps='zero'`` counts them as 0 instead (this project's earlier
+    rule, which averages over every image). ``zero_maps='uniform'`` scores them as a uniform map (the
+    box's share of the image's pixels): what CGC's code computes in practice, because its
+    ``compute_gradcam`` adds 1e-8 to every pixel after normalising, so an all-zero Grad-CAM arrives
+    uniform and its skip branch does not fire there.
+    """
+    if zero_maps not in ZERO_MAPS:
+        raise UserError(f"zero_maps must be one of {list(ZERO_MAPS)}, got {zero_maps!r}")
+    share = energy_in_box(maps, boxes)
+    if zero_maps == "zero":
+        return share
+    if zero_maps == "uniform":
+        replacement = energy_in_box(torch.ones_like(check_maps(maps)), boxes)
+    else:
+        replacement = torch.full_like(share, float("nan"))
+    return torch.where(no_energy(maps), replacement, share)
+
+
+def zero_map_indicator(maps: torch.Tensor) -> torch.Tensor:
+    """[N] float 1.0 where the map has no positive energy (the maps `content_heatmap` skips), else 0.0;
+    its mean is the share and its sum the count of such maps."""
+    return no_energy(maps).to(check_maps(maps).dtype)
+
+
+def _near_box(maps: torch.Tensor, boxes: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """[N,H,W] bool: pixels whose centre is within `tolerance` (Euclidean, map pixels) of the closed box."""
+    xs, ys = pixel_centres(*maps.shape[-2:], maps.device, maps.dtype)
+    x0, y0, x1, y1 = (boxes[:, k, None, None] for k in range(4))
+    dx = (x0 - xs).clamp_min(0) + (xs - x1).clamp_min(0)
+    dy = (y0 - ys).clamp_min(0) + (ys - y1).clamp_min(0)
+    return dx.square() + dy.square() <= float(tolerance) ** 2
+
+
+def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, tolerance: float = 15.0, ties: str = "first") -> torch.Tensor:
+    """Pointing game hits (Zhang et al. 2016, "Top-down neural attention by excitation backprop"), [N]
+    float of 1.0 (hit) / 0.0 (miss).
+
+    ``ties='first'`` (the default) is TorchRay's benchmark (facebookresearch/TorchRay,
+    ``examples/attribution_benchmark.py`` ``_saliency_to_point``: the point is ``torch.argmax`` of the
+    flattened map, i.e. the first maximal pixel in row-major order; ``benchmark/pointing_game.py``
+    ``PointingGame.evaluate``: a hit when some pixel of the object mask lies at Euclidean distance
+    strictly below ``tolerance`` (15 px, in the pixels of the image the map was resized to) from that
+    point, i.e. the point falls in the mask dilated by a disc of radius `tolerance`). The object mask is
+    the box's pixels (`box_mask`: pixel centres in the half-open box, as TorchRay's ``voc_as_mask``
+    fills the box's pixel rows and columns); distances are between pixel centres. TorchRay has no
+    special case: a constant (e.g. all-zero) map points at pixel (0, 0), a hit only when the box
+    comes within the tolerance of the top-left corner, and an empty box is a miss. A tolerance of 0
+    never hits (strict inequality). Step 7 passes 15 px at 224 px scaled with the image size.
+
+    ``ties='half'`` is this project's stricter earlier rule: a maximal pixel hits when the distance
+    from its centre to the (closed, continuous) box is at most `tolerance`; when the maximum is attained
+    at several pixels the image is a hit when at least half of them hit (a plateau that merely touches
+    the box, or happens to start there in raster order, does not score); a constant map carries no
+    location and is a miss, and so is an empty box (x1 <= x0 or y1 <= y0). Higher is better.
     """
     maps = check_maps(maps)
     boxes = check_boxes(boxes, maps)
     if tolerance < 0:
         raise UserError(f"pointing-game tolerance must be >= 0 pixels, got {tolerance}")
-    xs, ys = pixel_centres(*maps.shape[-2:], maps.device, maps.dtype)
-    x0, y0, x1, y1 = (boxes[:, k, None, None] for k in range(4))
-    dx = (x0 - xs).clamp_min(0) + (xs - x1).clamp_min(0)
-    dy = (y0 - ys).clamp_min(0) + (ys - y1).clamp_min(0)
-    near = dx.square() + dy.square() <= float(tolerance) ** 2
-
+    if ties not in POINTING_TIES:
+        raise UserError(f"pointing-game ties must be one of {list(POINTING_TIES)}, got {ties!r}")
     flat = maps.flatten(1)
+    if ties == "first":
+        height, width = maps.shape[-2:]
+        point = flat.argmax(dim=1)  # the first maximal index in row-major order
+        row, col = point // width, point % width
+        rows = torch.arange(height, device=maps.device, dtype=maps.dtype).view(1, height, 1)
+        cols = torch.arange(width, device=maps.device, dtype=maps.dtype).view(1, 1, width)
+        accept = (rows - row.view(-1, 1, 1)).square() + (cols - col.view(-1, 1, 1)).square() < float(tolerance) ** 2
+        return (accept & box_mask(boxes, height, width)).flatten(1).any(dim=1).to(maps.dtype)
+    near = _near_box(maps, boxes, tolerance)
     peak, low = flat.amax(dim=1), flat.amin(dim=1)
     is_max = maps == peak[:, None, None]
     hit_share = (is_max & near).sum(dim=(1, 2)) / is_max.sum(dim=(1, 2))

@@ -2,7 +2,11 @@
 
 Reads the maps of step 6 (the same test images at every round) and, for each round and method,
 writes the mean of each metric over the images into ``metrics/explanations.csv``
-(``round, weights_remaining, method, metric, value, n_images, ci_low, ci_high``: the interval is the
+(``round, weights_remaining, method, metric, value, n_images, ci_low, ci_high``: the value is the mean
+over the images with a value -- NaN where a metric is undefined: the content heatmap skips maps without
+positive energy, as CGC's reference does, and ``content_heatmap_zero_maps`` is 1 for each of them, so
+its value is their share and value x n_images their count; energy in parts is NaN without visible
+parts -- and ``n_images`` the number of images measured; the interval is the
 percentile bootstrap of the mean over the images, ``stats.n_bootstrap`` resamples at
 ``stats.confidence``, seeded per round), every image's value into ``metrics/per_image.csv``
 (``round, method, metric, image_id, value``; NaN where a metric is undefined for an image), and the
@@ -11,7 +15,7 @@ dense round (per method and metric) and of each method against the random baseli
 metric), on the per-image values of the same images, all p-values corrected together with
 ``stats.correction`` (Holm) at ``stats.alpha`` (see `lottery_xai.stats.inference`). The TCAV agreement
 rows are per (class, concept) pair, not per image: they get a bootstrap interval over the pairs but no
-per-image rows and no test. The metrics are those of the
+per-image rows and no test; nor are the diagnostic rows tested (``content_heatmap_zero_maps``). The metrics are those of the
 registry (`lottery_xai.metrics.METRICS`) whose needs the data and the run provide: the part metric
 only with parts, the consistency with the dense maps only with round 0's maps, TCAV agreement only
 with both TCAV tables; ROAR's metric is main_roar.py's. Consistency compares each
@@ -19,10 +23,19 @@ round's map of an image with the dense model's map of the same image; consistenc
 transformation recomputes the map on flipped / resized-cropped copies (``metrics.transform_methods``)
 and compares it with the same transformation of the map; TCAV agreement compares each round's
 TCAV table with the dense one (method ``tcav``).
+
+The faithfulness metrics' fills that say ``train_mean`` use the training split's per-channel mean
+(`train_channel_mean`, computed once per run and stored in ``metrics/train_mean.npz``), and Samek's
+noise spans the valid pixel values [0, 1] through the dataset's normalisation. Their rankings break
+ties with ``SeedPurpose.METRICS`` seeds: per (round, method) for the tie permutations, one for the
+whole run for the region noise (every round and method perturbs an image with the same noise, so
+their differences are not draws of the noise).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -37,7 +50,7 @@ from ..metrics import METRICS, MetricInputs, compute_metrics
 from ..errors import UserError
 from ..stats.inference import TEST_COLUMNS, bootstrap_ci, paired_tests
 from .heatmaps import heatmap_images
-from .rounds import as_run, configured_maps, finished_rounds, load_round_model
+from .rounds import as_run, configured_maps, finished_rounds, load_data, load_round_model
 from .tcav import TCAV_COLUMNS
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
@@ -49,7 +62,14 @@ STEP6 = "step 6 (main_heatmap_save.py)"
 
 def _maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
           ids: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Round ``r``'s stored maps of ``method`` (None when absent), checked against the explained images."""
+    """Round ``r``'s stored maps of ``method`` as float32 (None when absent), checked against the explained images."""
+    found = _stored_maps(run, r, method, device, images, ids)
+    return None if found is None else found[0]
+
+
+def _stored_maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
+                 ids: torch.Tensor | None = None) -> tuple[torch.Tensor, np.dtype] | None:
+    """`_maps` and the numpy dtype step 6 stored them in."""
     path = run.heatmap_file(r, method)
     if not path.is_file():
         return None
@@ -60,7 +80,12 @@ def _maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | No
                                   f"for the images of {run.heatmap_images().name}", STEP6)
     if ids is not None and not np.array_equal(stored["ids"], ids.cpu().numpy()):
         raise rd.unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", STEP6)
-    return torch.from_numpy(maps.astype(np.float32)).to(device)
+    return torch.from_numpy(maps.astype(np.float32)).to(device), maps.dtype
+
+
+def _as_stored(maps: torch.Tensor, dtype) -> torch.Tensor:
+    """Recomputed maps rounded as step 6 stores them (``dtype``), then as float32 as `_maps` reads them."""
+    return torch.from_numpy(maps.detach().cpu().numpy().astype(dtype).astype(np.float32)).to(maps.device)
 
 
 def _require_maps(cfg: Config, run: rd.RunDir, rounds: list[int]) -> None:
@@ -83,20 +108,80 @@ def _attribution_fn(cfg: Config, method: str, seed: int):
     return attribution_fn
 
 
+def method_code(method: str) -> int:
+    """A stable number for a method name (part of its derived seeds; independent of heatmaps.methods' order)."""
+    return zlib.crc32(method.encode())
+
+
+def tie_seed(cfg: Config, r: int, method: str) -> int:
+    """The seed of round ``r``'s tie-breaking permutations for ``method`` (``metrics.ties: random``)."""
+    return derived_seed(cfg.seed, SeedPurpose.METRICS, r, method_code(method))
+
+
+def noise_seed(cfg: Config) -> int:
+    """The seed of the region-perturbation noise: one per run, shared by every round and method."""
+    return derived_seed(cfg.seed, SeedPurpose.METRICS)
+
+
 def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None, *, method: str | None = None,
-                  seed: int | None = None, targets=None, true_class_maps=None) -> dict[str, torch.Tensor]:
+                  seed: int | None = None, targets=None, true_class_maps=None, train_mean=None, normalisation=None,
+                  ties_seed: int | None = None, region_noise_seed: int | None = None) -> dict[str, torch.Tensor]:
     """Per-image values of every registered metric that reads the stored maps, for one round and method.
 
     A metric is computed when its needs are provided: ``box`` by `boxes`, ``parts`` by `parts` with at
     least one part, ``second_map`` by `dense_maps`, ``transform`` by `method` (recomputed on transformed
     images with `seed` and `targets`, None: the predicted class) when it is in ``metrics.transform_methods``.
+    `train_mean` [C] and `normalisation` (mean, std) feed the faithfulness fills and noise; `ties_seed` and
+    `region_noise_seed` seed their tie-breaking and noise (0 when None).
     """
     transform = method is not None and seed is not None and method in cfg.metrics.transform_methods
     inputs = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, targets=targets, boxes=boxes,
                           parts=parts, second_map=dense_maps, seed=seed if transform else None,
                           true_class_maps=true_class_maps,
-                          attribution_fn=_attribution_fn(cfg, method, seed) if transform else None)
+                          attribution_fn=_attribution_fn(cfg, method, seed) if transform else None,
+                          train_mean=train_mean, normalisation=normalisation, tie_seed=ties_seed,
+                          noise_seed=region_noise_seed)
     return compute_metrics(inputs)
+
+
+def train_mean_file(run: rd.RunDir):
+    return run.explanation_metrics().parent / "train_mean.npz"
+
+
+def train_channel_mean(run: rd.RunDir, log=print) -> torch.Tensor:
+    """The training split's per-channel mean in normalised units, [C] float32: every eval-transformed
+    training image (no augmentation, as ROAR's images), averaged over images and pixels in float64. Computed
+    once per run and stored in ``metrics/train_mean.npz`` with the dataset and image size it is of (made
+    again when they differ)."""
+    cfg = run.cfg
+    path = train_mean_file(run)
+    if path.is_file():
+        stored = rd.load_npz(path, keys=("mean", "dataset", "img_size"), step="step 7, after deleting the file,")
+        if str(stored["dataset"]) == cfg.dataset and int(stored["img_size"]) == cfg.img_size:
+            return torch.from_numpy(stored["mean"].astype(np.float32))
+    datasets, _ = load_data(cfg, ("train",), augment=False)
+    loader = torch.utils.data.DataLoader(datasets["train"], batch_size=cfg.data.eval_batch_size,
+                                         num_workers=cfg.data.num_workers)
+    total, pixels, n_images = None, 0, 0
+    for batch in tqdm(loader, desc="training mean", leave=False):
+        images = batch["image"].to(torch.float64)
+        total = images.sum(dim=(0, 2, 3)) if total is None else total + images.sum(dim=(0, 2, 3))
+        pixels += images.shape[0] * images.shape[2] * images.shape[3]
+        n_images += images.shape[0]
+    if total is None:
+        raise UserError(f"dataset '{cfg.dataset}' has no training images: the training mean (metrics.pixel_fill / "
+                        "metrics.deletion_substrate train_mean) cannot be computed; choose zeros")
+    mean = (total / pixels).numpy()
+    rd.save_npz(path, mean=mean, dataset=np.asarray(cfg.dataset), img_size=np.asarray(cfg.img_size),
+                n_images=np.asarray(n_images))
+    log(f"training set's per-channel mean over {n_images} images (normalised units): "
+        f"{', '.join(f'{v:.4f}' for v in mean)}: {path}")
+    return torch.from_numpy(mean.astype(np.float32))
+
+
+def _needs_train_mean(cfg: Config) -> bool:
+    m = cfg.metrics
+    return m.deletion_substrate == "train_mean" or (m.perturbation == "pixels" and m.pixel_fill == "train_mean")
 
 
 def tcav_metrics(tcav_round: pd.DataFrame, tcav_dense: pd.DataFrame, cfg: Config) -> dict[str, pd.Series]:
@@ -156,9 +241,12 @@ def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
 
 
 def write_tests(run: rd.RunDir, table: pd.DataFrame) -> pd.DataFrame:
-    """``metrics/tests.csv`` from the per-image values of every round on disk (one correction over all)."""
+    """``metrics/tests.csv`` from the per-image values of every round on disk (one correction over all); the
+    diagnostic rows (a spec's ``tested=False``: the count of skipped all-zero maps) are not tested."""
     per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True,
                             step="step 7 (main_explanation_metrics.py) with --force")
+    untested = [name for name, spec in METRICS.items() if not spec.tested]
+    per_image = per_image[~per_image["metric"].isin(untested)]
     s = run.cfg.stats
     weights = dict(zip(table["round"].astype(int), table["weights_remaining"].astype(float)))
     tests = paired_tests(per_image, dense_round=0, baseline="random", correction=s.correction, alpha=s.alpha,
@@ -178,7 +266,8 @@ def _fingerprints(run: rd.RunDir, r: int) -> str:
 def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
     """What round ``r``'s metrics are made from: the checkpoints (`_fingerprints`), the content of the stored
     maps they read (round r's and the dense round's: step 6 redone with other images or settings makes
-    step 7 measure again) and whether the TCAV agreement rows are computed (step 5 run later adds them)."""
+    step 7 measure again), the ``metrics.*`` settings (changed settings measure again) and whether the TCAV
+    agreement rows are computed (step 5 run later adds them)."""
     digest = hashlib.sha1()
     for method in run.cfg.heatmaps.methods:
         for q in sorted({r, 0}):
@@ -188,7 +277,9 @@ def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
                 digest.update(f"{q}/{method}:".encode())
                 digest.update(np.ascontiguousarray(stored["ids"]).tobytes())
                 digest.update(np.ascontiguousarray(stored["maps"]).tobytes())
-    return f"{_fingerprints(run, r)}+maps:{digest.hexdigest()[:16]}" + ("+tcav" if with_tcav else "")
+    settings = hashlib.sha1(repr(sorted(dataclasses.asdict(run.cfg.metrics).items())).encode()).hexdigest()[:12]
+    return (f"{_fingerprints(run, r)}+maps:{digest.hexdigest()[:16]}+settings:{settings}"
+            + ("+tcav" if with_tcav else ""))
 
 
 def _current_tcav(run: rd.RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
@@ -215,6 +306,8 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
         boxes = None
     labels = batch["label"].to(device)
     targets = labels if cfg.heatmaps.target == "true" else None  # None: the predicted class
+    normalisation = (tuple(info.mean), tuple(info.std))
+    train_mean = train_channel_mean(run, log).to(device) if _needs_train_mean(cfg) else None
     table = _start_tables(run, force, log)
     per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
     ids = batch["id"].numpy()
@@ -236,16 +329,18 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
         model.requires_grad_(False)
         rows, image_rows = [], []
         for method in cfg.heatmaps.methods:
-            maps = _maps(run, r, method, device, images, batch["id"])
-            if maps is None:
+            found = _stored_maps(run, r, method, device, images, batch["id"])
+            if found is None:
                 continue
+            maps, stored_dtype = found
             dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
             # the content heatmap reads the maps of the ground-truth class (step 6 stores those of heatmaps.target)
-            true_maps = maps if cfg.heatmaps.target == "true" else configured_maps(
-                cfg, method, model, images, labels, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r)).half()  # as stored
+            true_maps = maps if cfg.heatmaps.target == "true" else _as_stored(configured_maps(
+                cfg, method, model, images, labels, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r)), stored_dtype)
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method=method,
                                    seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets,
-                                   true_class_maps=true_maps)
+                                   true_class_maps=true_maps, train_mean=train_mean, normalisation=normalisation,
+                                   ties_seed=tie_seed(cfg, r, method), region_noise_seed=noise_seed(cfg))
             rows += _rows(r, ckpt["weights_remaining"], method, values, cfg)
             image_rows.append(_per_image_rows(r, method, values, ids))
         if with_tcav:

@@ -1,8 +1,10 @@
 """The ROAR step: remove and retrain (Hooker et al. 2019), for the model of any pruning round.
 
 For a round's model and an attribution method, every train/val/test image gets a map once; the
-map is stored as pixel ranks (0 = most important; ties broken by a seeded random permutation, so
-a flat region is removed in random order rather than row by row). For each percentage p, the
+map is stored as pixel ranks (0 = most important; ties as ``metrics.ties``, the one policy of every
+ranking: by default a random permutation per image seeded from (seed, round, split, method, image),
+so a flat region is removed in random order rather than row by row, whatever the batch an image is
+ranked in; ``raster``: row-major order, as the reference code's ``tf.nn.top_k``). For each percentage p, the
 top-p % pixels of every image are replaced by the per-channel mean of the training images, the
 same architecture is retrained from scratch on the modified training split (fixed seed per point,
 the same seeds at every p and for every method), and its test accuracy on the modified test split
@@ -34,6 +36,7 @@ from ..metrics.faithfulness import pixel_rank
 from ..models import architecture
 from ..pruning import apply_masks, reset_batchnorm_stats
 from ..training.roar import RemovedBatches, rank_dtype, retrain
+from .metrics import method_code
 from .rounds import (STEP1, SPLITS, as_run, check_state, layer_for, load_data, load_round_model, method_options,
                      new_model, start_step)
 
@@ -97,11 +100,24 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
     return data
 
 
+def rank_stamp(cfg: Config, run: rd.RunDir, r: int) -> str:
+    """What round ``r``'s ranks (and the points retrained on them) are made from: its checkpoint and the tie policy."""
+    return f"{run.round_fingerprint(r)}+ties:{cfg.metrics.ties}-per-image"
+
+
+def rank_seeds(cfg: Config, r: int, split_index: int, method: str, start: int, n: int) -> list[int] | None:
+    """The tie-breaking seeds of images ``start..start+n-1`` of a split (None: ``metrics.ties`` raster)."""
+    if cfg.metrics.ties == "raster":
+        return None
+    return [derived_seed(cfg.seed, SeedPurpose.ROAR_RANK_TIES, r, split_index, method_code(method), start + i)
+            for i in range(n)]
+
+
 def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str], data: dict, device,
                   log=None) -> None:
-    """Maps of every image of every split by the round's model, stored as ranks (once per round, method and
-    checkpoint: ranks made from another checkpoint of the round are recomputed)."""
-    fp = run.round_fingerprint(r)
+    """Maps of every image of every split by the round's model, stored as ranks (once per round, method,
+    checkpoint and tie policy: ranks made from another checkpoint of the round are recomputed)."""
+    fp = rank_stamp(cfg, run, r)
     for method in methods:
         for split_index, split in enumerate(SPLITS):
             path = run.roar_ranks(r, method, split)
@@ -110,7 +126,6 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                 continue
             images, labels = data[split]["images"], data[split]["labels"]
             n, _, h, w = images.shape
-            generator = torch.Generator().manual_seed(derived_seed(cfg.seed, SeedPurpose.ROAR_RANK_TIES, r, split_index))
             writer = StreamWriter(path, n, (h * w,), rank_dtype(h * w))
             try:
                 step = cfg.heatmaps.batch_size
@@ -123,7 +138,8 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
                             targets = model(chunk).argmax(1)
                     options = method_options(cfg, method, derived_seed(cfg.seed, SeedPurpose.ROAR_MAPS, r, split_index, start))
                     maps = attribute(method, model, chunk, targets, layer=layer_for(cfg, method), normalize="none", **options)
-                    writer.write(start, pixel_rank(maps, generator=generator).cpu().numpy().astype(writer.mm.dtype))
+                    seeds = rank_seeds(cfg, r, split_index, method, start, len(chunk))
+                    writer.write(start, pixel_rank(maps, seeds=seeds).cpu().numpy().astype(writer.mm.dtype))
             except BaseException:
                 writer.abort()
                 raise
@@ -174,7 +190,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             for method in methods:
                 for split in SPLITS:
                     run.roar_ranks(r, method, split).unlink(missing_ok=True)
-        fp = run.round_fingerprint(r)
+        fp = rank_stamp(cfg, run, r)
         if not run.up_to_date("roar", f"{rd.round_name(r)}/results", fp):
             # the round's points were retrained from another checkpoint's ranks or masks: drop them first,
             # then record the checkpoint, so that every row of the round left in the table is current

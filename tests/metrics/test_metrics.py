@@ -20,6 +20,7 @@ from lottery_xai.metrics import (
     map_agreement,
     pixel_perturbation,
     pointing_game,
+    region_perturbation,
     resized_crop,
     sample_crop_boxes,
     tcav_agreement,
@@ -64,8 +65,24 @@ def candidate_maps(true_maps, gen):
     }
 
 
+def rise_reference_blur(images, kernel=11, sigma=5.0):
+    """RISE's insertion substrate as eclique/RISE builds it: ``gkern`` (scipy's gaussian_filter of a centred
+    impulse) on the channel diagonal, ``nn.functional.conv2d(x, kern, padding=klen // 2)``."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros((kernel, kernel))
+    impulse[kernel // 2, kernel // 2] = 1
+    k = torch.from_numpy(gaussian_filter(impulse, sigma).astype("float32"))
+    channels = images.shape[1]
+    kern = torch.zeros(channels, channels, kernel, kernel)
+    for c in range(channels):
+        kern[c, c] = k
+    return torch.nn.functional.conv2d(images, kern, padding=kernel // 2)
+
+
 def reference_deletion_insertion(model, image, saliency, n_steps, blurred):
-    """Direct per-step RISE loop for one image, the formula the batched version must match."""
+    """Direct per-step RISE loop for one image, the formula the batched version must match (ties in
+    row-major order: the batched version with ties="raster")."""
     n_pixels = image.shape[-1] * image.shape[-2]
     step = math.ceil(n_pixels / n_steps)
     order = np.argsort(-saliency.flatten().numpy(), kind="stable")
@@ -100,8 +117,10 @@ def test_registry_declares_direction_family_and_needs():
 def test_spec_compute_applies_fixed_options():
     model, images, true_maps, _ = region_setup()
     morf = get_metric("morf_aopc").compute(model=model, images=images, maps=true_maps)
-    direct = pixel_perturbation(model, images, true_maps, order="morf")["aopc"]
+    direct = region_perturbation(model, images, true_maps, order="morf")["aopc"]  # the default protocol: Samek's
     assert torch.allclose(morf, direct)
+    pixels = get_metric("morf_aopc").compute(protocol="pixels", model=model, images=images, maps=true_maps)
+    assert torch.allclose(pixels, pixel_perturbation(model, images, true_maps, order="morf")["aopc"])
     with pytest.raises(UserError, match="order"):
         get_metric("morf_aopc").compute(model=model, images=images, maps=true_maps, order="lerf")
 
@@ -126,8 +145,8 @@ def test_deletion_insertion_matches_direct_per_step_loop_and_trapezoid():
     maps = torch.rand(2, SIZE, SIZE, generator=gen)
     maps[0, :4] = 0.5  # ties, broken by pixel index in both implementations
     n_steps = 10  # 256 pixels / 10 -> step 26, last step clamped to all pixels
-    result = deletion_insertion(model, images, maps, n_steps=n_steps, batch_size=7)
-    blurred = TF.gaussian_blur(images, [11, 11], [5.0, 5.0])
+    result = deletion_insertion(model, images, maps, n_steps=n_steps, batch_size=7, ties="raster")
+    blurred = rise_reference_blur(images)
     for n in range(2):
         deletion, insertion, deletion_auc, insertion_auc = reference_deletion_insertion(
             model, images[n], maps[n], n_steps, blurred[n])
@@ -218,7 +237,8 @@ def test_energy_in_box_known_answers():
     assert energy_in_box(maps, empty).tolist() == [0.0, 0.0, 0.0, 0.0]
 
 
-def test_pointing_game_ties_empty_maps_and_tolerance():
+def test_pointing_game_half_rule_ties_empty_maps_and_tolerance():
+    """The stricter option (ties="half"): half of the tied maxima must be near the box; constant maps miss."""
     box = torch.tensor([4.0, 4.0, 8.0, 8.0])
     maps = torch.zeros(7, SIZE, SIZE)
     maps[0, 5, 5] = 1.0  # unique max inside
@@ -228,11 +248,11 @@ def test_pointing_game_ties_empty_maps_and_tolerance():
     maps[4, 5, 5] = maps[4, 0, 15] = maps[4, 15, 0] = 1.0  # tie: 1 of 3 inside -> miss
     maps[5] = 3.0  # constant (6 stays all zero): no information -> miss
     boxes = box.repeat(7, 1)
-    assert pointing_game(maps, boxes, tolerance=0).tolist() == [1, 0, 0, 1, 0, 0, 0]
-    assert pointing_game(maps, boxes, tolerance=3).tolist() == [1, 0, 1, 1, 0, 0, 0]
-    assert pointing_game(maps, boxes, tolerance=2).tolist() == [1, 0, 0, 1, 0, 0, 0]
+    assert pointing_game(maps, boxes, tolerance=0, ties="half").tolist() == [1, 0, 0, 1, 0, 0, 0]
+    assert pointing_game(maps, boxes, tolerance=3, ties="half").tolist() == [1, 0, 1, 1, 0, 0, 0]
+    assert pointing_game(maps, boxes, tolerance=2, ties="half").tolist() == [1, 0, 0, 1, 0, 0, 0]
     empty_box = torch.tensor([5.0, 5.0, 5.0, 5.0]).repeat(7, 1)
-    assert pointing_game(maps, empty_box, tolerance=15).sum().item() == 0
+    assert pointing_game(maps, empty_box, tolerance=15, ties="half").sum().item() == 0
 
 
 def test_energy_in_parts():
@@ -392,13 +412,3 @@ def test_resized_crop_matches_torchvision_and_boxes_fit():
     assert torch.allclose(resized_crop(maps, top, left, h, w), out[:, 0])
 
 
-def test_content_heatmap_counts_all_zero_maps_as_zero():
-    from lottery_xai.metrics import content_heatmap, energy_in_box
-
-    maps = torch.zeros(3, 8, 8)
-    maps[0, 2:4, 2:4] = 1.0  # all inside the box
-    maps[1, 6:, 6:] = 1.0  # all outside
-    boxes = torch.tensor([[1.0, 1.0, 4.0, 4.0]] * 3)  # x0, y0, x1, y1
-    got = content_heatmap(maps, boxes)
-    assert got.tolist() == [100.0, 0.0, 0.0]  # the all-zero map counts 0, it is not skipped
-    assert torch.equal(got, energy_in_box(maps, boxes))

@@ -120,3 +120,22 @@ def test_roar_rejects_bad_percents(tiny_data, tmp_path):
 
     with pytest.raises(UserError, match="roar.percents"):  # refused with the config, before any step runs
         load_config(None, tiny_overrides(tiny_data, tmp_path, "roar.percents=[0,120]"))
+
+
+def test_roar_tie_seeds_are_per_image_and_follow_metrics_ties():
+    """One tie policy for every ranking (metrics.ties): ROAR's ranks break ties per image, from (seed, round,
+    split, method, image), so a split's ranks do not depend on heatmaps.batch_size; raster = row-major order."""
+    from lottery_xai.pipeline.roar import rank_seeds
+
+    cfg = load_config(None, ["device=cpu"])
+    whole = rank_seeds(cfg, 1, 0, "gradcam", 0, 6)
+    assert rank_seeds(cfg, 1, 0, "gradcam", 0, 4) + rank_seeds(cfg, 1, 0, "gradcam", 4, 2) == whole
+    assert len(set(whole)) == 6
+    assert rank_seeds(cfg, 1, 0, "random", 0, 6) != whole and rank_seeds(cfg, 2, 0, "gradcam", 0, 6) != whole
+    assert rank_seeds(cfg, 1, 1, "gradcam", 0, 6) != whole
+    maps = torch.zeros(6, 5, 5)
+    ranks = pixel_rank(maps, seeds=whole)
+    two_batches = torch.cat([pixel_rank(maps[:4], seeds=whole[:4]), pixel_rank(maps[4:], seeds=whole[4:])])
+    assert torch.equal(ranks, two_batches)
+    assert rank_seeds(replace(cfg, **{"metrics.ties": "raster"}), 1, 0, "gradcam", 0, 6) is None
+    assert torch.equal(pixel_rank(maps, seeds=None)[0], torch.arange(25))

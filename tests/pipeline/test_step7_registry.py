@@ -6,11 +6,20 @@ import torch
 
 from lottery_xai.config import load_config
 from lottery_xai.metrics import (METRICS, MetricInputs, MetricSpec, compute_metrics, deletion_insertion,
-                                 energy_in_box, energy_in_parts, map_agreement, pixel_perturbation, pointing_game,
+                                 energy_in_box, energy_in_parts, map_agreement, pointing_game, region_perturbation,
                                  register, tcav_agreement, tcav_agreement_summary, transform_consistency, unregister)
-from lottery_xai.pipeline.metrics import _attribution_fn, _rows, round_metrics, tcav_metrics
+from lottery_xai.pipeline import metrics as step7
+from lottery_xai.pipeline.metrics import _attribution_fn, _rows, tcav_metrics
 
 N, SIZE = 3, 32
+NORMALISATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TIE_SEED, NOISE_SEED = 17, 23
+
+
+def round_metrics(*args, **kwargs):
+    """Step 7's call with the normalisation and seeds it passes (the training mean is not needed by default)."""
+    kwargs = {"normalisation": NORMALISATION, "ties_seed": TIE_SEED, "region_noise_seed": NOISE_SEED, **kwargs}
+    return step7.round_metrics(*args, **kwargs)
 PER_MAP = ["deletion_auc", "insertion_auc", "morf_aopc", "lerf_aopc", "energy_in_box", "pointing_game",
            "energy_in_parts", "spearman", "top_iou", "ssim"]
 TRANSFORM = ["transform_spearman", "transform_top_iou", "transform_ssim"]
@@ -98,13 +107,18 @@ def test_registry_values_equal_the_hand_written_calls(cfg, data):
     model, images, boxes, maps, dense, parts = data
     m, scale = cfg.metrics, images.shape[-1] / 224
     values = round_metrics(model, images, boxes, maps, dense, cfg, parts)
-    curves = deletion_insertion(model, images, maps, n_steps=m.n_steps, batch_size=m.batch_size)
+    # at 32 px: RISE's kernel 11 -> 3 (odd, >= 3), sigma 5 * 32/224; Samek's 9 px regions -> round(1.29) = 1
+    curves = deletion_insertion(model, images, maps, n_steps=m.n_steps, batch_size=m.batch_size, substrate="zeros",
+                                blur_kernel=3, blur_sigma=5 * scale, ties="random", seed=TIE_SEED)
     expected = {"deletion_auc": curves["deletion_auc"], "insertion_auc": curves["insertion_auc"]}
+    mean, std = torch.tensor(NORMALISATION[0], dtype=torch.float64), torch.tensor(NORMALISATION[1], dtype=torch.float64)
     for order in ("morf", "lerf"):
-        expected[f"{order}_aopc"] = pixel_perturbation(model, images, maps, fractions=m.fractions, order=order,
-                                                       batch_size=m.batch_size)["aopc"]
+        expected[f"{order}_aopc"] = region_perturbation(
+            model, images, maps, order=order, region=1, n_steps=100, noise_low=(-mean / std).tolist(),
+            noise_high=((1 - mean) / std).tolist(), batch_size=m.batch_size, ties="random", seed=TIE_SEED,
+            noise_seed=NOISE_SEED)["aopc"]
     expected["energy_in_box"] = energy_in_box(maps, boxes)
-    expected["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * scale)
+    expected["pointing_game"] = pointing_game(maps, boxes, tolerance=m.pointing_tolerance * scale, ties="first")
     expected["energy_in_parts"] = energy_in_parts(maps, parts, radius=max(m.part_radius * scale, 0.5))
     expected.update(map_agreement(maps, dense, top_fraction=m.top_fraction))
     assert list(values) == list(expected)
@@ -159,7 +173,8 @@ def test_roar_metric_is_never_computed_by_step7(cfg, data):
     model, images, boxes, maps, dense, parts = data
     assert METRICS["roar_test_acc"].step is not None
     everything = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, boxes=boxes, parts=parts,
-                              second_map=dense, attribution_fn=_attribution_fn(cfg, "saliency", 0), seed=0)
+                              second_map=dense, attribution_fn=_attribution_fn(cfg, "saliency", 0), seed=0,
+                              normalisation=NORMALISATION)
     assert "retraining" not in everything.provided
     assert "roar_test_acc" not in compute_metrics(everything)
     assert "roar_test_acc" not in round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", seed=0)
@@ -173,3 +188,76 @@ def test_roar_metric_is_never_computed_by_step7(cfg, data):
         assert "fake_retrained" not in round_metrics(model, images, boxes, maps, dense, cfg, parts)
     finally:
         unregister("fake_retrained")
+
+
+def test_train_channel_mean_is_the_eval_transformed_training_split_mean(tiny_data, tmp_path):
+    """The fill called train_mean: every training image through the eval transform (no augmentation), averaged
+    over images and pixels per channel; stored once and read back."""
+    from conftest import tiny_overrides
+    from lottery_xai import rundir as rd
+    from lottery_xai.data import build_datasets
+
+    cfg = load_config(None, tiny_overrides(tiny_data, tmp_path))
+    run = rd.RunDir(cfg)
+    mean = step7.train_channel_mean(run, log=lambda *_: None)
+    datasets, info = build_datasets(cfg.dataset, cfg.data_root, cfg.json_root, cfg.img_size, splits=("train",),
+                                    augment_train=False, seed=cfg.seed)
+    train = datasets["train"]
+    expected = torch.stack([train[i]["image"].double() for i in range(len(train))]).mean(dim=(0, 2, 3))
+    assert torch.allclose(mean.double(), expected, atol=1e-6)
+    # the normalisation's mean is 0 after normalisation; the synthetic images' own mean is not
+    assert float(expected.abs().max()) > 0.05
+    stored = step7.train_mean_file(run)
+    assert stored.is_file()
+    assert rd.load_npz(stored)["n_images"] == len(train)
+
+    def refuse(*_):
+        raise AssertionError("the stored mean was computed again")
+
+    assert torch.equal(step7.train_channel_mean(run, log=refuse), mean)  # read back, not recomputed
+
+
+def test_rows_of_the_content_heatmap_and_its_zero_map_count():
+    """The content heatmap skips all-zero maps (NaN): its row is the mean over the others (CGC's number); the
+    zero-map row's value is their share, value x n_images their count."""
+    values = {"content_heatmap": torch.tensor([100.0, float("nan"), 50.0, float("nan")]),
+              "content_heatmap_zero_maps": torch.tensor([0.0, 1.0, 0.0, 1.0])}
+    rows = {r["metric"]: r for r in _rows(0, 1.0, "gradcam", values)}
+    assert (rows["content_heatmap"]["value"], rows["content_heatmap"]["n_images"]) == (75.0, 4)
+    zero = rows["content_heatmap_zero_maps"]
+    assert (zero["value"], zero["n_images"], zero["value"] * zero["n_images"]) == (0.5, 4, 2.0)  # share and count
+
+
+def test_content_heatmap_rows_come_with_the_zero_map_count(cfg, data):
+    model, images, boxes, maps, dense, parts = data
+    true_maps = maps.clone()
+    true_maps[1] = 0.0
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts, true_class_maps=true_maps)
+    assert values["content_heatmap_zero_maps"].tolist() == [0.0, 1.0, 0.0]
+    assert bool(values["content_heatmap"][1].isnan()) and not bool(values["content_heatmap"][[0, 2]].isnan().any())
+    cfg.metrics.zero_maps = "zero"
+    assert round_metrics(model, images, boxes, maps, dense, cfg, parts, true_class_maps=true_maps)[
+        "content_heatmap"][1].item() == 0.0
+
+
+def test_zero_map_count_is_not_among_the_paired_tests(tmp_path):
+    """The count of skipped all-zero maps is a diagnostic row: it has per-image values but no Wilcoxon test."""
+    from lottery_xai import rundir as rd
+    from lottery_xai.pipeline.metrics import PER_IMAGE_COLUMNS, write_tests
+
+    cfg = load_config(None, [f"logs={tmp_path}"])
+    run = rd.RunDir(cfg)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for metric in ("energy_in_box", "content_heatmap_zero_maps"):
+        for method in ("gradcam", "random"):
+            values = torch.rand(12, generator=gen) + (1.0 if method == "gradcam" else 0.0)
+            if metric == "content_heatmap_zero_maps":
+                values = (values > 0.9).float()
+            rows += [{"round": 0, "method": method, "metric": metric, "image_id": i, "value": float(v)}
+                     for i, v in enumerate(values)]
+    run.explanation_per_image().parent.mkdir(parents=True, exist_ok=True)
+    rd.save_csv(run.explanation_per_image(), pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS))
+    tests = write_tests(run, pd.DataFrame({"round": [0], "weights_remaining": [1.0]}))
+    assert set(tests["metric"]) == {"energy_in_box"} and len(tests) == 1
+    assert not METRICS["content_heatmap_zero_maps"].tested and METRICS["content_heatmap"].tested
