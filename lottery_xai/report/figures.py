@@ -178,14 +178,17 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
     return _save(fig, path)
 
 
-# -- sanity checks (main_sanity_checks.py): the cascading model-parameter randomisation test
+# -- sanity checks (main_sanity_checks.py): the model-parameter randomisation test, cascading and independent
 def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: float | None = None,
-                   baseline: str = "random", path: Path | None = None):
+                   baseline: str = "random", path: Path | None = None, randomization: str = "cascading"):
     """Similarity of each randomisation stage's maps with the original model's maps (mean over the images,
-    std as error bars), one panel per round, one line per method, the random baseline dashed. Stage 0 is
-    the original model (1 by definition); stage k has the top k blocks re-initialised (x labels ``+block``).
-    ``threshold``: the verdict's line (a method whose last point stays above it does not change)."""
+    std as error bars), one panel per round, one line per method, the control (``baseline``: random maps
+    redrawn at every stage, the chance level) dashed. Stage 0 is the original model (1 by definition);
+    cascading: stage k has the top k blocks re-initialised (x labels ``+block``); independent: only block k
+    (x labels ``block only``). ``threshold``: the verdict's line."""
     part = summary[summary["measure"] == measure]
+    if "randomization" in part.columns:
+        part = part[part["randomization"] == randomization]
     rounds = sorted(part["round"].unique())
     fig, axes = plt.subplots(1, max(1, len(rounds)), figsize=(5.2 * max(1, len(rounds)), 4), squeeze=False,
                              sharey=True)
@@ -197,24 +200,26 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
             x = np.concatenate([[0], g["stage"].to_numpy()])
             y = np.concatenate([[1.0], g["mean"].to_numpy(dtype=float)])
             e = np.concatenate([[0.0], g["std"].fillna(0).to_numpy(dtype=float)])
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=method,
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{method} (control)" if method == baseline else method,
                         ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
             blocks = blocks if len(blocks) >= len(g) else list(g["block"])
         ax.set_xticks(range(len(blocks) + 1))
-        ax.set_xticklabels(["original"] + [f"+{b}" for b in blocks], rotation=45, ha="right", fontsize=8)
+        labels = [f"+{b}" for b in blocks] if randomization == "cascading" else [f"{b} only" for b in blocks]
+        ax.set_xticklabels(["original"] + labels, rotation=45, ha="right", fontsize=8)
         if threshold is not None:
             ax.axhline(threshold, color="black", lw=0.8, ls=":")
         ax.set_title(f"round {r} ({_pct(g_round['weights_remaining'].iloc[0]):.1f}% weights)", fontsize=9)
-        ax.set_xlabel("blocks re-initialised, from the logits down", fontsize=8)
+        ax.set_xlabel("blocks re-initialised, from the logits down" if randomization == "cascading" else
+                      "the one block re-initialised (the others trained)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{measure} with the original maps")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle("Model-parameter randomisation test (cascading)", fontsize=10)
+    fig.suptitle(f"Model-parameter randomisation test ({randomization})", fontsize=10)
     return _save(fig, path)
 
 
 def sanity_maps(image: np.ndarray, maps: dict[str, np.ndarray], blocks: list[str], title: str = "",
-                path: Path | None = None, alpha: float = 0.5):
+                path: Path | None = None, alpha: float = 0.5, randomization: str = "cascading"):
     """One image's maps at every randomisation stage: rows are methods, columns the original model then
     each stage. ``image``: [H,W,3] in [0,1]; ``maps[method]``: [K+1,H,W], each map scaled to [0,1]."""
     methods = list(maps)
@@ -225,7 +230,8 @@ def sanity_maps(image: np.ndarray, maps: dict[str, np.ndarray], blocks: list[str
             axes[i, j].imshow(image)
             axes[i, j].imshow(maps[method][j], cmap="jet", alpha=alpha, vmin=0, vmax=1)
         axes[i, 0].set_ylabel(method, fontsize=7)
-    for j, label in enumerate(["original"] + [f"+{b}" for b in blocks]):
+    labels = [f"+{b}" for b in blocks] if randomization == "cascading" else [f"{b} only" for b in blocks]
+    for j, label in enumerate(["original"] + labels):
         axes[0, j].set_title(label, fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])

@@ -8,6 +8,14 @@ Analysis: Mechanical Turk result files (``Input.*``, ``Answer.choice``, ``Worker
 assignments are left out) are joined with the export's answer key on ``item_id``, and the statistics
 of :mod:`lottery_xai.stats.human` are computed per comparison (experiment 1) and per round
 (experiment 2). Tables go to ``human_study/analysis/*.csv``, figures beside them.
+
+The p-values, intervals and Holm adjustments (``p_value``, ``p_holm``, ``*_low``/``*_high``) respect that
+answers cluster by task and by worker: experiment 1's share of decisive votes for the sparser round is
+tested against 1/2 clustered two-way by task and worker; experiment 2 compares each round with the
+reference round paired by image (the same images are shown at every round), clustered by image and
+worker (:func:`lottery_xai.stats.human.clustered_share_test`, :func:`~lottery_xai.stats.human.paired_difference_test`).
+The thesis's statistics stay as secondary columns named ``*_naive`` (chi-square tests that count every
+answer as independent), and ``p_items`` (the chi-square of the tasks' majorities).
 """
 from __future__ import annotations
 
@@ -20,16 +28,18 @@ from .. import rundir as rd
 from ..config import Config
 from ..errors import UserError
 from ..pipeline.human_study import ANSWER_FIELD, DONT_KNOW, EXPORT, class_names, display_name, read_export, simulate_results
-from ..stats.human import decisive_vote_test, krippendorff_alpha, recognition_test, wilson_interval
+from ..stats.human import (clustered_share_test, decisive_vote_test, krippendorff_alpha, paired_difference_test,
+                           recognition_test)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 EXPERIMENT1_COLUMNS = [
     "round_a", "round_b", "weights_a", "weights_b", "n_items", "n_answers", "n_workers", "votes_a", "votes_b",
-    "votes_equal", "share_equal", "share_b", "share_b_low", "share_b_high", "chi2", "p_value", "p_holm",
-    "items_a", "items_b", "p_items", "alpha"]
+    "votes_equal", "share_equal", "share_b", "share_b_low", "share_b_high", "statistic", "df", "p_value", "p_holm",
+    "alpha", "chi2_naive", "p_naive", "items_a", "items_b", "p_items"]
 EXPERIMENT2_COLUMNS = [
     "round", "weights_remaining", "n_items", "n_answers", "n_workers", "n_correct", "n_dont_know", "accuracy",
-    "accuracy_low", "accuracy_high", "share_dont_know", "reference_round", "chi2", "p_value", "p_holm", "alpha"]
+    "accuracy_low", "accuracy_high", "share_dont_know", "reference_round", "n_paired_images", "difference",
+    "difference_low", "difference_high", "statistic", "df", "p_value", "p_holm", "alpha", "chi2_naive", "p_naive"]
 PER_CLASS_COLUMNS = ["round", "weights_remaining", "class", "n_answers", "n_correct", "n_dont_know", "accuracy"]
 
 
@@ -158,9 +168,11 @@ def _holm(p_values: pd.Series) -> np.ndarray:
 
 
 def experiment1_table(answers: pd.DataFrame) -> pd.DataFrame:
-    """One row per compared pair of rounds (a denser than b): the votes for each round and "equal", the
-    chi-square of the decisive votes against 50/50 (Holm-adjusted over the comparisons too), the same
-    test on the items' majorities (robust to correlated answers within an item), Krippendorff's alpha."""
+    """One row per compared pair of rounds (a denser than b): the votes for each round and "equal"; the
+    share of the decisive votes for b with its interval and the t-test against 1/2, clustered by task and
+    by worker (Holm-adjusted over the comparisons too); Krippendorff's alpha. Secondary: the thesis's
+    chi-square of the pooled decisive votes (``chi2_naive``, ``p_naive``: every vote counted as
+    independent) and the chi-square of the tasks' majorities (``items_a``, ``items_b``, ``p_items``)."""
     bad = sorted(set(answers["answer"]) - {"left", "right", "equal"})
     if bad:
         raise UserError(f"experiment 1 answers must be left, right or equal; found {bad[:3]} in "
@@ -177,25 +189,29 @@ def experiment1_table(answers: pd.DataFrame) -> pd.DataFrame:
         item_a = per_item.get("a", pd.Series(0, index=per_item.index))
         item_b = per_item.get("b", pd.Series(0, index=per_item.index))
         items_a, items_b = int((item_a > item_b).sum()), int((item_b > item_a).sum())
-        decisive = votes_a + votes_b
-        low, high = wilson_interval(votes_b, decisive)
+        decisive = group[group["vote"] != "equal"]
+        test = clustered_share_test((decisive["vote"] == "b").to_numpy(), [decisive["item_id"], decisive["worker"]])
         rows.append({"round_a": int(a), "round_b": int(b), "weights_a": float(group["weights_a"].iloc[0]),
                      "weights_b": float(group["weights_b"].iloc[0]), "n_items": int(group["item_id"].nunique()),
                      "n_answers": len(group), "n_workers": int(group["worker"].nunique()), "votes_a": votes_a,
                      "votes_b": votes_b, "votes_equal": equal, "share_equal": equal / len(group),
-                     "share_b": votes_b / decisive if decisive else np.nan, "share_b_low": low, "share_b_high": high,
-                     "chi2": chi2, "p_value": p, "items_a": items_a, "items_b": items_b,
-                     "p_items": decisive_vote_test(items_a, items_b)[1],
-                     "alpha": krippendorff_alpha(group["item_id"], group["vote"], ["a", "b", "equal"])})
+                     "share_b": test.estimate, "share_b_low": test.low, "share_b_high": test.high,
+                     "statistic": test.statistic, "df": test.df, "p_value": test.p_value,
+                     "alpha": krippendorff_alpha(group["item_id"], group["vote"], ["a", "b", "equal"]),
+                     "chi2_naive": chi2, "p_naive": p, "items_a": items_a, "items_b": items_b,
+                     "p_items": decisive_vote_test(items_a, items_b)[1]})
     table = pd.DataFrame(rows, columns=EXPERIMENT1_COLUMNS)
     table["p_holm"] = _holm(table["p_value"])
     return table
 
 
 def experiment2_tables(answers: pd.DataFrame, names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per round: answers, correct ("don't know" is not correct), "don't know", accuracy with its Wilson
-    interval, the 2x2 chi-square test against the densest round (Holm-adjusted over the rounds),
-    Krippendorff's alpha of the answers; and accuracy per round and class."""
+    """Per round: answers, correct ("don't know" is not correct), "don't know", accuracy with its interval
+    (clustered by image and worker); against the densest round, paired by image: the accuracy
+    difference, its interval and t-test (clustered by image, which pairs the rounds, and by worker;
+    Holm-adjusted over the rounds); Krippendorff's alpha of the answers; and accuracy per round and
+    class. Secondary: the 2x2 chi-square of the two rounds' pooled counts (``chi2_naive``, ``p_naive``:
+    unpaired, every answer counted as independent)."""
     allowed = set(names) | {DONT_KNOW}
     bad = sorted(set(answers["answer"]) - allowed)
     if bad:
@@ -207,15 +223,25 @@ def experiment2_tables(answers: pd.DataFrame, names: list[str]) -> tuple[pd.Data
     rows = []
     for r, group in answers.groupby("round", sort=True):
         n, k = len(group), int(group["correct"].sum())
-        chi2, p = (np.nan, np.nan) if r == reference else recognition_test(k, n, int(ref["correct"].sum()), len(ref))
-        low, high = wilson_interval(k, n)
-        rows.append({"round": int(r), "weights_remaining": float(group["weights_remaining"].iloc[0]),
-                     "n_items": int(group["item_id"].nunique()), "n_answers": n,
-                     "n_workers": int(group["worker"].nunique()), "n_correct": k,
-                     "n_dont_know": int(group["dont_know"].sum()), "accuracy": k / n, "accuracy_low": low,
-                     "accuracy_high": high, "share_dont_know": float(group["dont_know"].mean()),
-                     "reference_round": reference, "chi2": chi2, "p_value": p,
-                     "alpha": krippendorff_alpha(group["item_id"], group["answer"], [*names, DONT_KNOW])})
+        accuracy = clustered_share_test(group["correct"].to_numpy(), [group["image_id"], group["worker"]])
+        row = {"round": int(r), "weights_remaining": float(group["weights_remaining"].iloc[0]),
+               "n_items": int(group["item_id"].nunique()), "n_answers": n,
+               "n_workers": int(group["worker"].nunique()), "n_correct": k,
+               "n_dont_know": int(group["dont_know"].sum()), "accuracy": k / n, "accuracy_low": accuracy.low,
+               "accuracy_high": accuracy.high, "share_dont_know": float(group["dont_know"].mean()),
+               "reference_round": reference,
+               "alpha": krippendorff_alpha(group["item_id"], group["answer"], [*names, DONT_KNOW])}
+        if r != reference:
+            paired = set(group["image_id"]) & set(ref["image_id"])
+            both = pd.concat([ref, group])
+            both = both[both["image_id"].isin(paired)]
+            test = paired_difference_test(both["correct"].to_numpy(), (both["round"] == r).to_numpy(),
+                                          [both["image_id"], both["worker"]])
+            chi2, p = recognition_test(k, n, int(ref["correct"].sum()), len(ref))
+            row.update({"n_paired_images": len(paired), "difference": test.estimate, "difference_low": test.low,
+                        "difference_high": test.high, "statistic": test.statistic, "df": test.df,
+                        "p_value": test.p_value, "chi2_naive": chi2, "p_naive": p})
+        rows.append(row)
     table = pd.DataFrame(rows, columns=EXPERIMENT2_COLUMNS)
     table["p_holm"] = _holm(table["p_value"])
     per_class = (answers.groupby(["round", "class"], sort=True)
@@ -293,13 +319,15 @@ def preference_figure(table: pd.DataFrame, path: Path | None = None):
     ax.set_xlim(0, 1)
     ax.axvline(0.5, color="black", lw=0.6, ls=":")
     ax.set_xlabel("share of answers")
-    ax.set_title("Which explanation is more reasonable? (chi-square of the decisive votes vs 50/50)", fontsize=10)
+    ax.set_title("Which explanation is more reasonable? (share of the decisive votes vs 1/2, t-test clustered by "
+                 "task and worker)", fontsize=9)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=3, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
 def recognition_figure(table: pd.DataFrame, path: Path | None = None):
-    """Experiment 2: accuracy per round (Wilson 95 % interval) and the share of "don't know"."""
+    """Experiment 2: accuracy per round (95 % interval clustered by image and worker), the share of "don't
+    know", and the stars of the paired test against the reference round."""
     from .figures import _save, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -316,7 +344,8 @@ def recognition_figure(table: pd.DataFrame, path: Path | None = None):
     ax.set_xticklabels([f"round {int(r.round)}\n{100 * r.weights_remaining:.3g} %" for r in table.itertuples()], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("share of answers")
-    ax.set_title("Class recognised from the top of the map (2x2 chi-square vs the dense round)", fontsize=9)
+    ax.set_title("Class recognised from the top of the map (vs the dense round, paired by image,\n"
+                 "clustered by image and worker)", fontsize=9)
     ax.legend(fontsize=8, frameon=False)
     return _save(fig, path)
 

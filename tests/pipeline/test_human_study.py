@@ -153,9 +153,31 @@ def test_simulated_answers_come_back_through_the_analysis(folder_run):
     correct = (raw2["Answer.choice"] == raw2["class"]).groupby(raw2["round"]).sum()
     assert second["n_correct"].tolist() == correct.tolist()
     dense = second.iloc[0]
+    for row in second.iloc[1:].itertuples():  # the thesis's unpaired 2x2 chi-square: a secondary column
+        assert (row.chi2_naive, row.p_naive) == pytest.approx(recognition_test(row.n_correct, row.n_answers,
+                                                                               int(dense.n_correct), int(dense.n_answers)))
+    # the primary p-values: least squares with statsmodels' two-way cluster-robust covariance, clustered by
+    # task and worker (experiment 1: the share of decisive votes for the sparser round against 1/2) and by
+    # image and worker (experiment 2: the accuracy difference with the dense round, paired by image)
+    sm = pytest.importorskip("statsmodels.api")
+
+    def clustered_fit(y, x, groups):
+        return sm.OLS(y, x).fit(cov_type="cluster", use_t=True, cov_kwds={"groups": np.column_stack(groups)})
+
+    raw["vote_b"] = chosen == raw["round_b"]
+    for row in first.itertuples():
+        d = raw[(raw["round_a"] == row.round_a) & (raw["round_b"] == row.round_b) & (chosen != -1)]
+        codes = [pd.factorize(d[c])[0] for c in ("item_id", "WorkerId")]
+        fit = clustered_fit(d["vote_b"].to_numpy(float) - 0.5, np.ones((len(d), 1)), codes)
+        assert (row.share_b - 0.5, row.p_value) == pytest.approx((fit.params[0], fit.pvalues[0]), rel=1e-8)
+        assert row.share_b_low == pytest.approx(fit.conf_int()[0, 0] + 0.5, rel=1e-8)
+    raw2["right"] = (raw2["Answer.choice"] == raw2["class"]).astype(float)
     for row in second.iloc[1:].itertuples():
-        assert (row.chi2, row.p_value) == pytest.approx(recognition_test(row.n_correct, row.n_answers,
-                                                                         int(dense.n_correct), int(dense.n_answers)))
+        d = raw2[raw2["round"].isin([int(dense["round"]), row.round])]
+        codes = [pd.factorize(d[c])[0] for c in ("image_id", "WorkerId")]
+        fit = clustered_fit(d["right"].to_numpy(), sm.add_constant((d["round"] == row.round).to_numpy(float)), codes)
+        assert (row.difference, row.p_value) == pytest.approx((fit.params[1], fit.pvalues[1]), rel=1e-8)
+        assert row.difference == pytest.approx(row.accuracy - dense.accuracy)
     assert second["accuracy"].iloc[-1] < second["accuracy"].iloc[0]  # 0.5 against 0.9
     assert all(run.human_study_figure(n).is_file() for n in ("experiment1", "experiment2"))
 

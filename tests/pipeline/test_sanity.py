@@ -1,17 +1,19 @@
-"""Sanity checks: the cascading model-parameter randomisation test (Adebayo et al. 2018)."""
+"""Sanity checks: the model-parameter randomisation test (Adebayo et al. 2018), cascading and independent."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torchvision
+from scipy import stats
 from torch import nn
 
 from lottery_xai import rundir as rd
 from lottery_xai.config import configured_rounds, load_config
 from lottery_xai.errors import UserError
 from lottery_xai.pipeline.rounds import configured_maps
-from lottery_xai.pipeline.sanity import (CHANGES, NO_CHANGE, cascade, cascade_blocks, image_subset, randomisation_test,
-                                         sanity_rounds, sanity_step, verdict)
+from lottery_xai.pipeline.sanity import (CHANGES, CONTROL, NO_CHANGE, cascade, cascade_blocks, image_subset, independent,
+                                         randomisation_test, sanity_rounds, sanity_step, stage_seed, verdict,
+                                         verdict_stage)
 
 CPU = torch.device("cpu")
 quiet = lambda *_: None  # noqa: E731
@@ -68,28 +70,145 @@ def test_cascade_replaces_one_more_block_per_stage_and_keeps_the_masks():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model itself is untouched
 
 
+def test_independent_randomises_one_block_and_keeps_every_other_trained():
+    model, fresh = _tiny_cnn(0), _tiny_cnn(1)
+    with torch.no_grad():  # "trained": no value left at its initial one (BatchNorm starts at 1 and 0 in both)
+        for value in model.state_dict().values():
+            value.add_((torch.rand(value.shape, generator=torch.Generator().manual_seed(value.numel())) + 0.1)
+                       if value.is_floating_point() else 5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = {"0.weight": torch.rand(4, 3, 3, 3, generator=torch.Generator().manual_seed(0)) > 0.5}
+    blocks = cascade_blocks(model)
+    stages = [{k: v.clone() for k, v in m.state_dict().items()} for m in independent(model, fresh, blocks, masks)]
+    assert len(stages) == len(blocks) == 3
+    new = fresh.state_dict()
+    for block, state in zip(blocks, stages):
+        for key, value in state.items():
+            if key.startswith(block + "."):  # this stage's block: the fresh weights (pruned ones still 0)
+                expected = new[key] * masks[key] if key in masks else new[key]
+                assert torch.equal(value, expected) and not torch.equal(value, before[key]), (block, key)
+            else:  # every other parameter and buffer: exactly the trained values
+                assert torch.equal(value, before[key]), (block, key)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model itself is untouched
+
+
+class ConvLinear(nn.Module):
+    """x [N,3,H,W] -> 1x1 conv without bias (3 -> 4 channels, weights A [4,3]) -> flatten -> linear without
+    bias (weights B [classes, 4*H*W]). Linear in x: d logit_c / d x[ch, p] = sum_k B[c, k, p] A[k, ch], whatever
+    x is, so every stage's gradient map is known in closed form from the two weight matrices."""
+
+    def __init__(self, seed: int, size: int = 12, classes: int = 3):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)
+        self.fc = nn.Linear(4 * size * size, classes, bias=False)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).flatten(1))
+
+
+def _gradient(net: ConvLinear, targets: torch.Tensor, size: int = 12) -> torch.Tensor:
+    """The closed form: [N, 3, H, W] input gradients of the target logits."""
+    a = net.conv.weight.detach()[:, :, 0, 0]  # [4, 3]
+    b = net.fc.weight.detach().view(-1, 4, size, size)  # [classes, 4, H, W]
+    return torch.einsum("nkhw,kc->nchw", b[targets], a)
+
+
+def _signed_map(net, x, t, stage):
+    """The reference's signed ("diverging") map before its visualisation clip: the input gradient summed
+    over the channels, by autograd."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(net(x).gather(1, t[:, None]).sum(), x)
+    return grad.sum(1)
+
+
+@pytest.mark.parametrize("randomization", ["cascading", "independent"])
+def test_randomising_a_layer_of_a_hand_built_network_has_its_known_effect(randomization):
+    trained, fresh = ConvLinear(0).eval(), ConvLinear(1).eval()
+    images = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([0, 1, 2])
+    result = randomisation_test(trained, images, targets, _signed_map, fresh, randomization=randomization)
+    assert result["blocks"] == ["fc", "conv"]
+    # the weights of each stage: cascading fc random, then fc and conv; independent fc alone, then conv alone
+    nets = []
+    for conv, fc in ([(trained, fresh), (fresh, fresh)] if randomization == "cascading" else
+                     [(trained, fresh), (fresh, trained)]):
+        net = ConvLinear(0).eval().requires_grad_(False)
+        net.conv.weight.copy_(conv.conv.weight)
+        net.fc.weight.copy_(fc.fc.weight)
+        nets.append(net)
+    expected = torch.stack([_gradient(n, targets).sum(1) for n in [trained, *nets]])
+    assert torch.allclose(result["maps"], expected, atol=1e-5)
+    for k in (1, 2):
+        for i in range(3):
+            signed = stats.spearmanr(expected[k, i].flatten(), expected[0, i].flatten()).statistic
+            absolute = stats.spearmanr(expected[k, i].abs().flatten(), expected[0, i].abs().flatten()).statistic
+            assert result["similarity"]["spearman"][k - 1, i].item() == pytest.approx(signed, abs=1e-9)
+            assert result["similarity"]["spearman_abs"][k - 1, i].item() == pytest.approx(absolute, abs=1e-9)
+    assert not torch.allclose(result["similarity"]["spearman"], result["similarity"]["spearman_abs"])  # signed maps
+    # the real saliency method through the step's map function: max over channels of |closed-form gradient|
+    cfg = load_config(None, ["img_size=16", "device=cpu", "heatmaps.normalize=none"])
+    saliency = randomisation_test(trained, images, targets, lambda m, x, t, k: configured_maps(cfg, "saliency", m, x, t, 0),
+                                  fresh, randomization=randomization)
+    expected = torch.stack([_gradient(n, targets).abs().amax(1) for n in [trained, *nets]])
+    assert torch.allclose(saliency["maps"], expected, atol=1e-5)
+    # non-negative maps: the Spearman of the absolute values is the signed one
+    assert torch.equal(saliency["similarity"]["spearman"], saliency["similarity"]["spearman_abs"])
+
+
 def test_a_map_that_ignores_the_weights_does_not_change():
     cfg = load_config(None, ["img_size=16", "device=cpu"])
     model, fresh = (SquaredNorm(3, torch.Generator().manual_seed(s)).eval() for s in (0, 1))
     assert not torch.equal(model.head.weight, fresh.head.weight)
     images = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([0, 1, 2, 0, 1])
-    for method in ("saliency", "random"):  # random: the same seed at every stage, no model at all
-        result = randomisation_test(model, images, targets, lambda m, x, t: configured_maps(cfg, method, m, x, t, 7),
-                                    fresh)
-        assert result["blocks"] == ["head"] and result["maps"].shape == (2, 5, 16, 16)
-        for measure in ("spearman", "ssim", "top_iou"):
-            assert torch.allclose(result["similarity"][measure], torch.ones(1, 5, dtype=torch.float64), atol=1e-6)
-        assert verdict(result["similarity"]["spearman"][-1].mean().item(), 0.5) == NO_CHANGE
     expected = images.abs().amax(1)
-    assert torch.allclose(result["maps"][0], configured_maps(cfg, "random", model, images, targets, 7))
-    saliency = randomisation_test(model, images, targets, lambda m, x, t: configured_maps(cfg, "saliency", m, x, t, 0),
-                                  fresh)["maps"]
-    assert torch.allclose(saliency[1], expected / expected.flatten(1).amax(1)[:, None, None], atol=1e-6)
+    for randomization in ("cascading", "independent"):
+        result = randomisation_test(model, images, targets,
+                                    lambda m, x, t, k: configured_maps(cfg, "saliency", m, x, t, 0), fresh,
+                                    randomization=randomization)
+        assert result["blocks"] == ["head"] and result["maps"].shape == (2, 5, 16, 16)
+        for measure in ("spearman", "spearman_abs", "ssim", "top_iou"):
+            assert torch.allclose(result["similarity"][measure], torch.ones(1, 5, dtype=torch.float64), atol=1e-6)
+        assert verdict(verdict_stage(result, "spearman")[1], 0.5) == NO_CHANGE
+        assert torch.allclose(result["maps"][1], expected / expected.flatten(1).amax(1)[:, None, None], atol=1e-6)
+
+
+def test_the_control_is_redrawn_at_every_stage_and_sits_at_the_chance_level():
+    """The random baseline ignores the model: reusing stage 0's seed made every stage's control identical
+    to stage 0 (similarity exactly 1 by construction). Redrawn per stage, each stage's control is the
+    similarity of two independent random maps: about 0 for Spearman, different at every stage."""
+    cfg = load_config(None, ["img_size=32", "device=cpu"])
+    model, fresh = _tiny_cnn(0), _tiny_cnn(1)
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    targets = torch.zeros(6, dtype=torch.int64)
+    for randomization in ("cascading", "independent"):
+        def map_fn(m, x, t, k, randomization=randomization):
+            return configured_maps(cfg, "random", m, x, t, stage_seed(11, "random", randomization, k))
+
+        result = randomisation_test(model, images, targets, map_fn, fresh, randomization=randomization)
+        maps = result["maps"]
+        assert torch.equal(maps[0], configured_maps(cfg, "random", model, images, targets, 11))  # stage 0: step 6's
+        for j in range(len(maps)):
+            for k in range(j + 1, len(maps)):
+                assert not torch.allclose(maps[j], maps[k])  # a new draw at every stage
+        rho = result["similarity"]["spearman"]
+        assert len(set(rho.mean(1).tolist())) == len(rho)  # each stage its own control value
+        for k in range(len(rho)):
+            for i in range(6):
+                assert rho[k, i].item() == pytest.approx(
+                    stats.spearmanr(maps[k + 1, i].flatten(), maps[0, i].flatten()).statistic, abs=1e-9)
+        # two independent uniform maps of 1024 pixels: Spearman ~ N(0, 1/1023) per image
+        assert rho.abs().max().item() < 4 / np.sqrt(1023)
+    assert stage_seed(11, "gradcam", "cascading", 3) == 11  # other methods keep step 6's seed at every stage
 
 
 def test_verdict_threshold_and_rounds():
     assert verdict(0.49, 0.5) == CHANGES and verdict(0.5, 0.5) == NO_CHANGE
+    similarity = {"spearman": torch.tensor([[0.9, 0.7], [0.2, 0.4], [0.6, 0.6]], dtype=torch.float64)}
+    # cascading reads the last stage (every block random); independent the block that changes the maps most
+    assert verdict_stage({"randomization": "cascading", "similarity": similarity}, "spearman") == (3, pytest.approx(0.6))
+    assert verdict_stage({"randomization": "independent", "similarity": similarity}, "spearman") == (2, pytest.approx(0.3))
     cfg = load_config(None, ["prune_iterations=4"])
     assert sanity_rounds(cfg) == [0, 4]
     with pytest.raises(UserError, match="sanity.rounds"):
@@ -102,28 +221,51 @@ def test_verdict_threshold_and_rounds():
 
 
 def test_gradcam_of_a_small_resnet_changes_and_the_step_resumes(sanity_run):
-    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.measures=[spearman,ssim,top_iou]"])
+    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.randomization=both",
+                                          "sanity.measures=[spearman,spearman_abs,ssim,top_iou]"])
     run = rd.RunDir(cfg)
     table = sanity_step(run, CPU, log=quiet)
-    assert list(table["round"]) == [0, 0, 2, 2] and list(table["method"]) == ["gradcam", "random"] * 2
-    verdicts = dict(zip(zip(table["round"], table["method"]), table["verdict"]))
-    assert verdicts[(0, "gradcam")] == verdicts[(2, "gradcam")] == CHANGES
-    assert verdicts[(0, "random")] == verdicts[(2, "random")] == NO_CHANGE
-    assert (table.loc[table["method"] == "random", "similarity"] > 0.999).all()
-    assert (table.loc[table["method"] == "gradcam", "similarity"] < 0.5).all()
+    assert list(table["round"]) == [0] * 4 + [2] * 4
+    assert list(table["method"]) == ["gradcam", "gradcam", "random", "random"] * 2
+    assert list(table["randomization"]) == ["cascading", "independent"] * 4
+    assert (table["measure"] == "spearman").all()  # the verdict's measure: the signed maps' Spearman
+    verdicts = table.set_index(["round", "method", "randomization"])
+    assert (verdicts.loc[(slice(None), "gradcam", slice(None)), "verdict"] == CHANGES).all()
+    assert (verdicts.loc[(slice(None), "gradcam", slice(None)), "similarity"] < 0.5).all()
+    # the control: random maps redrawn at every stage, at the chance level, not judged
+    assert (verdicts.loc[(slice(None), "random", slice(None)), "verdict"] == CONTROL).all()
+    assert (verdicts.loc[(slice(None), "random", slice(None)), "similarity"].abs() < 0.2).all()
+    # cascading reads the last stage (all 7 blocks random); independent the block with the lowest mean
+    cascading = table[table["randomization"] == "cascading"]
+    assert (cascading["stage"] == 7).all() and (cascading["block"] == "conv1").all()
+    summary = pd.read_csv(run.sanity_summary())
+    for t in table[table["randomization"] == "independent"].itertuples():
+        part = summary[(summary["round"] == t.round) & (summary["method"] == t.method)
+                       & (summary["randomization"] == "independent") & (summary["measure"] == "spearman")]
+        lowest = part.loc[part["mean"].idxmin()]
+        assert (t.stage, t.block, t.similarity) == (lowest["stage"], lowest["block"], pytest.approx(lowest["mean"]))
+    # Grad-CAM's maps are non-negative (ReLU): the Spearman of their absolute values is the signed one
+    wide = summary.pivot_table(index=["round", "method", "randomization", "stage"], columns="measure", values="mean")
+    assert np.allclose(wide.loc[(slice(None), "gradcam"), "spearman"], wide.loc[(slice(None), "gradcam"), "spearman_abs"])
+    # the control differs from stage to stage (a new draw each), for both randomisations
+    control = summary[(summary["method"] == "random") & (summary["measure"] == "spearman")]
+    assert control.groupby(["round", "randomization"])["mean"].nunique().eq(7).all()
     # the original model's maps are step 6's maps of the same images and targets
     stored = rd.load_npz(run.sanity_maps(2, "gradcam"))
     step6 = rd.load_npz(run.heatmap_file(2, "gradcam"))
-    assert stored["maps"].shape == (8, 8, 32, 32)  # the original + 7 stages, 8 images
+    assert stored["maps_cascading"].shape == stored["maps_independent"].shape == (8, 8, 32, 32)  # original + 7, 8 images
+    assert stored["maps_cascading"].dtype == np.float32
     assert list(stored["blocks"]) == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
     assert np.array_equal(stored["ids"], step6["ids"]) and np.array_equal(stored["targets"], step6["targets"])
-    assert np.allclose(stored["maps"][0].astype(np.float32), step6["maps"].astype(np.float32), atol=2e-3)
+    for kind in ("cascading", "independent"):
+        assert np.allclose(stored[f"maps_{kind}"][0], step6["maps"].astype(np.float32), atol=2e-3)
+    # the first stage of both randomisations is the same network (fc alone random): the same maps
+    assert np.allclose(stored["maps_cascading"][1], stored["maps_independent"][1])
     per_image = pd.read_csv(run.sanity_per_image())
-    assert len(per_image) == 2 * 2 * 7 * 3 * 8 and per_image["value"].between(-1, 1 + 1e-9).all()
-    summary = pd.read_csv(run.sanity_summary())
-    means = per_image.groupby(["round", "method", "stage", "measure"])["value"].mean()
-    assert np.allclose(summary.set_index(["round", "method", "stage", "measure"])["mean"], means.loc[
-        summary.set_index(["round", "method", "stage", "measure"]).index])
+    assert len(per_image) == 2 * 2 * 2 * 7 * 4 * 8 and per_image["value"].between(-1, 1 + 1e-9).all()
+    means = per_image.groupby(["round", "method", "randomization", "stage", "measure"])["value"].mean()
+    index = summary.set_index(["round", "method", "randomization", "stage", "measure"])
+    assert np.allclose(index["mean"], means.loc[index.index])
     # a rerun skips every (round, method); --force redoes them
     stamp = run.sanity_maps(0, "gradcam").stat().st_mtime_ns
     sanity_step(run, CPU, log=quiet)
@@ -159,10 +301,17 @@ def test_other_settings_recompute_the_units(sanity_run):
     assert len(rd.load_npz(run.sanity_maps(0, "random"))["ids"]) == 3
     per_image = pd.read_csv(run.sanity_per_image())
     assert per_image[(per_image["method"] == "random") & (per_image["round"] == 0)]["image_id"].nunique() == 3
+    # a table written before the randomisation column existed is replaced, and every unit recomputed
+    old = pd.read_csv(run.sanity_verdicts()).drop(columns=["randomization", "stage", "block"])
+    old.to_csv(run.sanity_verdicts(), index=False)
+    lines = []
+    table = sanity_step(load_config(None, base + ["sanity.n_images=3"]), CPU, log=lines.append)
+    assert "older format" in lines[0] and list(table["randomization"]) == ["cascading"]
     sanity_step(cfg, CPU, log=quiet)  # back to the settings of the other tests
 
 
 @pytest.mark.parametrize("override, key", [("sanity.measures=[spearman,foo]", "sanity.measures"),
+                                           ("sanity.randomization=top_down", "sanity.randomization"),
                                            ("sanity.verdict_measure=ssim", None), ("sanity.rounds=[]", "sanity.rounds"),
                                            ("sanity.threshold=2", "sanity.threshold")])
 def test_bad_sanity_settings_are_one_line_errors(override, key):

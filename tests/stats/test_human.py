@@ -1,15 +1,16 @@
 """The human study's statistics: the thesis's published numbers, Krippendorff's alpha by hand, the
-recognition test against its reference formula, the simulator's round trip and the power helpers."""
+recognition test against its reference formula, the simulator's round trip and the power helpers; the
+clustered tests against statsmodels and scipy, and their level on seeded simulations of clustered answers."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from lottery_xai.stats.human import (decisive_power, decisive_vote_test, design_effect, fixed_rate_test, items_needed,
-                                     krippendorff_alpha, preference_probabilities, recognition_test,
-                                     share_standard_error, simulate_answers, study_power, value_counts,
-                                     wilson_interval, workers_needed)
+from lottery_xai.stats.human import (clustered_share_test, decisive_power, decisive_vote_test, design_effect,
+                                     fixed_rate_test, items_needed, krippendorff_alpha, paired_difference_test,
+                                     preference_probabilities, recognition_test, share_standard_error,
+                                     simulate_answers, study_power, value_counts, wilson_interval, workers_needed)
 
 
 @pytest.mark.parametrize("votes_a, votes_b, chi2, p", [
@@ -113,3 +114,126 @@ def test_power_helpers():
     assert study_power(0.6, k, 5, 0.2, 0.3) >= 0.8 > study_power(0.6, k - 1, 5, 0.2, 0.3)
     low, high = wilson_interval(60, 100)
     assert low < 0.6 < high and (low, high) == pytest.approx((0.502, 0.691), abs=1e-3)
+
+
+# ---------------------------------------------------------------- clustered answers (issue 19, item 11)
+
+def _answers_with_effects(rng, n_items, workers, pool, item_sd, worker_sd, share=0.5):
+    """0/1 answers of ``workers`` distinct workers (of a pool) per item, logit = logit(share) + item effect
+    + worker effect (normal, the given sd): answers cluster by item and by worker; the true share of the
+    population of items and workers is ``share`` when both sds are 0, and 1/2 whenever share is 1/2."""
+    item = np.repeat(np.arange(n_items), workers)
+    worker = np.argsort(rng.random((n_items, pool)), axis=1)[:, :workers].ravel()
+    logit = math.log(share / (1 - share)) + rng.normal(0, item_sd, n_items)[item] + rng.normal(0, worker_sd, pool)[worker]
+    return (rng.random(len(item)) < 1 / (1 + np.exp(-logit))).astype(float), item, worker
+
+
+def test_clustered_share_equals_statsmodels_two_way_cluster_robust_ols():
+    sm = pytest.importorskip("statsmodels.api")
+    y, item, worker = _answers_with_effects(np.random.default_rng(0), 30, 5, 12, 1.0, 0.7)
+    got = clustered_share_test(y, [item, worker], null=0.5)
+    fit = sm.OLS(y - 0.5, np.ones((len(y), 1))).fit(cov_type="cluster", use_t=True,
+                                                    cov_kwds={"groups": np.column_stack([item, worker])})
+    assert got.estimate == pytest.approx(y.mean())
+    assert got.se == pytest.approx(fit.bse[0], rel=1e-10)
+    assert got.statistic == pytest.approx(fit.tvalues[0], rel=1e-10)
+    assert got.p_value == pytest.approx(fit.pvalues[0], rel=1e-8)
+    assert got.df == 11 and got.clusters == (30, 12)  # statsmodels' min(G) - 1
+    assert (got.low, got.high) == pytest.approx(tuple(fit.conf_int()[0] + 0.5), rel=1e-10)
+    # the two-way variance written out (Cameron, Gelbach & Miller 2011): V_item + V_worker - V_cell, CR1
+    e, n = y - y.mean(), len(y)
+
+    def one_way(labels):
+        codes = np.unique(labels, return_inverse=True)[1].ravel()
+        groups = codes.max() + 1
+        return groups / (groups - 1) * (np.bincount(codes, weights=e) ** 2).sum() / n**2
+
+    by_hand = one_way(item) + one_way(worker) - one_way(item * 1000 + worker)
+    assert got.se == pytest.approx(math.sqrt(by_hand), rel=1e-10)
+
+
+def test_one_way_clusters_of_equal_size_give_the_one_sample_t_test_of_the_cluster_means():
+    rng = np.random.default_rng(1)
+    y = (rng.random((25, 6)) < rng.uniform(0.2, 0.9, (25, 1))).astype(float)  # 25 items, 6 answers each
+    got = clustered_share_test(y.ravel(), [np.repeat(np.arange(25), 6)], null=0.5)
+    expected = stats.ttest_1samp(y.mean(axis=1), 0.5)
+    assert got.statistic == pytest.approx(expected.statistic, rel=1e-10)
+    assert got.p_value == pytest.approx(expected.pvalue, rel=1e-8) and got.df == 24
+    ci = expected.confidence_interval(0.95)
+    assert (got.low, got.high) == pytest.approx((ci.low, ci.high), rel=1e-10)
+
+
+def test_paired_difference_with_one_answer_per_image_and_round_is_the_paired_t_test():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(2)
+    easy = rng.normal(0, 1.5, 40)  # image difficulty, shared by both rounds: the reason to pair
+    dense = (rng.random(40) < 1 / (1 + np.exp(-(1.0 + easy)))).astype(float)
+    pruned = (rng.random(40) < 1 / (1 + np.exp(-(0.3 + easy)))).astype(float)
+    y = np.concatenate([dense, pruned])
+    second = np.repeat([False, True], 40)
+    image = np.tile(np.arange(40), 2)
+    got = paired_difference_test(y, second, [image])
+    expected = stats.ttest_rel(pruned, dense)
+    n = 80  # CR1's (n - 1) / (n - k) factor, k = 2 coefficients: the only difference from the paired t-test
+    assert got.estimate == pytest.approx(pruned.mean() - dense.mean())
+    assert got.statistic == pytest.approx(expected.statistic / math.sqrt((n - 1) / (n - 2)), rel=1e-10)
+    assert got.df == 39
+    # and with workers as a second clustering dimension: statsmodels' two-way cluster-robust OLS
+    worker = rng.integers(0, 15, 80)
+    got = paired_difference_test(y, second, [image, worker])
+    fit = sm.OLS(y, sm.add_constant(second.astype(float))).fit(
+        cov_type="cluster", use_t=True, cov_kwds={"groups": np.column_stack([image, worker])})
+    assert (got.estimate, got.se, got.p_value) == pytest.approx((fit.params[1], fit.bse[1], fit.pvalues[1]), rel=1e-8)
+    assert paired_difference_test(np.ones(6), [0, 0, 0, 1, 1, 1], [[0, 1, 2] * 2]).p_value == 1.0  # all right: no change
+    assert math.isnan(clustered_share_test(np.ones(10), [np.arange(10)]).p_value)  # no spread: no test
+
+
+def test_clustered_tests_hold_their_level_where_the_chi_square_does_not():
+    """A true 50/50 and equal accuracies, answers strongly clustered: the thesis's chi-square rejects
+    far more often than 5 %, the clustered tests stay near 5 % (seeded; 400 studies each)."""
+    rng = np.random.default_rng(2024)
+    studies = 400
+    naive = clustered = worker_naive = worker_clustered = 0
+    for _ in range(studies):
+        # experiment 1 as main_human_study.py simulates it: 40 items x 5 workers, agreement 0.5, 20 % "equal"
+        answers = simulate_answers(preference_probabilities(40, 0.5, 0.2), 5, 0.5, rng)
+        worker = np.argsort(rng.random((40, 20)), axis=1)[:, :5]
+        decisive = answers < 2
+        votes_b = int((answers == 1).sum())
+        naive += decisive_vote_test(int(decisive.sum()) - votes_b, votes_b)[1] < 0.05
+        item = np.repeat(np.arange(40), 5).reshape(40, 5)
+        clustered += clustered_share_test((answers[decisive] == 1), [item[decisive], worker[decisive]]).p_value < 0.05
+        # item and worker effects (sd 1 on the logit scale): workers who always prefer one side
+        y, item_w, w = _answers_with_effects(rng, 40, 5, 20, 1.0, 1.0)
+        worker_naive += decisive_vote_test(int(len(y) - y.sum()), int(y.sum()))[1] < 0.05
+        worker_clustered += clustered_share_test(y, [item_w, w]).p_value < 0.05
+    se = math.sqrt(0.05 * 0.95 / studies)
+    assert naive / studies > 0.2 and worker_naive / studies > 0.2
+    assert abs(clustered / studies - 0.05) < 3 * se, clustered / studies
+    assert abs(worker_clustered / studies - 0.05) < 3 * se, worker_clustered / studies
+
+
+def test_paired_recognition_test_holds_its_level_and_gains_power_from_the_pairing():
+    """Experiment 2: 30 images shown at two rounds, 5 workers of 15 per task, image difficulty shared by
+    both rounds. Equal accuracy: the paired clustered test rejects near 5 %; a 10-point drop: it finds it
+    more often than the unpaired test clustered by task (which ignores that the images are the same)."""
+    rng = np.random.default_rng(7)
+    studies, images, workers, pool = 300, 30, 5, 15
+    level = {0.0: 0, 0.1: 0}
+    unpaired = 0
+    for drop in (0.0, 0.1):
+        for _ in range(studies):
+            easy = rng.normal(0, 1.5, images)
+            image = np.tile(np.repeat(np.arange(images), workers), 2)
+            second = np.repeat([False, True], images * workers)
+            worker = np.concatenate([np.argsort(rng.random((images, pool)), axis=1)[:, :workers].ravel()
+                                     for _ in range(2)])
+            base = 1 / (1 + np.exp(-(1.5 + easy[image])))
+            y = (rng.random(len(image)) < np.clip(base - drop * second, 0, 1)).astype(float)
+            level[drop] += paired_difference_test(y, second, [image, worker]).p_value < 0.05
+            if drop:
+                task = image + images * second  # each (image, round) its own cluster: no pairing
+                unpaired += paired_difference_test(y, second, [task, worker]).p_value < 0.05
+    se = math.sqrt(0.05 * 0.95 / studies)
+    assert abs(level[0.0] / studies - 0.05) < 3 * se, level[0.0] / studies
+    assert level[0.1] > unpaired + 0.1 * studies, (level[0.1], unpaired)
