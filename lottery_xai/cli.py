@@ -12,8 +12,15 @@ from .config import Config, load_config, n_rounds
 from .errors import UserError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake (a missing value, an unknown option) in one line, status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: config/BB_synthetic.yaml, the embedded default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pruning.rewind=reinit (repeatable)")
@@ -48,6 +55,8 @@ def select_rounds(text: str | None, cfg: Config) -> list[int]:
         rounds = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
         raise UserError(f"--rounds expects comma-separated integers, got '{text}'") from None
+    if not rounds:
+        raise UserError(f"--rounds names no round ('{text}'); give comma-separated integers, e.g. --rounds 0,4")
     bad = [r for r in rounds if r < 0 or r >= total]
     if bad:
         raise UserError(f"--rounds {bad} out of range: this config has rounds 0..{total - 1}")

@@ -69,6 +69,9 @@ def test_experiment_name_separates_reinit_control():
     (["--config", "nope.yaml"], "not found"),
     (["--set", "trian.epochs=1"], "did you mean 'train.epochs'"),
     (["--set", "train.epochs=zero"], "must be an integer"),
+    (["--set"], "expected one argument"),  # argparse's own mistakes are one line too, not usage + error
+    (["--rounds", ","], "names no round"),  # once: exit 0, 'wrote' a table it never wrote
+    (["--bogus"], "unrecognized arguments"),
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle):
     proc = subprocess.run([sys.executable, str(ROOT / "main_lth_pruning.py"), *args], capture_output=True, text=True,
@@ -76,6 +79,16 @@ def test_cli_errors_exit_2_with_one_line(args, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_home_folder_path_is_expanded_once():
+    """``logs: ~/x`` is the home folder's x, not a folder named '~' in the working directory."""
+    import os
+
+    cfg = load_config(None, ["logs=~/runs", "data_root=~/data"])
+    assert cfg.logs == os.path.join(os.path.expanduser("~"), "runs") and not cfg.logs.startswith("~")
+    assert cfg.data_root == os.path.join(os.path.expanduser("~"), "data")
+    assert str(RunDir(cfg).root).startswith(os.path.expanduser("~"))
 
 
 def test_step_before_its_input_exits_2(tmp_path):
