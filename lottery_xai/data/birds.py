@@ -6,6 +6,12 @@ set by the class's attribute values (``values``: attribute group -> value, e.g.
 ``{"bill_shape": "hooked", "wing_color": "red", ...}``); every per-image choice
 (placement, pose, colour jitter, clutter) comes from the ``numpy.random.Generator``
 passed in, so an image is bit-identical for the same values, size and generator state.
+
+Six groups are always drawn (bill shape, wing colour, tail shape, crown colour,
+breast pattern, size). Four more are drawn when ``values`` has them (the
+CUB-scale attribute set of the generator): bill colour, wing pattern, head
+pattern and throat colour; without them the bird is drawn exactly as before
+(same shapes, same random draws).
 """
 from __future__ import annotations
 
@@ -27,6 +33,13 @@ BODY_RGB = ((125, 95, 65), (150, 125, 95), (115, 115, 110), (160, 150, 130), (95
 BILL_RGB = (60, 55, 50)
 BREAST_RGB = (235, 225, 200)
 MARK_RGB = (70, 45, 25)
+# The optional groups (drawn only when the values name them).
+BILL_COLOR_RGB = {"black": (35, 30, 28), "grey": (150, 150, 150), "orange": (245, 125, 20), "yellow": (240, 200, 30)}
+THROAT_RGB = {"white": (245, 245, 240), "black": (25, 25, 25), "yellow": (245, 210, 40), "rufous": (185, 80, 30)}
+WING_PATTERNS = ("solid", "striped", "spotted")
+HEAD_PATTERNS = ("plain", "eyebrow", "eyeline", "masked")
+# Head marks lie on the crown cap: pale on a dark crown, dark on a light one, so that they show on every crown.
+HEAD_MARK_RGB = {"pale": (245, 245, 235), "dark": (20, 20, 20)}
 
 # Bird geometry in bird units (L = 1), facing +x, y down; extent used for placement.
 _LOCAL_EXTENT = ((-0.66, -0.41), (0.70, 0.47))
@@ -136,7 +149,7 @@ def _draw_bird(painter: _BirdPainter, values: dict, rng: np.random.Generator) ->
     crown = _jitter(rng, CROWN_RGB[values["crown_color"]], 12)
     breast = _jitter(rng, BREAST_RGB, 12)
     mark = _jitter(rng, MARK_RGB, 10)
-    bill = _jitter(rng, BILL_RGB, 10)
+    bill = _jitter(rng, BILL_COLOR_RGB[values["bill_color"]] if "bill_color" in values else BILL_RGB, 10)
     leg = _jitter(rng, (90, 80, 70), 10)
 
     # Legs first (behind the body).
@@ -166,9 +179,32 @@ def _draw_bird(painter: _BirdPainter, values: dict, rng: np.random.Generator) ->
             painter.ellipse(dx, dy, 0.022, 0.022, 0, mark)
 
     painter.polygon([(-0.26, -0.09), (0.02, -0.15), (0.2, -0.09), (0.1, 0.1), (-0.14, 0.16), (-0.4, 0.07)], wing)
+    wing_pattern, head_pattern = values.get("wing_pattern", "solid"), values.get("head_pattern", "plain")
+    if wing_pattern not in WING_PATTERNS or head_pattern not in HEAD_PATTERNS:
+        raise ValueError(f"cannot draw wing pattern {wing_pattern!r} / head pattern {head_pattern!r}")
+    # Optional wing pattern, pale like the breast: two wing bars or pale spots.
+    if wing_pattern == "striped":
+        painter.line(0.05, -0.12, -0.02, 0.10, 0.03, breast, mask=False)
+        painter.line(-0.07, -0.10, -0.14, 0.12, 0.03, breast, mask=False)
+    elif wing_pattern == "spotted":
+        for dx, dy in ((0.06, -0.06), (-0.04, -0.02), (0.08, 0.03), (-0.14, 0.02), (-0.02, 0.07), (-0.22, 0.05)):
+            painter.ellipse(dx, dy, 0.022, 0.022, 0, breast)
 
     painter.ellipse(0.30, -0.19, 0.16, 0.15, 0, neutral)  # head
+    if "throat_color" in values:  # optional throat patch under the bill
+        painter.ellipse(0.37, -0.09, 0.07, 0.045, -20, _jitter(rng, THROAT_RGB[values["throat_color"]], 12))
     painter.ellipse(0.28, -0.25, 0.17, 0.115, -10, crown)  # crown cap over the top of the head
+    # Optional head pattern: a stripe over the eye, a line through it, or a mask around it.
+    if head_pattern != "plain":
+        red, green, blue = CROWN_RGB[values["crown_color"]]
+        luma = 0.299 * red + 0.587 * green + 0.114 * blue
+        head_mark = HEAD_MARK_RGB["pale" if luma < 128 else "dark"][::-1]  # BGR for OpenCV
+        if head_pattern == "eyebrow":
+            painter.line(0.25, -0.27, 0.44, -0.265, 0.03, head_mark, mask=False)
+        elif head_pattern == "eyeline":
+            painter.line(0.20, -0.215, 0.45, -0.225, 0.03, head_mark, mask=False)
+        elif head_pattern == "masked":
+            painter.ellipse(0.35, -0.215, 0.085, 0.055, -5, head_mark)
 
     shape = values["bill_shape"]
     if shape == "hooked":
