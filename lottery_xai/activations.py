@@ -15,9 +15,9 @@ from numpy.lib.format import open_memmap
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import rundir as rd
 from .errors import UserError
 from .models import get_layer
+from .safe_io import atomic_path
 
 FLATTENINGS = ("flatten", "avg_pool", "max_pool")
 _DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}
@@ -211,7 +211,7 @@ class StreamWriter:
         needed = int(np.prod((n_rows, *row_shape))) * np.dtype(dtype).itemsize
         if needed > shutil.disk_usage(self.path.parent).free:
             raise OSError(errno.ENOSPC, f"{needed / 2**20:.0f} MiB needed", str(self.path))
-        self._atomic = rd.atomic_path(self.path)
+        self._atomic = atomic_path(self.path)
         self.tmp = self._atomic.__enter__()
         try:
             self.mm = open_memmap(self.tmp, mode="w+", dtype=dtype, shape=(n_rows, *row_shape))

@@ -21,6 +21,7 @@ from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pipeline.roar import roar_step
 from lottery_xai.pipeline.activations import activations_step
 from lottery_xai.pipeline.cavs import cavs_step
+from lottery_xai.safe_io import upsert_table
 
 from conftest import run_steps, tiny_overrides
 
@@ -142,11 +143,11 @@ def test_the_lock_is_reentrant_and_released_on_error(finished, tmp_path):
 
 UPSERT = """
 import sys
-from lottery_xai import rundir as rd
+from lottery_xai.safe_io import upsert_table
 k = int(sys.argv[2])
 for i in range(25):
-    rd.upsert_table(sys.argv[1], [{"round": i, "writer": k, "value": 0.1 * k + i / 3}], keys=["round", "writer"],
-                    sort=["round", "writer"], columns=["round", "writer", "value"])
+    upsert_table(sys.argv[1], [{"round": i, "writer": k, "value": 0.1 * k + i / 3}], keys=["round", "writer"],
+                 sort=["round", "writer"], columns=["round", "writer", "value"])
 """
 
 
@@ -164,14 +165,14 @@ def test_upsert_replaces_by_key_and_round_trips_exactly(tmp_path):
     path = tmp_path / "table.csv"
     cols = ["round", "class", "value"]
     rows = [{"round": r, "class": c, "value": v} for r, c, v in [(1, "NA", 0.1 + 0.2), (0, "None", 1 / 3), (0, "b", np.nan)]]
-    rd.upsert_table(path, rows, keys=["round", "class"], sort=["round", "class"], columns=cols)
+    upsert_table(path, rows, keys=["round", "class"], sort=["round", "class"], columns=cols)
     once = path.read_bytes()
-    rd.upsert_table(path, [], keys=["round", "class"], sort=["round", "class"], columns=cols)
+    upsert_table(path, [], keys=["round", "class"], sort=["round", "class"], columns=cols)
     assert path.read_bytes() == once  # floats, names that look like missing values and NaN survive a re-read
-    table = rd.upsert_table(path, [{"round": 1, "class": "NA", "value": 2.0}], keys=["round", "class"],
-                            sort=["round", "class"], columns=cols)
+    table = upsert_table(path, [{"round": 1, "class": "NA", "value": 2.0}], keys=["round", "class"],
+                         sort=["round", "class"], columns=cols)
     assert list(table["class"]) == ["None", "b", "NA"] and table["value"].iloc[2] == 2.0
-    table = rd.upsert_table(path, [], keys=["round"], sort=["round"], columns=cols, replace={"round": 0})
+    table = upsert_table(path, [], keys=["round"], sort=["round"], columns=cols, replace={"round": 0})
     assert list(table["round"]) == [1]
 
 

@@ -59,6 +59,7 @@ from threadpoolctl import threadpool_limits
 
 from ..errors import UserError
 from ..names import unknown_name
+from ..safe_io import load_npz, save_npz, unreadable
 from ..workers import die_with_parent
 
 CLASSIFIERS = ("linear", "logistic", "svm", "sgd")
@@ -425,8 +426,6 @@ _OPTIONAL = ("random_pairs", "settings")  # the null's random set pairs (referen
 
 def save_cavs(path: str | os.PathLike, result: dict) -> Path:
     """Write a `fit_all_cavs` result to an `.npz` file atomically (temporary name in the same folder, then rename)."""
-    from .. import rundir as rd
-
     path = Path(path)
     arrays = {k: np.asarray(result[k]) for k in _KEYS}
     arrays["concepts"] = np.asarray(list(result["concepts"]), dtype=str)
@@ -434,7 +433,7 @@ def save_cavs(path: str | os.PathLike, result: dict) -> Path:
         arrays["random_pairs"] = np.asarray(result["random_pairs"], dtype=np.int64).reshape(-1, 2)
     if result.get("settings") is not None:
         arrays["settings"] = np.asarray(str(result["settings"]))
-    rd.save_npz(path, **arrays)
+    save_npz(path, **arrays)
     return path
 
 
@@ -443,19 +442,17 @@ def load_cavs(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"CAV file '{path}' does not exist; run the CAV step (main_lth_generate_cavs.py) first")
-    from .. import rundir as rd  # the run directory's safe readers
-
     step = "step 4 (main_lth_generate_cavs.py)"
-    out = {k: v for k, v in rd.load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS + _OPTIONAL}
+    out = {k: v for k, v in load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS + _OPTIONAL}
     n_concepts = out["concepts"].size
     cavs, random_cavs = out["cavs"], out["random_cavs"]
     if out["concepts"].ndim != 1 or cavs.ndim != 3 or random_cavs.ndim != 2 or len(cavs) != n_concepts \
             or cavs.shape[-1] != random_cavs.shape[-1] or out["accuracy"].shape != cavs.shape[:2] \
             or out["random_accuracy"].shape != random_cavs.shape[:1]:
-        raise rd.unreadable(path, f"inconsistent shapes: {n_concepts} concepts, cavs {list(cavs.shape)}, "
+        raise unreadable(path, f"inconsistent shapes: {n_concepts} concepts, cavs {list(cavs.shape)}, "
                                   f"random_cavs {list(random_cavs.shape)}", step)
     if "random_pairs" in out and out["random_pairs"].shape != (len(random_cavs), 2):
-        raise rd.unreadable(path, f"random_pairs {list(out['random_pairs'].shape)} for {len(random_cavs)} random CAVs", step)
+        raise unreadable(path, f"random_pairs {list(out['random_pairs'].shape)} for {len(random_cavs)} random CAVs", step)
     if "settings" in out:
         out["settings"] = str(out["settings"])
     out["concepts"] = [str(s) for s in out["concepts"]]

@@ -17,7 +17,7 @@ import torch
 from lottery_xai.config import SPLIT_NAMES as SPLITS
 from lottery_xai.data.imagefile import ImageFileDataset
 from lottery_xai.errors import UserError
-from lottery_xai.rundir import write_text
+from lottery_xai.safe_io import write_text
 
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 CUB_MIN_CLASSES = 10

@@ -47,6 +47,7 @@ from ..config import Config, ace_protocol
 from ..data.transforms import denormalize
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed, make_loader
+from ..safe_io import load_npy, load_npz, read_csv, save_csv, save_npz, upsert_table
 from .rounds import load_data, load_round_model, resolve_names, start_step
 
 STEP = "main_ace.py"
@@ -118,7 +119,7 @@ def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print
     cfg, path = run.cfg, run.ace_patches()
     settings = patch_settings(cfg)
     if path.is_file():
-        stored = rd.load_npz(path, keys=("settings", "images", "label_maps", "patch_image"), step=STEP)
+        stored = load_npz(path, keys=("settings", "images", "label_maps", "patch_image"), step=STEP)
         if str(stored["settings"]) == settings:
             return stored
         log(f"ACE settings changed since {path} was written: making the patch index again")
@@ -151,7 +152,7 @@ def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print
                  patch_in_box=table["in_box"].to_numpy(np.float32), patch_part=table["part"].to_numpy(np.int64),
                  patch_area=table["area"].to_numpy(np.int64), class_names=np.asarray(info.class_names, dtype=str),
                  part_names=np.asarray(info.part_names or [""], dtype=str))
-    rd.save_npz(path, **index)
+    save_npz(path, **index)
     log(f"ACE patch index: {len(table)} patches of {len(positions)} images in {path}")
     return index
 
@@ -236,8 +237,8 @@ def _random_pool(cfg: Config, run: rd.RunDir, r: int, index: dict, c: int) -> tu
     layer = ace_layer(cfg)
     path = run.require(run.activation_file(r, "train", layer), STEP3)
     run.require_up_to_date("activations", f"{rd.round_name(r)}/train", run.round_fingerprint(r), STEP3)
-    ids = rd.load_npy(run.activation_meta(r, "train", "ids"), STEP3, ndim=1)
-    acts = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+    ids = load_npy(run.activation_meta(r, "train", "ids"), STEP3, ndim=1)
+    acts = load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
     discovery = np.asarray(index["image_ids"])[np.asarray(index["image_class"]) == c]
     return np.flatnonzero(~np.isin(ids.astype(str), discovery.astype(str))), acts
 
@@ -297,7 +298,7 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
         stream_patch_activations(model, layer, index, info, acts_path, fill=cfg.ace.fill,
                                  batch_size=cfg.data.eval_batch_size, device=device)
         run.record_fingerprint("ace", unit, acts_value)
-    acts = rd.load_npy(acts_path, STEP, mmap=True, ndim=2, rows=len(index["patch_image"]))
+    acts = load_npy(acts_path, STEP, mmap=True, ndim=2, rows=len(index["patch_image"]))
     class_ids = [info.class_names.index(c) for c in classes]
     n_discovery = {c: int((index["image_class"] == c).sum()) for c in class_ids}
     grads = gradients_by_class(model, layer, loader, class_ids, flattening="avg_pool", device=device,
@@ -366,23 +367,23 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
         concept_rows["cavs"].append(cavs_c), concept_rows["acc"].append(acc_c), concept_rows["scores"].append(scores)
     d = acts.shape[1]
     stack = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
-    rd.save_npz(run.ace_clusters(r), assignment=assignment, distance=distance, concept=concept_of,
-                patch_class=index["patch_class"], concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
-                concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
-                concept_cluster=np.asarray(concept_rows["cluster"], dtype=np.int64),
-                concept_top=np.asarray(concept_rows["top"], dtype=np.int64).reshape(-1, cfg.ace.max_patches))
-    rd.save_npz(run.ace_cavs(r), concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
-                concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
-                cavs=stack(concept_rows["cavs"], (0, cfg.ace.n_random, d)),
-                accuracy=stack(concept_rows["acc"], (0, cfg.ace.n_random)),
-                tcav=stack(concept_rows["scores"], (0, cfg.ace.n_random)),
-                class_index=np.asarray(class_ids, dtype=np.int64), random_cavs=np.stack(randoms["cavs"]),
-                random_accuracy=np.stack(randoms["acc"]), random_sets=np.stack(randoms["sets"]),
-                random_tcav=np.stack(randoms["scores"]), random_source=np.asarray(protocol.negatives),
-                random_counterpart=np.stack(randoms["counterpart"]), protocol=np.asarray(protocol.label),
-                layer=np.asarray(layer), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
-    rd.upsert_table(run.ace_concepts(), pd.DataFrame(table, columns=CONCEPT_COLUMNS), keys=["round"],
-                    sort=["round", "class", "concept"], columns=CONCEPT_COLUMNS, replace={"round": r})
+    save_npz(run.ace_clusters(r), assignment=assignment, distance=distance, concept=concept_of,
+             patch_class=index["patch_class"], concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
+             concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
+             concept_cluster=np.asarray(concept_rows["cluster"], dtype=np.int64),
+             concept_top=np.asarray(concept_rows["top"], dtype=np.int64).reshape(-1, cfg.ace.max_patches))
+    save_npz(run.ace_cavs(r), concept_class=np.asarray(concept_rows["class"], dtype=np.int64),
+             concept_id=np.asarray(concept_rows["id"], dtype=np.int64),
+             cavs=stack(concept_rows["cavs"], (0, cfg.ace.n_random, d)),
+             accuracy=stack(concept_rows["acc"], (0, cfg.ace.n_random)),
+             tcav=stack(concept_rows["scores"], (0, cfg.ace.n_random)),
+             class_index=np.asarray(class_ids, dtype=np.int64), random_cavs=np.stack(randoms["cavs"]),
+             random_accuracy=np.stack(randoms["acc"]), random_sets=np.stack(randoms["sets"]),
+             random_tcav=np.stack(randoms["scores"]), random_source=np.asarray(protocol.negatives),
+             random_counterpart=np.stack(randoms["counterpart"]), protocol=np.asarray(protocol.label),
+             layer=np.asarray(layer), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
+    upsert_table(run.ace_concepts(), pd.DataFrame(table, columns=CONCEPT_COLUMNS), keys=["round"],
+                 sort=["round", "class", "concept"], columns=CONCEPT_COLUMNS, replace={"round": r})
     run.record_fingerprint("ace", rd.round_name(r), value)
 
 
@@ -392,8 +393,8 @@ def load_round_concepts(run: rd.RunDir, r: int) -> dict:
     """Round ``r``'s concepts: {class index: {"ids", "members" (patch rows), "directions" (unit mean CAVs)}}."""
     from ..concepts.ace import unit_mean
 
-    clusters = rd.load_npz(run.ace_clusters(r), keys=("concept", "patch_class", "concept_class", "concept_id"), step=STEP)
-    cavs = rd.load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+    clusters = load_npz(run.ace_clusters(r), keys=("concept", "patch_class", "concept_class", "concept_id"), step=STEP)
+    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
     out = {}
     for c in np.unique(clusters["patch_class"]):
         pick = np.flatnonzero(cavs["concept_class"] == c)
@@ -410,12 +411,12 @@ def match_to_dense(run: rd.RunDir, rounds: list[int], class_names: list[str], lo
     from ..concepts.ace import cosine_matrix, jaccard_matrix, match_concepts
 
     cfg = run.cfg
-    table = rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
     if not run.ace_clusters(0).is_file() or table.empty:
         log("ACE: the dense round 0 has no concepts on disk, so nothing is matched across rounds")
         return pd.DataFrame(columns=SURVIVAL_COLUMNS)
     dense = load_round_concepts(run, 0)
-    n_patches = len(rd.load_npz(run.ace_clusters(0), keys=("concept",), step=STEP)["concept"])
+    n_patches = len(load_npz(run.ace_clusters(0), keys=("concept",), step=STEP)["concept"])
     sig = {(int(r), str(c), int(k)): bool(s) for r, c, k, s in
            table[["round", "class", "concept", "significant"]].itertuples(index=False)}
     survival = []
@@ -450,9 +451,9 @@ def match_to_dense(run: rd.RunDir, rounds: list[int], class_names: list[str], lo
                     survival.append({"round": r, "class": name, "dense_concept": int(dk), "concept": -1,
                                      "status": "vanished", "overlap": np.nan, "cosine": np.nan,
                                      "dense_significant": sig.get((0, name, int(dk)), False), "significant": False})
-    rd.save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
+    save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
     frame = pd.DataFrame(survival, columns=SURVIVAL_COLUMNS).sort_values(["round", "class", "dense_concept", "concept"])
-    rd.save_csv(run.ace_survival(), frame)
+    save_csv(run.ace_survival(), frame)
     return frame
 
 
@@ -464,7 +465,7 @@ def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
     4 fills in rounds discovered before it."""
     from ..concepts.ace import cosine_matrix, unit_mean
 
-    table = rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
     if table.empty:
         return table
     layer = ace_layer(run.cfg)
@@ -476,7 +477,7 @@ def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
         if labelled is None or not run.ace_cavs(r).is_file() or not len(labelled[0]):
             missing.append(r)
             continue
-        cavs = rd.load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+        cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
         best = cosine_matrix(unit_mean(cavs["cavs"]), labelled[1]) if len(cavs["cavs"]) else np.zeros((0, 1))
         for i, (c, k) in enumerate(zip(cavs["concept_class"], cavs["concept_id"])):
             rows = (table["round"] == r) & (table["class"] == info.class_names[int(c)]) & (table["concept"] == int(k))
@@ -489,7 +490,7 @@ def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
     if missing:
         log(f"ACE: rounds {missing} have no current step-4 CAVs of {layer}, so their concepts are not matched to "
             f"labelled attributes (run step 4, main_lth_generate_cavs.py, then main_ace.py again: it only matches)")
-    rd.save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
+    save_csv(run.ace_concepts(), table[CONCEPT_COLUMNS])
     return table
 
 
@@ -574,10 +575,10 @@ def resolve_discovered(run: rd.RunDir, names: list[str]) -> list[tuple[str, int,
     """(name, class index, dense concept id) of each ``ace:<class>:<k>`` (``ace:all``: every significant
     concept of the dense round), checked against ``ace/concepts.csv``."""
     path = run.require(run.ace_concepts(), f"{STEP} (ACE, round 0)")
-    table = rd.read_csv(path, CONCEPT_COLUMNS, step=STEP)
+    table = read_csv(path, CONCEPT_COLUMNS, step=STEP)
     dense = table[table["round"] == 0]
     known = {str(n): (str(c), int(k)) for n, c, k in dense[["name", "class", "concept"]].itertuples(index=False)}
-    class_names = [str(s) for s in rd.load_npz(run.ace_patches(), keys=("class_names",), step=STEP)["class_names"]]
+    class_names = [str(s) for s in load_npz(run.ace_patches(), keys=("class_names",), step=STEP)["class_names"]]
     wanted = []
     for name in names:
         if name == f"{PREFIX}all":
@@ -606,10 +607,10 @@ def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str]
         run.require(run.ace_clusters(rr), f"{STEP} (rounds 0 and {r})")
         run.require_up_to_date("ace", rd.round_name(rr), f"{run.round_fingerprint(rr)}:{round_settings(cfg)}",
                                f"{STEP} (rounds 0 and {r})")
-    dense = rd.load_npz(run.ace_clusters(0), keys=("concept_class", "concept_id", "concept_top"), step=STEP)
-    stored = rd.load_npz(run.ace_cavs(r), keys=("class_index", "random_sets"), step=STEP)
-    index = rd.load_npz(run.ace_patches(), keys=("patch_class",), step=STEP)
-    acts = rd.load_npy(run.ace_patch_activations(r), STEP, mmap=True, ndim=2, rows=len(index["patch_class"]))
+    dense = load_npz(run.ace_clusters(0), keys=("concept_class", "concept_id", "concept_top"), step=STEP)
+    stored = load_npz(run.ace_cavs(r), keys=("class_index", "random_sets"), step=STEP)
+    index = load_npz(run.ace_patches(), keys=("patch_class",), step=STEP)
+    acts = load_npy(run.ace_patch_activations(r), STEP, mmap=True, ndim=2, rows=len(index["patch_class"]))
     rng = np.random.default_rng(seed)
     cavs, accuracy = [], []
     for name, c, k in wanted:

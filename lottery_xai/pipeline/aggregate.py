@@ -39,6 +39,7 @@ from ..config import Config, replace
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics import METRICS, map_agreement, tcav_agreement
+from ..safe_io import fingerprint, load_npz, read_csv, read_json, save_csv, write_text
 from ..stats.inference import bootstrap_ci, t_interval
 from .metrics import COLUMNS as METRIC_COLUMNS
 from .tcav import TCAV_COLUMNS
@@ -97,7 +98,7 @@ def _read_seeds(runs: dict[int, rd.RunDir], path_of, columns, step: str) -> pd.D
     for s, run in runs.items():
         path = path_of(run)
         if path.is_file():
-            frames.append(rd.read_csv(path, columns, step=step).assign(seed=s))
+            frames.append(read_csv(path, columns, step=step).assign(seed=s))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "seed"])
 
 
@@ -136,7 +137,7 @@ def _load_maps(run: rd.RunDir, r: int, method: str):
     path = run.heatmap_file(r, method)
     if not path.is_file():
         return None
-    stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+    stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
     return stored["ids"], torch.from_numpy(stored["maps"].astype(np.float32))
 
 
@@ -161,7 +162,7 @@ def seed_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> p
     seed_ci_low, seed_ci_high, seed_n_pairs`` (mean over images per pair, t interval over pairs)."""
     runs = seed_runs(cfg, seeds)
     pair_values: dict[tuple[str, str], list[float]] = {}
-    tcav = {s: rd.read_csv(r.tcav_scores(), TCAV_COLUMNS, step=STEP5) for s, r in runs.items()
+    tcav = {s: read_csv(r.tcav_scores(), TCAV_COLUMNS, step=STEP5) for s, r in runs.items()
             if r.tcav_scores().is_file()}
     for a, b in tqdm(list(itertools.combinations(seeds, 2)), desc="seed pairs"):
         for method in methods:
@@ -198,9 +199,9 @@ def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) ->
         control = controls[s]
         if not control.root.is_dir():
             continue
-        tcav_dense = rd.read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+        tcav_dense = read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=STEP5) \
             if runs[s].tcav_scores().is_file() else None
-        tcav_control = rd.read_csv(control.tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+        tcav_control = read_csv(control.tcav_scores(), TCAV_COLUMNS, step=STEP5) \
             if control.tcav_scores().is_file() else None
         for r in runs[s].rounds():
             for method in methods:
@@ -256,7 +257,7 @@ def _inputs(cfg: Config, seeds: list[int]) -> dict[str, str]:
         for run in seed_runs(cfg, seeds, **changes).values():
             paths += [run.test_metrics(), run.tcav_scores(), run.explanation_metrics()]
             paths += [run.heatmap_file(r, m) for r in run.rounds() for m in cfg.heatmaps.methods]
-    return {str(p): rd.fingerprint(p) for p in paths if p.is_file()}
+    return {str(p): fingerprint(p) for p in paths if p.is_file()}
 
 
 def aggregate_step(cfg: Config, seeds: list[int], force: bool = False, log=print) -> dict[str, pd.DataFrame]:
@@ -273,16 +274,16 @@ def aggregate_step(cfg: Config, seeds: list[int], force: bool = False, log=print
                  "methods": list(cfg.heatmaps.methods), "inputs": _inputs(cfg, seeds)}
         record = first.aggregate_record(seeds)
         if not force and record.is_file() and all(first.aggregate_file(seeds, n).is_file() for n in names) \
-                and rd.read_json(record) == json.loads(json.dumps(stamp)):
+                and read_json(record) == json.loads(json.dumps(stamp)):
             log(f"replicates up to date: {first.aggregate_dir(seeds)}")
-            return {n: rd.read_csv(first.aggregate_file(seeds, n)) for n in names}
+            return {n: read_csv(first.aggregate_file(seeds, n)) for n in names}
         metrics = metrics_table(cfg, seeds)
         tables = {"accuracy": accuracy_table(cfg, seeds), "tcav": tcav_table(cfg, seeds), "metrics": metrics,
                   "null_bands": null_bands(cfg, seeds, metrics, log)}
         if tables["accuracy"].empty:
             raise UserError(f"no test accuracy in any seed run (e.g. '{first.test_metrics()}'); run {STEP2} first")
         for name, table in tables.items():
-            rd.save_csv(first.aggregate_file(seeds, name), table)
-        rd.write_text(record, json.dumps(stamp, indent=1) + "\n")
+            save_csv(first.aggregate_file(seeds, name), table)
+        write_text(record, json.dumps(stamp, indent=1) + "\n")
     log(f"replicates of seeds {','.join(map(str, seeds))}: {first.aggregate_dir(seeds)}")
     return tables

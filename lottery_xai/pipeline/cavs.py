@@ -19,6 +19,7 @@ from .. import rundir as rd
 from ..config import Config, cav_protocol
 from ..data import require_annotations
 from ..loaders import SeedPurpose, derived_seed
+from ..safe_io import load_npy, read_csv, unreadable, upsert_table
 from .rounds import load_data, resolve_names, start_step
 
 CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
@@ -34,14 +35,14 @@ def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str, info=None) -> tupl
         path = run.require(run.activation_file(r, split, layer), STEP3)
         run.require_up_to_date("activations", f"{rd.round_name(r)}/{split}", run.round_fingerprint(r), STEP3)
         expected = len(info.split_ids[split]) if info is not None else None
-        ids = rd.load_npy(run.activation_meta(r, split, "ids"), STEP3, ndim=1, rows=expected)
-        act = rd.load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+        ids = load_npy(run.activation_meta(r, split, "ids"), STEP3, ndim=1, rows=expected)
+        act = load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
         concepts_path = run.activation_meta(r, split, "concepts")
-        labels = rd.load_npy(concepts_path, STEP3, ndim=2, rows=len(ids))
+        labels = load_npy(concepts_path, STEP3, ndim=2, rows=len(ids))
         if info is not None and labels.shape[1] != info.n_concepts:
-            raise rd.unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", STEP3)
+            raise unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", STEP3)
         if acts and act.shape[1] != acts[0].shape[1]:
-            raise rd.unreadable(path, f"{act.shape[1]} values per image, {acts[0].shape[1]} in the "
+            raise unreadable(path, f"{act.shape[1]} values per image, {acts[0].shape[1]} in the "
                                       f"{cfg.cav.splits[0]} split", STEP3)
         acts.append(act)
         concepts.append(labels)
@@ -85,7 +86,7 @@ def settings_current(run: rd.RunDir, step: str, unit: str, fingerprint: str, set
 def _activation_width(cfg: Config, run: rd.RunDir, r: int, layer: str) -> int | None:
     """Values per image of round ``r``'s stored activations of ``layer`` (None when step 3 left none)."""
     path = run.activation_file(r, cfg.cav.splits[0], layer)
-    return rd.load_npy(path, STEP3, mmap=True, ndim=2).shape[1] if path.is_file() else None
+    return load_npy(path, STEP3, mmap=True, ndim=2).shape[1] if path.is_file() else None
 
 
 @rd.locked("cavs")
@@ -103,7 +104,7 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
         require_annotations(cfg.dataset, "concepts", "step 4 (main_lth_generate_cavs.py, concepts_for_tcav)")
     concepts = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
     columns = [info.concept_names.index(c) for c in concepts]
-    table = rd.read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
+    table = read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
     protocol, settings = cav_protocol(cfg), cav_settings(cfg, concepts)
     for r in tqdm(rounds, desc="CAV rounds"):
         fp, rows = run.round_fingerprint(r), []
@@ -129,7 +130,7 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
             result = load_cavs(path)
             width = _activation_width(cfg, run, r, layer)
             if width is not None and result["cavs"].shape[-1] != width:
-                raise rd.unreadable(path, f"CAVs of {result['cavs'].shape[-1]} values, the activations of {layer} "
+                raise unreadable(path, f"CAVs of {result['cavs'].shape[-1]} values, the activations of {layer} "
                                           f"have {width}", "step 4 (main_lth_generate_cavs.py)")
             for c, name in enumerate(result["concepts"]):
                 rows += [{"round": r, "layer": layer, "concept": name, "run": k, "accuracy": a, "kind": "concept"}
@@ -137,7 +138,7 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
             rows += [{"round": r, "layer": layer, "concept": "random", "run": k, "accuracy": a, "kind": "random"}
                      for k, a in enumerate(result["random_accuracy"])]
         # read-modify-write after each round: rounds and layers not processed here are kept
-        table = rd.upsert_table(run.cav_accuracy(), rows, keys=["round", "layer"],
-                                sort=["round", "layer", "kind", "concept", "run"], columns=CAV_ACCURACY_COLUMNS)
+        table = upsert_table(run.cav_accuracy(), rows, keys=["round", "layer"],
+                             sort=["round", "layer", "kind", "concept", "run"], columns=CAV_ACCURACY_COLUMNS)
     log(f"step 4 done: CAVs in {run.root / 'cavs'}, accuracies in {run.cav_accuracy()}")
     return table

@@ -11,6 +11,7 @@ from ..config import Config
 from ..data.transforms import denormalize
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
+from ..safe_io import load_npz, save_npz, unreadable
 from .rounds import configured_maps, load_data, load_round_model, resolve_names, start_step
 
 def heatmap_selection(cfg: Config, test, class_names: list[str]) -> np.ndarray:
@@ -35,15 +36,15 @@ def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
     path = run.heatmap_images()
     if path.is_file():
         fix = "step 6 (main_heatmap_save.py), after deleting the file,"
-        stored = rd.load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
+        stored = load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
         kept = stored["indices"]
         if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer) or len(stored["ids"]) != len(kept):
-            raise rd.unreadable(path, f"indices of shape {list(kept.shape)} for {len(stored['ids'])} ids", fix)
+            raise unreadable(path, f"indices of shape {list(kept.shape)} for {len(stored['ids'])} ids", fix)
         ids = getattr(test, "ids", None)
         if len(kept) and (kept.min() < 0 or kept.max() >= len(test)
                           or (ids is not None and not np.array_equal(np.asarray(ids)[kept], stored["ids"]))):
-            raise rd.unreadable(path, "its images are not in this dataset's test split (written for another dataset)",
-                                fix)
+            raise unreadable(path, "its images are not in this dataset's test split (written for another dataset)",
+                             fix)
         if not np.array_equal(kept, indices):
             change = (f"'{path}' holds {len(kept)} images, but labels_for_tcav and heatmaps.images_per_class="
                       f"{cfg.heatmaps.images_per_class} select {len(indices)}" if len(kept) != len(indices) else
@@ -59,8 +60,8 @@ def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
     batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "bbox", "parts", "id")}
     if not path.is_file():
         shown = (denormalize(batch["image"], info).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        rd.save_npz(path, indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
-                    bbox=batch["bbox"].numpy(), images=shown, class_names=np.asarray(info.class_names, dtype=str))
+        save_npz(path, indices=indices, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
+                 bbox=batch["bbox"].numpy(), images=shown, class_names=np.asarray(info.class_names, dtype=str))
     return batch, info
 
 
@@ -109,9 +110,9 @@ def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[in
             maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r),
                                    details=details)
             extra = ig_completeness(details, cfg, r, log) if details else {}  # only integrated gradients reports
-            rd.save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
-                        labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
-                        maps=maps.cpu().numpy().astype(np.float32), weights_remaining=ckpt["weights_remaining"],
-                        **extra)
+            save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
+                     labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
+                     maps=maps.cpu().numpy().astype(np.float32), weights_remaining=ckpt["weights_remaining"],
+                     **extra)
             run.record_fingerprint("heatmaps", f"{rd.round_name(r)}/{method}", fp)
     log(f"step 6 done: maps in {run.root / 'heatmaps'}")

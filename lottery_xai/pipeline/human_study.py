@@ -42,6 +42,7 @@ from ..config import Config
 from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed, make_loader
 from ..metrics import pixel_rank
+from ..safe_io import read_csv, read_json, save_csv, write_bytes, write_text
 from ..stats.human import preference_probabilities, simulate_answers
 from .rounds import STEP1, configured_maps, load_data, load_round_model
 
@@ -72,7 +73,7 @@ def _seed(cfg: Config, draw: int) -> int:
 
 def round_weights(run: rd.RunDir) -> dict[int, float]:
     """Prunable weights remaining of every finished round (step 1's summary)."""
-    summary = rd.read_csv(run.require(run.pruning_summary(), STEP1), ["round", "weights_remaining"], step=STEP1)
+    summary = read_csv(run.require(run.pruning_summary(), STEP1), ["round", "weights_remaining"], step=STEP1)
     done = set(run.finished_rounds())
     return {int(r): float(w) for r, w in zip(summary["round"], summary["weights_remaining"]) if int(r) in done}
 
@@ -167,7 +168,7 @@ def _write_png(path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise OSError(f"could not encode {path}")
-    rd.write_bytes(path, data.tobytes())
+    write_bytes(path, data.tobytes())
 
 
 def display_images(cfg: Config, indices: np.ndarray, size: int) -> torch.Tensor:
@@ -245,7 +246,7 @@ def export_complete(run: rd.RunDir, rounds: list[int], log=print) -> bool:
     record = run.human_study_export_record()
     if not record.is_file():
         return False
-    if rd.read_json(record, step=EXPORT).get("settings") != json.loads(json.dumps(_settings(run.cfg, rounds))):
+    if read_json(record, step=EXPORT).get("settings") != json.loads(json.dumps(_settings(run.cfg, rounds))):
         log("human study: settings changed since the last export; exporting again")
         return False
     if any(run.fingerprints(STEP).get(rd.round_name(r)) != run.round_fingerprint(r) for r in rounds):
@@ -254,7 +255,7 @@ def export_complete(run: rd.RunDir, rounds: list[int], log=print) -> bool:
     files = [run.human_study_stimuli_index()] + [p(e) for e in (1, 2) for p in (run.human_study_batch, run.human_study_key)]
     if not all(p.is_file() for p in files):
         return False
-    index = rd.read_csv(run.human_study_stimuli_index(), STIMULI_COLUMNS, step=EXPORT)
+    index = read_csv(run.human_study_stimuli_index(), STIMULI_COLUMNS, step=EXPORT)
     return all(run.human_study_stimulus(f).is_file() for f in index["file"])
 
 
@@ -270,8 +271,8 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
     weights = round_weights(run)
     if not force and export_complete(run, rounds, log):
         log(f"human study: export of rounds {rounds} is complete in {run.human_study_dir}; nothing to do (--force redoes it)")
-        key = rd.read_csv(run.human_study_key(2), KEY_COLUMNS[2], step=EXPORT)
-        return {"rounds": rounds, "images": key["image_id"].nunique(), "tasks": {e: len(rd.read_csv(run.human_study_key(e)))
+        key = read_csv(run.human_study_key(2), KEY_COLUMNS[2], step=EXPORT)
+        return {"rounds": rounds, "images": key["image_id"].nunique(), "tasks": {e: len(read_csv(run.human_study_key(e)))
                                                                                  for e in (1, 2)}}
     run.save_config(STEP)
     correct, labels, test, info = correct_everywhere(cfg, run, rounds, device, log)
@@ -307,13 +308,13 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
                 stimuli.append({"file": name, "kind": kind, "image_id": int(image_id), "label": int(label),
                                 "class": info.class_names[int(label)], "round": r, "weights_remaining": weights[r]})
     tasks = build_tasks(cfg, chosen, rounds, weights, info.class_names)
-    rd.save_csv(run.human_study_stimuli_index(), pd.DataFrame(stimuli, columns=STIMULI_COLUMNS))
+    save_csv(run.human_study_stimuli_index(), pd.DataFrame(stimuli, columns=STIMULI_COLUMNS))
     for experiment, (batch, key) in tasks.items():
-        rd.save_csv(run.human_study_key(experiment), key)
-        rd.save_csv(run.human_study_batch(experiment), batch)
+        save_csv(run.human_study_key(experiment), key)
+        save_csv(run.human_study_batch(experiment), batch)
     for r in rounds:
         run.record_fingerprint(STEP, rd.round_name(r), run.round_fingerprint(r))
-    rd.write_text(run.human_study_export_record(), json.dumps(
+    write_text(run.human_study_export_record(), json.dumps(
         {"settings": _settings(cfg, rounds), "weights_remaining": {str(r): weights[r] for r in rounds},
          "class_names": list(info.class_names), "images": len(chosen)}, indent=1) + "\n")
     n_tasks = {e: len(tasks[e][0]) for e in tasks}
@@ -327,13 +328,13 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
 
 def class_names(run: rd.RunDir) -> list[str]:
     """The class names of the last export (the answers experiment 2 offers)."""
-    return list(rd.read_json(run.require(run.human_study_export_record(), EXPORT), step=EXPORT)["class_names"])
+    return list(read_json(run.require(run.human_study_export_record(), EXPORT), step=EXPORT)["class_names"])
 
 
 def read_export(run: rd.RunDir, experiment: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(batch, key) of an experiment of the last export."""
-    batch = rd.read_csv(run.require(run.human_study_batch(experiment), EXPORT), BATCH_COLUMNS[experiment], step=EXPORT)
-    key = rd.read_csv(run.require(run.human_study_key(experiment), EXPORT), KEY_COLUMNS[experiment], step=EXPORT)
+    batch = read_csv(run.require(run.human_study_batch(experiment), EXPORT), BATCH_COLUMNS[experiment], step=EXPORT)
+    key = read_csv(run.require(run.human_study_key(experiment), EXPORT), KEY_COLUMNS[experiment], step=EXPORT)
     return batch, key
 
 
@@ -388,7 +389,7 @@ def simulate_results(run: rd.RunDir | Config, *, preference: float = 0.6, equal_
     denser_left = (key["left_round"] == key["round_a"]).to_numpy()[:, None]
     sides = np.where(codes == 2, "equal", np.where((codes == 0) == denser_left, "left", "right"))
     frame = _results_frame(batch, _worker_ids(len(key), workers, pool, rng), sides, 1)
-    rd.save_csv(run.human_study_simulated(1), frame)
+    save_csv(run.human_study_simulated(1), frame)
     written[1] = str(run.human_study_simulated(1))
 
     batch, key = read_export(run, 2)
@@ -408,7 +409,7 @@ def simulate_results(run: rd.RunDir | Config, *, preference: float = 0.6, equal_
     codes = simulate_answers(probabilities, workers, agreement, rng)
     answers = np.asarray(list(names) + [DONT_KNOW], dtype=object)[codes]
     frame = _results_frame(batch, _worker_ids(len(key), workers, pool, rng), answers, 2)
-    rd.save_csv(run.human_study_simulated(2), frame)
+    save_csv(run.human_study_simulated(2), frame)
     written[2] = str(run.human_study_simulated(2))
     log(f"human study: simulated {workers} answers per task (preference {preference:g}, agreement {agreement:g}) "
         f"-> {written[1]}, {written[2]}")

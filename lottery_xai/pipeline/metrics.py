@@ -48,6 +48,7 @@ from ..data import get_dataset
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics import METRICS, MetricInputs, compute_metrics
 from ..errors import UserError
+from ..safe_io import load_npz, read_csv, save_csv, save_npz, unreadable, upsert_table
 from ..stats.inference import TEST_COLUMNS, bootstrap_ci, paired_tests
 from .heatmaps import heatmap_images
 from .rounds import as_run, configured_maps, finished_rounds, load_data, load_round_model
@@ -73,13 +74,13 @@ def _stored_maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tens
     path = run.heatmap_file(r, method)
     if not path.is_file():
         return None
-    stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+    stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
     maps = stored["maps"]
     if images is not None and maps.shape != (len(images), *images.shape[-2:]):
-        raise rd.unreadable(path, f"maps of shape {list(maps.shape)}, expected {[len(images), *images.shape[-2:]]} "
+        raise unreadable(path, f"maps of shape {list(maps.shape)}, expected {[len(images), *images.shape[-2:]]} "
                                   f"for the images of {run.heatmap_images().name}", STEP6)
     if ids is not None and not np.array_equal(stored["ids"], ids.cpu().numpy()):
-        raise rd.unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", STEP6)
+        raise unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", STEP6)
     return torch.from_numpy(maps.astype(np.float32)).to(device), maps.dtype
 
 
@@ -156,7 +157,7 @@ def train_channel_mean(run: rd.RunDir, log=print) -> torch.Tensor:
     cfg = run.cfg
     path = train_mean_file(run)
     if path.is_file():
-        stored = rd.load_npz(path, keys=("mean", "dataset", "img_size"), step="step 7, after deleting the file,")
+        stored = load_npz(path, keys=("mean", "dataset", "img_size"), step="step 7, after deleting the file,")
         if str(stored["dataset"]) == cfg.dataset and int(stored["img_size"]) == cfg.img_size:
             return torch.from_numpy(stored["mean"].astype(np.float32))
     datasets, _ = load_data(cfg, ("train",), augment=False)
@@ -172,8 +173,8 @@ def train_channel_mean(run: rd.RunDir, log=print) -> torch.Tensor:
         raise UserError(f"dataset '{cfg.dataset}' has no training images: the training mean (metrics.pixel_fill / "
                         "metrics.deletion_substrate train_mean) cannot be computed; choose zeros")
     mean = (total / pixels).numpy()
-    rd.save_npz(path, mean=mean, dataset=np.asarray(cfg.dataset), img_size=np.asarray(cfg.img_size),
-                n_images=np.asarray(n_images))
+    save_npz(path, mean=mean, dataset=np.asarray(cfg.dataset), img_size=np.asarray(cfg.img_size),
+             n_images=np.asarray(n_images))
     log(f"training set's per-channel mean over {n_images} images (normalised units): "
         f"{', '.join(f'{v:.4f}' for v in mean)}: {path}")
     return torch.from_numpy(mean.astype(np.float32))
@@ -232,10 +233,10 @@ def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
     path = run.explanation_metrics()
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
-    table = rd.read_csv(path, COLUMNS[:6], step="step 7 (main_explanation_metrics.py) with --force")
+    table = read_csv(path, COLUMNS[:6], step="step 7 (main_explanation_metrics.py) with --force")
     if not set(COLUMNS) <= set(table.columns):
         log(f"'{path}' has no intervals (an older step 7): measuring every round again")
-        rd.save_csv(path, pd.DataFrame(columns=COLUMNS))
+        save_csv(path, pd.DataFrame(columns=COLUMNS))
         return pd.DataFrame(columns=COLUMNS)
     return pd.DataFrame(columns=COLUMNS) if force else table
 
@@ -243,15 +244,15 @@ def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
 def write_tests(run: rd.RunDir, table: pd.DataFrame) -> pd.DataFrame:
     """``metrics/tests.csv`` from the per-image values of every round on disk (one correction over all); the
     diagnostic rows (a spec's ``tested=False``: the count of skipped all-zero maps) are not tested."""
-    per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True,
-                            step="step 7 (main_explanation_metrics.py) with --force")
+    per_image = read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True,
+                         step="step 7 (main_explanation_metrics.py) with --force")
     untested = [name for name, spec in METRICS.items() if not spec.tested]
     per_image = per_image[~per_image["metric"].isin(untested)]
     s = run.cfg.stats
     weights = dict(zip(table["round"].astype(int), table["weights_remaining"].astype(float)))
     tests = paired_tests(per_image, dense_round=0, baseline="random", correction=s.correction, alpha=s.alpha,
                          weights=weights) if len(per_image) else pd.DataFrame(columns=TEST_COLUMNS)
-    rd.save_csv(run.explanation_tests(), tests)
+    save_csv(run.explanation_tests(), tests)
     return tests
 
 
@@ -273,7 +274,7 @@ def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
         for q in sorted({r, 0}):
             path = run.heatmap_file(q, method)
             if path.is_file():
-                stored = rd.load_npz(path, keys=("maps", "ids"), step=STEP6)
+                stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
                 digest.update(f"{q}/{method}:".encode())
                 digest.update(np.ascontiguousarray(stored["ids"]).tobytes())
                 digest.update(np.ascontiguousarray(stored["maps"]).tobytes())
@@ -309,9 +310,9 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
     normalisation = (tuple(info.mean), tuple(info.std))
     train_mean = train_channel_mean(run, log).to(device) if _needs_train_mean(cfg) else None
     table = _start_tables(run, force, log)
-    per_image = rd.read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
+    per_image = read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
     ids = batch["id"].numpy()
-    tcav = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
+    tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
         if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
         with_tcav = tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
@@ -348,11 +349,11 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
                           tcav_metrics(tcav[tcav["round"] == r], tcav[tcav["round"] == 0], cfg), cfg)
         image_rows = pd.concat(image_rows, ignore_index=True) if image_rows else \
             pd.DataFrame(columns=PER_IMAGE_COLUMNS)
-        per_image = rd.upsert_table(run.explanation_per_image(), image_rows, keys=["round"],
-                                    sort=["round", "method", "metric", "image_id"], columns=PER_IMAGE_COLUMNS,
-                                    replace={"round": r})
-        table = rd.upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
-                                columns=COLUMNS, replace={"round": r})
+        per_image = upsert_table(run.explanation_per_image(), image_rows, keys=["round"],
+                                 sort=["round", "method", "metric", "image_id"], columns=PER_IMAGE_COLUMNS,
+                                 replace={"round": r})
+        table = upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
+                             columns=COLUMNS, replace={"round": r})
         run.record_fingerprint("metrics", rd.round_name(r), stamp)
     tests = write_tests(run, table)
     log(summary_table(table).to_string())

@@ -26,6 +26,7 @@ from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
 from ..loaders import SeedPurpose, derived_seed
+from ..safe_io import load_npz, read_csv, save_npz, upsert_table
 from .ace import CONCEPT_COLUMNS, patch_settings, round_settings
 from .rounds import load_data, load_round_model, resolve_names, start_step
 
@@ -57,11 +58,11 @@ def study_images(run: rd.RunDir, train, info, classes: list[str], log=print) -> 
     items = [train[int(i)] for i in positions]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "bbox", "parts", "id")}
     if not run.occlusion_images().is_file() or \
-            not np.array_equal(rd.load_npz(run.occlusion_images(), keys=("ids",), step=STEP)["ids"], batch["id"].numpy()):
+            not np.array_equal(load_npz(run.occlusion_images(), keys=("ids",), step=STEP)["ids"], batch["id"].numpy()):
         shown = (denormalize(batch["image"], info) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        rd.save_npz(run.occlusion_images(), positions=positions, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
-                    bbox=batch["bbox"].numpy(), parts=batch["parts"].numpy(), images=shown,
-                    class_names=np.asarray(info.class_names, dtype=str))
+        save_npz(run.occlusion_images(), positions=positions, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
+                 bbox=batch["bbox"].numpy(), parts=batch["parts"].numpy(), images=shown,
+                 class_names=np.asarray(info.class_names, dtype=str))
     return batch
 
 
@@ -73,12 +74,12 @@ def _concept_pixels(run: rd.RunDir, r: int, ids: np.ndarray, class_names: list[s
     if not (run.ace_clusters(r).is_file() and run.ace_patches().is_file() and run.ace_concepts().is_file()) \
             or run.fingerprints("ace").get(rd.round_name(r)) != value:
         return None
-    index = rd.load_npz(run.ace_patches(), keys=("settings", "image_ids", "label_maps", "patch_image", "patch_res",
+    index = load_npz(run.ace_patches(), keys=("settings", "image_ids", "label_maps", "patch_image", "patch_res",
                                                  "patch_label", "patch_class"), step="main_ace.py")
     if str(index["settings"]) != patch_settings(cfg):
         return None
-    concept = rd.load_npz(run.ace_clusters(r), keys=("concept",), step="main_ace.py")["concept"]
-    table = rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step="main_ace.py")
+    concept = load_npz(run.ace_clusters(r), keys=("concept",), step="main_ace.py")["concept"]
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step="main_ace.py")
     table = table[(table["round"] == r) & table["significant"].astype(bool)]
     significant = {(class_names.index(str(c)), int(k)) for c, k in table[["class", "concept"]].itertuples(index=False)}
     is_sig = np.array([(int(c), int(k)) in significant for c, k in zip(index["patch_class"], concept)], dtype=bool)
@@ -157,16 +158,16 @@ def occlusion_step(run: rd.RunDir | Config, device: torch.device, rounds: list[i
             "random_squares_in_box": energy_in_box(every, batch["bbox"]).numpy(), "parts_in_mask": _parts_covered(mask, batch["parts"]),
             "mask_on_concepts": _share(mask, concepts[0]) if concepts is not None else nan,
             "mask_on_significant": _share(mask, concepts[1]) if concepts is not None else nan}, columns=COLUMNS)
-        rd.save_npz(run.occlusion_file(r), ids=ids, targets=out["targets"].cpu().numpy(),
-                    tops=out["tops"].cpu().numpy().astype(np.int16), lefts=out["lefts"].cpu().numpy().astype(np.int16),
-                    delta=out["delta"].cpu().numpy().astype(np.float32), z=out["z"].cpu().numpy().astype(np.float32),
-                    selected=out["selected"].cpu().numpy(), heatmap=heat.numpy().astype(np.uint16),
-                    clean_prob=out["clean_prob"].cpu().numpy(), z_threshold=np.asarray(out["z_threshold"]),
-                    size=np.asarray(out["size"]), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
-        rd.upsert_table(run.occlusion_table(), frame, keys=["round", "image_id"], sort=["round", "class", "image_id"],
-                        columns=COLUMNS, replace={"round": r})
+        save_npz(run.occlusion_file(r), ids=ids, targets=out["targets"].cpu().numpy(),
+                 tops=out["tops"].cpu().numpy().astype(np.int16), lefts=out["lefts"].cpu().numpy().astype(np.int16),
+                 delta=out["delta"].cpu().numpy().astype(np.float32), z=out["z"].cpu().numpy().astype(np.float32),
+                 selected=out["selected"].cpu().numpy(), heatmap=heat.numpy().astype(np.uint16),
+                 clean_prob=out["clean_prob"].cpu().numpy(), z_threshold=np.asarray(out["z_threshold"]),
+                 size=np.asarray(out["size"]), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
+        upsert_table(run.occlusion_table(), frame, keys=["round", "image_id"], sort=["round", "class", "image_id"],
+                     columns=COLUMNS, replace={"round": r})
         run.record_fingerprint("occlusion_study", rd.round_name(r), value)
-    table = rd.read_csv(run.occlusion_table(), COLUMNS, step=STEP) if run.occlusion_table().is_file() \
+    table = read_csv(run.occlusion_table(), COLUMNS, step=STEP) if run.occlusion_table().is_file() \
         else pd.DataFrame(columns=COLUMNS)
     if len(table):
         log(occlusion_summary(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))

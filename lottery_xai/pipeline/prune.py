@@ -37,6 +37,7 @@ from ..loaders import HideLabels, SeedPurpose, WithOriginalView, derived_seed, m
 from ..models import architecture
 from ..pruning import (Masks, apply_masks, full_masks, prune, random_matched, remaining_fractions,
                        reset_batchnorm_stats, target_fractions)
+from ..safe_io import fingerprint, load_torch, save_csv, save_torch, upsert_table
 from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
 from ..training.distributed import Distributed
 from .rounds import STEP1, as_run, cam_layer, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
@@ -105,7 +106,7 @@ class LotteryRun:
                 f"the random-pruning control matches round {r}'s per-layer sparsity of the ticket '{self.ticket_run.root}', "
                 f"which has no round {r}; run main_lth_pruning.py with pruning.method=magnitude (same settings otherwise) "
                 "first (or set pruning.random_sparsity=uniform)")
-        masks = self._masks(rd.load_torch(path, step=f"{STEP1} with pruning.method=magnitude", keys=("masks",))["masks"], path)
+        masks = self._masks(load_torch(path, step=f"{STEP1} with pruning.method=magnitude", keys=("masks",))["masks"], path)
         return {n: int(m.sum()) for n, m in masks.items()}
 
     def masks_for_round(self, r: int) -> Masks:
@@ -119,10 +120,10 @@ class LotteryRun:
                     f"run main_lth_pruning.py with pruning.rewind={self.cfg.pruning.reinit_masks_from} first "
                     "(or set pruning.reinit_masks_from=self)")
             step = f"main_lth_pruning.py --set pruning.rewind={self.cfg.pruning.reinit_masks_from}"
-            return self._masks(rd.load_torch(path, step=step, keys=("masks",))["masks"], path)
+            return self._masks(load_torch(path, step=step, keys=("masks",))["masks"], path)
         counts = self._ticket_counts(r) if self.ticket_run is not None else None
         path = self.run.checkpoint(r - 1)
-        prev = rd.load_torch(path, step=STEP1, keys=("state_dict", "masks"))
+        prev = load_torch(path, step=STEP1, keys=("state_dict", "masks"))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, SeedPurpose.PRUNE, r))
         if counts is not None:  # the LTH random-pruning control: the ticket's count per tensor
             previous = self._masks(prev["masks"], path)
@@ -145,7 +146,7 @@ class LotteryRun:
         return check_state(self.template, state, path)
 
     def _load_state(self, path, step: str = STEP1) -> dict:
-        return self._state(rd.load_torch(path, step=step, keys=("state_dict",))["state_dict"], path)
+        return self._state(load_torch(path, step=step, keys=("state_dict",))["state_dict"], path)
 
     def late_rewind(self) -> tuple[str, int] | None:
         """``("epoch", K)`` or ``("iter", K)`` for late rewinding with K > 0, else None."""
@@ -189,7 +190,7 @@ class LotteryRun:
 
         def save(_count, model):
             if self.dist.main:
-                rd.save_torch({"state_dict": {n: v.detach().cpu() for n, v in model.state_dict().items()}, "rewind": rewind}, path)
+                save_torch({"state_dict": {n: v.detach().cpu() for n, v in model.state_dict().items()}, "rewind": rewind}, path)
 
         if kind == "epoch":
             if k >= self.cfg.train.epochs:
@@ -201,7 +202,7 @@ class LotteryRun:
     def ensure_init(self) -> None:
         if self.force or not self.run.init_state().is_file():
             if self.dist.main:
-                rd.save_torch({"state_dict": self.template.state_dict(), "seed": self.cfg.seed}, self.run.init_state())
+                save_torch({"state_dict": self.template.state_dict(), "seed": self.cfg.seed}, self.run.init_state())
         self._barrier()
 
     def _barrier(self):
@@ -262,7 +263,7 @@ class LotteryRun:
         settings = self._resume_settings(r)
         resume = self._load_resume(r, settings)
         # one file, replaced atomically at every epoch end (rank 0 writes)
-        save_resume = (lambda state: rd.save_torch({"settings": settings, **state}, self.run.resume_state(r))) \
+        save_resume = (lambda state: save_torch({"settings": settings, **state}, self.run.resume_state(r))) \
             if self.dist.main else None
         result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
                              loss=loss, callbacks=callbacks, desc=f"round {r}",
@@ -287,10 +288,10 @@ class LotteryRun:
         if cfg.train.loss == "gc_mse" and cfg.train.cgc_lambda > 0:
             meta["gc_mse_reduction"] = "mean"  # the reference's F.mse_loss (a sum over pixels before issue 19)
         if self.dist.main:
-            rd.save_csv(self.run.round_log(r), pd.DataFrame(result.history))
-            rd.save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
+            save_csv(self.run.round_log(r), pd.DataFrame(result.history))
+            save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
             # written last: its presence marks the round complete
-            rd.save_torch({**meta, "state_dict": result.last_state, "which": "last"}, self.run.checkpoint(r, "last"))
+            save_torch({**meta, "state_dict": result.last_state, "which": "last"}, self.run.checkpoint(r, "last"))
             self.run.resume_state(r).unlink(missing_ok=True)
         self._barrier()
         return meta
@@ -311,7 +312,7 @@ class LotteryRun:
             sources.append(self.ticket_run.checkpoint(r))
         if self.late_rewind() is not None and r > 0:
             sources.append(self.run.rewind_state())
-        keep["sources"] = [rd.fingerprint(p) if p.is_file() else "" for p in sources]
+        keep["sources"] = [fingerprint(p) if p.is_file() else "" for p in sources]
         return json.dumps(keep, sort_keys=True, default=str)
 
     def _load_resume(self, r: int, settings: str) -> dict | None:
@@ -321,7 +322,7 @@ class LotteryRun:
         if self.force or not path.is_file():
             return None
         try:
-            state = rd.load_torch(path, map_location="cpu", keys=("settings", "epoch"))
+            state = load_torch(path, map_location="cpu", keys=("settings", "epoch"))
         except UserError as exc:
             self.log(f"round {r}: {exc}; starting the round from its first epoch")
             return None
@@ -341,7 +342,7 @@ class LotteryRun:
                   "gc_mse summed over pixels": tc.loss == "gc_mse" and tc.cgc_lambda > 0}
         if not any(checks.values()):
             return
-        ckpt = rd.load_torch(self.run.checkpoint(r), step=STEP1)
+        ckpt = load_torch(self.run.checkpoint(r), step=STEP1)
         found = {"late rewinding on a fresh schedule": "start_iteration" in ckpt,
                  "uniform random pruning": ckpt.get("random_sparsity") == "matched",
                  "gc_mse summed over pixels": ckpt.get("gc_mse_reduction") == "mean"}
@@ -353,14 +354,14 @@ class LotteryRun:
     def summary_rows(self) -> list[dict]:
         rows = []
         for r in self.run.finished_rounds():
-            ckpt = rd.load_torch(self.run.checkpoint(r), step=STEP1, keys=tuple(SUMMARY_COLUMNS[1:]))
+            ckpt = load_torch(self.run.checkpoint(r), step=STEP1, keys=tuple(SUMMARY_COLUMNS[1:]))
             rows.append({"round": r, **{k: ckpt[k] for k in SUMMARY_COLUMNS[1:-1]}, "train_seconds": ckpt["train_seconds"]})
         return rows
 
     def write_summary(self, rows: list[dict]) -> None:
         """Read-modify-write: rows of rounds another process finished meanwhile are kept."""
         if self.dist.main:
-            rd.upsert_table(self.run.pruning_summary(), rows, keys=["round"], sort=["round"], columns=SUMMARY_COLUMNS)
+            upsert_table(self.run.pruning_summary(), rows, keys=["round"], sort=["round"], columns=SUMMARY_COLUMNS)
 
     @rd.locked("pruning")  # one process per run directory (rank 0 takes it under torchrun)
     def run_rounds(self, rounds: list[int]) -> pd.DataFrame:

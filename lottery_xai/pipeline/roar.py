@@ -35,6 +35,7 @@ from ..loaders import SeedPurpose, derived_seed
 from ..metrics.faithfulness import pixel_rank
 from ..models import architecture
 from ..pruning import apply_masks, reset_batchnorm_stats
+from ..safe_io import load_npy, load_torch, read_csv, save_npy, unreadable, upsert_table
 from ..training.roar import RemovedBatches, rank_dtype, retrain
 from .metrics import method_code
 from .rounds import (STEP1, SPLITS, as_run, check_state, layer_for, load_data, load_round_model, method_options,
@@ -80,21 +81,21 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
                 if writer is not None:
                     writer.abort()
                 raise
-            rd.save_npy(run.roar_data(split, "labels"), labels)
+            save_npy(run.roar_data(split, "labels"), labels)
             writer.commit()
     data = {}
     for s in SPLITS:  # no --force rewrites these caches: an unreadable one is deleted and made again
-        images = rd.load_npy(run.roar_data(s, "images"), mmap=True, ndim=4)
-        data[s] = {"images": images, "labels": rd.load_npy(run.roar_data(s, "labels"), ndim=1, rows=len(images))}
+        images = load_npy(run.roar_data(s, "images"), mmap=True, ndim=4)
+        data[s] = {"images": images, "labels": load_npy(run.roar_data(s, "labels"), ndim=1, rows=len(images))}
     if not run.roar_data("train", "fill").is_file():
         images = data["train"]["images"]
         total = np.zeros(images.shape[1], dtype=np.float64)
         for start in range(0, len(images), 256):  # streamed: the train split never sits in memory at once
             total += images[start:start + 256].astype(np.float64).sum(axis=(0, 2, 3))
         fill = (total / (len(images) * images.shape[2] * images.shape[3])).astype(np.float32)
-        rd.save_npy(run.roar_data("train", "fill"), fill)
+        save_npy(run.roar_data("train", "fill"), fill)
     channels = data["train"]["images"].shape[1]
-    fill = rd.load_npy(run.roar_data("train", "fill"), ndim=1, rows=channels)
+    fill = load_npy(run.roar_data("train", "fill"), ndim=1, rows=channels)
     data["fill"] = torch.from_numpy(np.asarray(fill, dtype=np.float32))
     log("ROAR images: " + ", ".join(f"{s} {len(data[s]['labels'])}" for s in SPLITS))
     return data
@@ -150,10 +151,10 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
 def _ranks(run: rd.RunDir, r: int, method: str, split: str, images) -> np.ndarray:
     """The stored pixel ranks of a split, one row of H*W per image."""
     n, _, h, w = images.shape
-    ranks = rd.load_npy(run.roar_ranks(r, method, split), "main_roar.py", mmap=True, ndim=2, rows=n)
+    ranks = load_npy(run.roar_ranks(r, method, split), "main_roar.py", mmap=True, ndim=2, rows=n)
     if ranks.shape[1] != h * w:
-        raise rd.unreadable(run.roar_ranks(r, method, split), f"{ranks.shape[1]} ranks per image, expected {h * w}",
-                            "main_roar.py")
+        raise unreadable(run.roar_ranks(r, method, split), f"{ranks.shape[1]} ranks per image, expected {h * w}",
+                         "main_roar.py")
     return ranks
 
 
@@ -163,7 +164,7 @@ def fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_
         return new_model(cfg, num_classes, derived_seed(cfg.seed, SeedPurpose.ROAR_INIT, seed_index)), None
     model = new_model(cfg, num_classes, cfg.seed)
     path = run.require(run.init_state(), STEP1)
-    model.load_state_dict(check_state(model, rd.load_torch(path, step=STEP1, keys=("state_dict",))["state_dict"], path))
+    model.load_state_dict(check_state(model, load_torch(path, step=STEP1, keys=("state_dict",))["state_dict"], path))
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     if ckpt.get("round", 0):
         reset_batchnorm_stats(model)
@@ -177,7 +178,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     methods = _check(as_run(run).cfg)
     run, cfg, rounds = start_step(run, "roar", rounds, log)
     data = prepare_images(cfg, run, device, log)
-    table = rd.read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
+    table = read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
     flip = cfg.data.augment and get_dataset(cfg.dataset).flips_allowed
     percents = sorted({float(p) for p in cfg.roar.percents})
@@ -197,7 +198,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             if run.roar_results().is_file():
                 if (table["round"] == r).any():
                     log(f"round {r}: outputs stale (step 1 was redone), recomputing its ROAR points")
-                table = rd.upsert_table(run.roar_results(), [], keys=KEYS, sort=SORT, columns=COLUMNS, replace={"round": r})
+                table = upsert_table(run.roar_results(), [], keys=KEYS, sort=SORT, columns=COLUMNS, replace={"round": r})
             run.record_fingerprint("roar", f"{rd.round_name(r)}/results", fp)
         compute_ranks(cfg, run, r, model, methods, data, device, log)
         del model
@@ -227,7 +228,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
                     rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "retrain": cfg.roar.retrain,
                              "epochs": tc.epochs, "method": m, "percent_removed": percent, "seed": seed_index, **scores}
                             for m in group]
-                    table = rd.upsert_table(run.roar_results(), rows, keys=KEYS, sort=SORT, columns=COLUMNS)
+                    table = upsert_table(run.roar_results(), rows, keys=KEYS, sort=SORT, columns=COLUMNS)
                     log(f"ROAR round {r} {'/'.join(group)} {percent:g}% seed {seed_index}: test acc {scores['test_acc']:.4f}")
     log(roar_summary(table).to_string())
     log(f"ROAR done in {time.perf_counter() - started:.0f} s: {run.roar_results()}")

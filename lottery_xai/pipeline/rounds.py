@@ -14,6 +14,7 @@ from ..loaders import SeedPurpose, derived_seed
 from ..models import architecture, build_model
 from ..names import unknown_name
 from ..pruning import prunable_names
+from ..safe_io import load_torch, unreadable
 
 STEP1 = "step 1 (main_lth_pruning.py)"
 
@@ -77,7 +78,7 @@ def load_round_model(cfg: Config, run: rd.RunDir, r: int, num_classes: int | Non
     ``num_classes=None`` reads the class count from the checkpoint's classifier (no dataset needed)."""
     which = which or cfg.test.checkpoint
     path = run.require(run.checkpoint(r, which), STEP1)
-    ckpt = rd.load_torch(path, step=STEP1, keys=("state_dict", "weights_remaining"))
+    ckpt = load_torch(path, step=STEP1, keys=("state_dict", "weights_remaining"))
     if num_classes is None:
         classifier = ckpt["state_dict"].get(architecture(cfg.model_arch).classifier + ".weight")
         if getattr(classifier, "ndim", 0) != 2:
@@ -96,7 +97,7 @@ def foreign_checkpoint(path, detail: str) -> UserError:
 def check_state(model: torch.nn.Module, state, path) -> dict:
     """``state`` if it fits ``model`` (same parameter and buffer names and shapes), else a UserError naming ``path``."""
     if not isinstance(state, dict):
-        raise rd.unreadable(path, f"its state_dict is a {type(state).__name__}", STEP1)
+        raise unreadable(path, f"its state_dict is a {type(state).__name__}", STEP1)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:

@@ -90,6 +90,7 @@ from ..errors import UserError
 from ..loaders import SeedPurpose, derived_seed
 from ..metrics.consistency import map_agreement, spearman
 from ..names import unknown_name
+from ..safe_io import read_csv, save_npz, upsert_table
 from .heatmaps import heatmap_images
 from .rounds import configured_maps, load_round_model, new_model, start_step
 
@@ -365,20 +366,20 @@ def sanity_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int]
             verdicts.append(_verdict_row(r, weights, method, result, s))
             arrays[f"maps_{kind}"] = result["maps"].cpu().numpy().astype(np.float32)
             blocks = result["blocks"]
-        rd.save_npz(run.sanity_maps(r, method), **arrays, ids=ids, targets=targets.cpu().numpy(),
-                    blocks=np.asarray(blocks, dtype=str), weights_remaining=weights)
+        save_npz(run.sanity_maps(r, method), **arrays, ids=ids, targets=targets.cpu().numpy(),
+                 blocks=np.asarray(blocks, dtype=str), weights_remaining=weights)
         key = {"round": r, "method": method}
-        rd.upsert_table(run.sanity_per_image(), per_image,
-                        keys=["round", "method", "randomization", "stage", "measure", "image_id"],
-                        sort=["round", "method", "randomization", "stage", "measure", "image_id"],
-                        columns=PER_IMAGE_COLUMNS, replace=key)
-        rd.upsert_table(run.sanity_summary(), summary, keys=["round", "method", "randomization", "stage", "measure"],
-                        sort=["round", "method", "randomization", "stage", "measure"], columns=SUMMARY_COLUMNS,
-                        replace=key)
-        rd.upsert_table(run.sanity_verdicts(), verdicts, keys=["round", "method", "randomization"],
-                        sort=["round", "method", "randomization"], columns=VERDICT_COLUMNS, replace=key)
+        upsert_table(run.sanity_per_image(), per_image,
+                     keys=["round", "method", "randomization", "stage", "measure", "image_id"],
+                     sort=["round", "method", "randomization", "stage", "measure", "image_id"],
+                     columns=PER_IMAGE_COLUMNS, replace=key)
+        upsert_table(run.sanity_summary(), summary, keys=["round", "method", "randomization", "stage", "measure"],
+                     sort=["round", "method", "randomization", "stage", "measure"], columns=SUMMARY_COLUMNS,
+                     replace=key)
+        upsert_table(run.sanity_verdicts(), verdicts, keys=["round", "method", "randomization"],
+                     sort=["round", "method", "randomization"], columns=VERDICT_COLUMNS, replace=key)
         run.record_fingerprint("sanity", f"{rd.round_name(r)}/{method}", stamp[r])
-    table = rd.read_csv(run.sanity_verdicts(), VERDICT_COLUMNS, missing_ok=True)
+    table = read_csv(run.sanity_verdicts(), VERDICT_COLUMNS, missing_ok=True)
     if len(table):
         log(table.to_string(index=False))
     log(f"sanity checks done: {run.sanity_verdicts()}")

@@ -20,6 +20,7 @@ from .. import rundir as rd
 from ..config import Config, cav_protocol
 from ..errors import UserError
 from ..loaders import make_loader
+from ..safe_io import read_csv, save_csv, unreadable, upsert_table
 from .activations import warn_linear_tail
 from .cavs import cav_settings, settings_current, settings_value
 from .rounds import as_run, load_data, load_round_model, resolve_names, start_step
@@ -65,10 +66,10 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
     protocol = cav_protocol(cfg)
     table = pd.DataFrame(columns=TCAV_TABLE_COLUMNS)
     if run.tcav_scores().is_file():
-        stored = rd.read_csv(run.tcav_scores(), TCAV_COLUMNS)
+        stored = read_csv(run.tcav_scores(), TCAV_COLUMNS)
         if "protocol" not in stored.columns:  # a table from before the protocols: its rows were the strict protocol's
             stored["protocol"] = LEGACY_PROTOCOL
-            rd.save_csv(run.tcav_scores(), stored[TCAV_TABLE_COLUMNS])  # so that the upserts below can read it
+            save_csv(run.tcav_scores(), stored[TCAV_TABLE_COLUMNS])  # so that the upserts below can read it
         if not force:
             table = stored[TCAV_TABLE_COLUMNS]
 
@@ -100,7 +101,7 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
                                        max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
             widths = {int(np.shape(g)[-1]) for g in grads.values() if len(g)}
             if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
-                raise rd.unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
+                raise unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
                                               f"of this model gives {widths.pop()}", "step 4 (main_lth_generate_cavs.py)")
             scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result,
                               concepts_at(cfg, layer, concepts),
@@ -109,8 +110,8 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             scores.insert(0, "layer", layer)
             scores.insert(0, "weights_remaining", ckpt["weights_remaining"])
             scores.insert(0, "round", r)
-            table = rd.upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
-                                    sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS)
+            table = upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
+                                 sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS)
             run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}", fp)
             run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}#settings", settings_value(fp, settings(r, layer)))
     log(f"step 5 done: {run.tcav_scores()}")

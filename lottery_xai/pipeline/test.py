@@ -9,6 +9,7 @@ from .. import rundir as rd
 from ..config import Config
 from ..loaders import make_loader
 from .rounds import load_data, load_round_model, start_step
+from ..safe_io import read_csv, upsert_table
 from ..training import evaluate
 
 METRIC_COLUMNS = ["round", "weights_remaining", "test_acc", "test_loss", "n_images"]
@@ -23,7 +24,7 @@ def evaluate_rounds(run: rd.RunDir | Config, device: torch.device, rounds: list[
     run, cfg, rounds = start_step(run, "test", rounds, log)
     datasets, info = load_data(cfg, ("test",), augment=False)
     loader = make_loader(datasets["test"], cfg, device, train=False)
-    metrics = rd.read_csv(run.test_metrics(), METRIC_COLUMNS, missing_ok=True)
+    metrics = read_csv(run.test_metrics(), METRIC_COLUMNS, missing_ok=True)
     for r in tqdm(rounds, desc="test rounds"):
         fp = run.round_fingerprint(r)
         if not force and r in set(metrics["round"]) and run.up_to_date("test", rd.round_name(r), fp, log):
@@ -37,8 +38,8 @@ def evaluate_rounds(run: rd.RunDir | Config, device: torch.device, rounds: list[
         rows = [{"round": r, "weights_remaining": ckpt["weights_remaining"], "class": name, "accuracy": a,
                  "n_images": int(n)} for name, a, n in zip(info.class_names, acc, result["per_class_count"].tolist())]
         # read-modify-write: rows another process wrote meanwhile are kept
-        metrics = rd.upsert_table(run.test_metrics(), [row], keys=["round"], sort=["round"], columns=METRIC_COLUMNS)
-        rd.upsert_table(run.test_per_class(), rows, keys=["round"], sort=["round", "class"], columns=PER_CLASS_COLUMNS)
+        metrics = upsert_table(run.test_metrics(), [row], keys=["round"], sort=["round"], columns=METRIC_COLUMNS)
+        upsert_table(run.test_per_class(), rows, keys=["round"], sort=["round", "class"], columns=PER_CLASS_COLUMNS)
         run.record_fingerprint("test", rd.round_name(r), fp)
         log(f"round {r}: {100 * ckpt['weights_remaining']:.1f}% weights remain, test acc {100 * result['acc']:.2f}% "
             f"on {result['n']} images")

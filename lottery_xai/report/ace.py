@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import rundir as rd
 from ..config import Config
+from ..safe_io import load_npy, load_npz, read_csv
 from . import figures as _figures
 from .run import _safe
 from .tables import MissingInput
@@ -51,7 +52,7 @@ def ace_table(cfg: Config | rd.RunDir) -> pd.DataFrame:
     run = _run(cfg)
     if not run.ace_concepts().is_file():
         raise MissingInput(f"no ACE concepts in {run.ace_concepts()}; run {STEP_ACE} first")
-    return rd.read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP_ACE)
+    return read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP_ACE)
 
 
 def ace_rounds(cfg: Config | rd.RunDir) -> list[int]:
@@ -63,7 +64,7 @@ def ace_rounds(cfg: Config | rd.RunDir) -> list[int]:
 def _index(run: rd.RunDir) -> dict:
     if not run.ace_patches().is_file():
         raise MissingInput(f"no ACE patch index in {run.ace_patches()}; run {STEP_ACE} first")
-    return rd.load_npz(run.ace_patches(), step=STEP_ACE)
+    return load_npz(run.ace_patches(), step=STEP_ACE)
 
 
 # ---------------------------------------------------------------- pure figures
@@ -180,7 +181,7 @@ def plot_ace_montages(cfg: Config | rd.RunDir, rounds: list[int] | None = None, 
     table, index = ace_table(run), _index(run)
     figures = []
     for r in rounds if rounds is not None else ace_rounds(run):
-        clusters = rd.load_npz(run.ace_clusters(r), keys=("concept_class", "concept_id", "concept_top"), step=STEP_ACE)
+        clusters = load_npz(run.ace_clusters(r), keys=("concept_class", "concept_id", "concept_top"), step=STEP_ACE)
         for c in np.unique(index["patch_class"]):
             cls = str(index["class_names"][c])
             pick = np.flatnonzero(clusters["concept_class"] == c)
@@ -203,7 +204,7 @@ def plot_ace_montages(cfg: Config | rd.RunDir, rounds: list[int] | None = None, 
 def _concept_directions(run: rd.RunDir, r: int, class_names) -> tuple[np.ndarray, list[str]]:
     from ..concepts.ace import unit_mean
 
-    cavs = rd.load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP_ACE)
+    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP_ACE)
     labels = [f"{short_name(class_names[int(c)])}:{int(k)}" for c, k in zip(cavs["concept_class"], cavs["concept_id"])]
     return unit_mean(cavs["cavs"]) if len(cavs["cavs"]) else np.zeros((0, 1)), labels
 
@@ -225,7 +226,7 @@ def plot_ace_similarity(cfg: Config | rd.RunDir, rounds: list[int] | None = None
                                           f"round {r}: cosine of discovered concepts' mean CAVs",
                                           run.plot(f"ace_similarity_{_rname(r)}") if save else None))
     if run.ace_survival().is_file():
-        survival = rd.read_csv(run.ace_survival(), SURVIVAL_COLUMNS, step=STEP_ACE)
+        survival = read_csv(run.ace_survival(), SURVIVAL_COLUMNS, step=STEP_ACE)
         dense = survival[survival["dense_concept"] >= 0]
         keys = sorted({(str(c), int(k)) for c, k in dense[["class", "dense_concept"]].itertuples(index=False)})
         all_rounds = sorted(int(x) for x in dense["round"].unique())
@@ -249,8 +250,8 @@ def plot_ace_pca(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save:
         path = run.ace_patch_activations(r)
         if not path.is_file():
             continue
-        concept = rd.load_npz(run.ace_clusters(r), keys=("concept",), step=STEP_ACE)["concept"]
-        acts = rd.load_npy(path, STEP_ACE, mmap=True, ndim=2, rows=len(concept))
+        concept = load_npz(run.ace_clusters(r), keys=("concept",), step=STEP_ACE)["concept"]
+        acts = load_npy(path, STEP_ACE, mmap=True, ndim=2, rows=len(concept))
         rows = np.flatnonzero(concept >= 0)
         keys = sorted({(int(c), int(k)) for c, k in zip(index["patch_class"][rows], concept[rows])})
         group = np.array([keys.index((int(c), int(k))) for c, k in zip(index["patch_class"][rows], concept[rows])])
@@ -270,7 +271,7 @@ def plot_ace_histograms(cfg: Config | rd.RunDir, rounds: list[int] | None = None
         raise MissingInput(f"no ACE round on disk in {run.ace_dir}; run {STEP_ACE} first")
     values = {}
     for r in sorted({min(done), max(done)}):
-        cavs = rd.load_npz(run.ace_cavs(r), keys=("accuracy", "tcav", "random_accuracy", "random_tcav"), step=STEP_ACE)
+        cavs = load_npz(run.ace_cavs(r), keys=("accuracy", "tcav", "random_accuracy", "random_tcav"), step=STEP_ACE)
         values[f"round {r}: CAV accuracy"] = (cavs["accuracy"].ravel(), cavs["random_accuracy"].ravel())
         values[f"round {r}: TCAV score"] = (cavs["tcav"].ravel(), cavs["random_tcav"].ravel())
     return score_histograms(values, "discovered concepts against random CAVs",
@@ -283,7 +284,7 @@ def occlusion_table(cfg: Config | rd.RunDir) -> pd.DataFrame:
     run = _run(cfg)
     if not run.occlusion_table().is_file():
         raise MissingInput(f"no occlusion study in {run.occlusion_table()}; run {STEP_OCC} first")
-    return rd.read_csv(run.occlusion_table(), COLUMNS, step=STEP_OCC)
+    return read_csv(run.occlusion_table(), COLUMNS, step=STEP_OCC)
 
 
 def plot_occlusion(cfg: Config | rd.RunDir, n_images: int = 8, save: bool = True):
@@ -291,12 +292,12 @@ def plot_occlusion(cfg: Config | rd.RunDir, n_images: int = 8, save: bool = True
     run = _run(cfg)
     if not run.occlusion_images().is_file():
         raise MissingInput(f"no occlusion study in {run.occlusion_dir}; run {STEP_OCC} first")
-    images = rd.load_npz(run.occlusion_images(), keys=("ids", "labels", "bbox", "images", "class_names"),
-                         step=STEP_OCC)
+    images = load_npz(run.occlusion_images(), keys=("ids", "labels", "bbox", "images", "class_names"),
+                      step=STEP_OCC)
     heat, remaining = {}, {}
     for r in run.rounds():
         if run.occlusion_file(r).is_file():
-            stored = rd.load_npz(run.occlusion_file(r), keys=("ids", "heatmap", "weights_remaining"), step=STEP_OCC)
+            stored = load_npz(run.occlusion_file(r), keys=("ids", "heatmap", "weights_remaining"), step=STEP_OCC)
             if np.array_equal(stored["ids"], images["ids"]):
                 heat[r], remaining[r] = stored["heatmap"], float(stored["weights_remaining"])
     if not heat:

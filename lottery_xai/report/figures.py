@@ -11,12 +11,12 @@ import matplotlib.ticker  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .. import rundir as rd  # noqa: E402
+from ..safe_io import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path | None):
     if path is not None:
-        with rd.atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
         plt.close(fig)
     return fig

@@ -37,6 +37,7 @@ from ..loaders import SeedPurpose, derived_seed
 from ..attribution import METHODS
 from ..metrics import METRICS
 from ..pipeline.sanity import CONTROL_METHOD, NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
+from ..safe_io import atomic_path, fingerprint, load_npz, read_csv, write_text
 from ..stats.inference import TEST_COLUMNS, bootstrap_ci
 from . import figures
 from .tables import (STEP2, STEP5, STEP6, STEP7, MissingInput, accuracy_runs, heatmap_methods, tcav_ground_truth,
@@ -157,12 +158,12 @@ def checkpoint_checksums(run: rd.RunDir) -> list[list[str]]:
     """Round, weights remaining, checkpoint file and its SHA-256 (the first 16 hex digits: the fingerprint
     every later step records) of every finished round."""
     rows = []
-    summary = rd.read_csv(run.pruning_summary(), ["round", "weights_remaining"], missing_ok=True)
+    summary = read_csv(run.pruning_summary(), ["round", "weights_remaining"], missing_ok=True)
     weights = dict(zip(summary["round"].astype(int), summary["weights_remaining"]))
     for r in run.finished_rounds():
         path = run.checkpoint(r, run.cfg.test.checkpoint)
         if path.is_file():
-            rows.append([str(r), _pct(weights.get(r, np.nan)), str(path.relative_to(run.root)), rd.fingerprint(path)])
+            rows.append([str(r), _pct(weights.get(r, np.nan)), str(path.relative_to(run.root)), fingerprint(path)])
     return rows
 
 
@@ -193,7 +194,7 @@ def replicate_seeds(run: rd.RunDir) -> list[int] | None:
 def _aggregate(run: rd.RunDir, seeds: list[int] | None, name: str) -> pd.DataFrame | None:
     if seeds is None or not run.aggregate_file(seeds, name).is_file():
         return None
-    return rd.read_csv(run.aggregate_file(seeds, name), step="main_aggregate.py")
+    return read_csv(run.aggregate_file(seeds, name), step="main_aggregate.py")
 
 
 # ---------------------------------------------------------------- sections
@@ -256,7 +257,7 @@ def tcav_section(run: rd.RunDir, seeds: list[int] | None, top: int = 6) -> dict:
     s["blocks"].append(_table(["layer", "class", f"round {first}: significant concepts (score)",
                                f"round {last}: significant concepts (score)"], rows,
                               f"Significant concepts per class, dense and sparsest round (top {top} by score)"))
-    full = rd.read_csv(run.tcav_scores(), step=STEP5)
+    full = read_csv(run.tcav_scores(), step=STEP5)
     full = full[full["round"].isin([first, last])]
     keep = [c for c in ("round", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean", "p_value",
                         "significant") if c in full.columns]
@@ -297,7 +298,7 @@ def maps_section(run: rd.RunDir) -> dict:
 
 def _tests(run: rd.RunDir) -> pd.DataFrame | None:
     path = run.explanation_tests()
-    return rd.read_csv(path, TEST_COLUMNS, step=STEP7) if path.is_file() else None
+    return read_csv(path, TEST_COLUMNS, step=STEP7) if path.is_file() else None
 
 
 def metrics_section(run: rd.RunDir) -> dict:
@@ -307,7 +308,7 @@ def metrics_section(run: rd.RunDir) -> dict:
                  f"{run.cfg.stats.correction}-corrected over rounds x methods x metrics, at {run.cfg.stats.alpha:g}).")
     if not run.explanation_metrics().is_file():
         return _missing(s, "Explanation metrics", STEP7)
-    frame = rd.read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"], step=STEP7)
+    frame = read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"], step=STEP7)
     has_ci = {"ci_low", "ci_high"} <= set(frame.columns)
     if not has_ci:
         _missing(s, "Intervals", f"{STEP7} with --force")
@@ -367,8 +368,8 @@ def null_band_section(run: rd.RunDir, seeds: list[int] | None) -> dict:
 def sanity_tables(run: rd.RunDir) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     if not run.sanity_verdicts().is_file() or not run.sanity_summary().is_file():
         return None
-    return (rd.read_csv(run.sanity_verdicts(), VERDICT_COLUMNS, step=SANITY),
-            rd.read_csv(run.sanity_summary(), SUMMARY_COLUMNS, step=SANITY))
+    return (read_csv(run.sanity_verdicts(), VERDICT_COLUMNS, step=SANITY),
+            read_csv(run.sanity_summary(), SUMMARY_COLUMNS, step=SANITY))
 
 
 def sanity_figures(run: rd.RunDir, summary: pd.DataFrame, image: int = 0) -> list[tuple]:
@@ -389,13 +390,13 @@ def sanity_figures(run: rd.RunDir, summary: pd.DataFrame, image: int = 0) -> lis
                         "sanity_checks" if kind == "cascading" else f"sanity_checks_{kind}"))
     if not kinds or not run.heatmap_images().is_file():
         return out
-    images = rd.load_npz(run.heatmap_images(), keys=("ids", "images"), step=STEP6)
+    images = load_npz(run.heatmap_images(), keys=("ids", "images"), step=STEP6)
     for r in sorted(summary["round"].unique()):
         maps, blocks, image_id = {}, [], None
         for method in summary.loc[summary["round"] == r, "method"].unique():
             path = run.sanity_maps(int(r), method)
             if path.is_file():
-                data = rd.load_npz(path, keys=(f"maps_{kinds[0]}", "ids", "blocks"), step=SANITY)
+                data = load_npz(path, keys=(f"maps_{kinds[0]}", "ids", "blocks"), step=SANITY)
                 m = data[f"maps_{kinds[0]}"][:, image].astype(np.float32)
                 peak = m.reshape(len(m), -1).max(1)[:, None, None]
                 maps[method] = np.where(peak > 0, m / np.where(peak > 0, peak, 1), 0)
@@ -423,7 +424,7 @@ def plot_sanity(cfg: Config, save: bool = True) -> list:
     drawn = []
     for fig, _, name in sanity_figures(run, tables[1][tables[1]["measure"] == measure]):
         if save:
-            with rd.atomic_path(run.sanity_figure(name)) as tmp:
+            with atomic_path(run.sanity_figure(name)) as tmp:
                 fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
             figures.plt.close(fig)
         drawn.append(fig)
@@ -498,12 +499,12 @@ def method_verdicts(run: rd.RunDir, seeds: list[int] | None) -> list[dict]:
     """One plain-sentence verdict per method, from the numbers of steps 7, the replicates and the sanity checks."""
     if not run.explanation_metrics().is_file():
         return []
-    frame = rd.read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"], step=STEP7)
+    frame = read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"], step=STEP7)
     if frame.empty:
         return []
     first, last = int(frame["round"].min()), int(frame["round"].max())
     weights = _pct(frame.loc[frame["round"] == last, "weights_remaining"].iloc[0])
-    per_image = rd.read_csv(run.explanation_per_image(), step=STEP7) if run.explanation_per_image().is_file() else None
+    per_image = read_csv(run.explanation_per_image(), step=STEP7) if run.explanation_per_image().is_file() else None
     tests, bands = _tests(run), _aggregate(run, seeds, "null_bands")
     sanity = sanity_tables(run)
     out = []
@@ -626,7 +627,7 @@ def build_report(run: rd.RunDir | Config, force: bool = False, log=print) -> Pat
     if not force and target.is_file() and all(p.stat().st_mtime_ns <= target.stat().st_mtime_ns for p in inputs):
         log(f"report up to date: {target} (--force rebuilds it)")
         return target
-    rd.write_text(target, render_report(run))
+    write_text(target, render_report(run))
     log(f"report written: {target} ({target.stat().st_size / 1e6:.1f} MB)")
     return target
 

@@ -28,6 +28,7 @@ from .. import rundir as rd
 from ..config import Config
 from ..errors import UserError
 from ..pipeline.human_study import ANSWER_FIELD, DONT_KNOW, EXPORT, class_names, display_name, read_export, simulate_results
+from ..safe_io import read_csv, save_csv, write_text
 from ..stats.human import (clustered_share_test, decisive_vote_test, krippendorff_alpha, paired_difference_test,
                            recognition_test)
 
@@ -70,7 +71,7 @@ def write_task_pages(run: rd.RunDir | Config, log=print) -> list[Path]:
     written = []
     for experiment in (1, 2):
         html = env.get_template("human_study_layout.html.j2").render(experiment=experiment, **common)
-        rd.write_text(run.human_study_layout(experiment), html)
+        write_text(run.human_study_layout(experiment), html)
         written.append(run.human_study_layout(experiment))
     shown, n_tasks = {}, {}
     for experiment in (1, 2):
@@ -89,7 +90,7 @@ def write_task_pages(run: rd.RunDir | Config, log=print) -> list[Path]:
     html = env.get_template("human_study_preview.html.j2").render(
         experiment1=shown[1], experiment2=shown[2], n_shown={e: len(shown[e]) for e in shown}, n_tasks=n_tasks,
         rounds=rounds, run_name=run.name, **common)
-    rd.write_text(run.human_study_preview(), html)
+    write_text(run.human_study_preview(), html)
     written.append(run.human_study_preview())
     log(f"human study: layouts and preview in {run.human_study_dir} (open {run.human_study_preview().name})")
     return written
@@ -120,7 +121,7 @@ def read_results(paths: list[str | Path], log=print) -> pd.DataFrame:
     """Every accepted assignment of the result files: ``item_id, worker, answer`` (+ the file's ``Input.*``)."""
     frames = []
     for path in paths:
-        frame = rd.read_csv(path, ["WorkerId", "Input.item_id"])
+        frame = read_csv(path, ["WorkerId", "Input.item_id"])
         if "AssignmentStatus" in frame.columns:
             rejected = frame["AssignmentStatus"].astype(str).str.lower() == "rejected"
             if rejected.any():
@@ -276,7 +277,7 @@ def analyse(run: rd.RunDir | Config, paths: list[str | Path], draw: bool = True,
     if not tables:
         raise UserError(f"no answers in {', '.join(map(str, paths))}")
     for name, table in tables.items():
-        rd.save_csv(run.human_study_table(name), table)
+        save_csv(run.human_study_table(name), table)
     if draw:
         if "experiment1" in tables:
             preference_figure(tables["experiment1"], run.human_study_figure("experiment1"))

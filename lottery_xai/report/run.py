@@ -8,6 +8,7 @@ import numpy as np
 from .. import rundir as rd
 from ..config import Config, roar_epochs
 from ..errors import UserError
+from ..safe_io import load_npz, read_csv, save_csv, unreadable
 from . import figures as plots
 from .tables import (STEP4, STEP6, STEP7, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, heatmap_methods,
                      null_bands_of, tcav_table)
@@ -30,26 +31,26 @@ def plot_tcav(cfg: Config, save: bool = True) -> list:
 
 def plot_cav_accuracy(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
-    acc = rd.read_csv(_need(run.cav_accuracy(), STEP4), ["round", "layer", "concept", "accuracy", "kind"], step=STEP4)
+    acc = read_csv(_need(run.cav_accuracy(), STEP4), ["round", "layer", "concept", "accuracy", "kind"], step=STEP4)
     return plots.cav_accuracy_vs_round(acc, run.plot("cav_accuracy") if save else None)
 
 
 def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = None, save: bool = True):
     """Grid for one method: rows are images, columns are rounds labelled with the weights remaining."""
     run = rd.RunDir(cfg)
-    images = rd.load_npz(_need(run.heatmap_images(), STEP6), keys=("ids", "labels", "images", "class_names"))
+    images = load_npz(_need(run.heatmap_images(), STEP6), keys=("ids", "labels", "images", "class_names"))
     count = len(images["ids"])
     if images["images"].ndim != 4 or len(images["images"]) != count or len(images["labels"]) != count:
-        raise rd.unreadable(run.heatmap_images(), f"{len(images['images'])} images for {count} ids")
+        raise unreadable(run.heatmap_images(), f"{len(images['images'])} images for {count} ids")
     n = n_images or cfg.heatmaps.grid_images
     pick = _spread(count, n)
     maps, remaining = {}, {}
     for r in run.rounds():
         path = run.heatmap_file(r, method)
         if path.is_file():
-            stored = rd.load_npz(path, keys=("maps", "weights_remaining"), step=STEP6)
+            stored = load_npz(path, keys=("maps", "weights_remaining"), step=STEP6)
             if stored["maps"].ndim != 3 or len(stored["maps"]) != count:
-                raise rd.unreadable(path, f"maps of shape {list(stored['maps'].shape)} for the {count} images of "
+                raise unreadable(path, f"maps of shape {list(stored['maps'].shape)} for the {count} images of "
                                           f"{run.heatmap_images().name}", STEP6)
             maps[r] = stored["maps"][pick].astype(np.float32)
             remaining[r] = float(stored["weights_remaining"])
@@ -65,7 +66,7 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
     from ..metrics import METRICS
 
     run = rd.RunDir(cfg)
-    frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+    frame = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
     bands = null_bands_of(cfg)  # replicates that include this seed: the consistency figures get the null bands
     figures = []
     for metric in frame["metric"].unique():
@@ -78,9 +79,9 @@ def plot_metrics(cfg: Config, save: bool = True) -> list:
 
 def plot_roar(cfg: Config, save: bool = True):
     run = rd.RunDir(cfg)
-    frame = rd.read_csv(_need(run.roar_results(), "main_roar.py"),
-                        ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "test_acc"],
-                        step="main_roar.py")
+    frame = read_csv(_need(run.roar_results(), "main_roar.py"),
+                     ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "test_acc"],
+                     step="main_roar.py")
     frame = frame[(frame["retrain"] == cfg.roar.retrain) & (frame["epochs"] == roar_epochs(cfg))]
     if frame.empty:
         raise MissingInput(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
@@ -152,7 +153,7 @@ def compare_losses(configs: dict, out_dir: Path, method: str = "gradcam", log=pr
 
     table = loss_comparison(configs, method)
     out_dir = Path(out_dir)
-    rd.save_csv(out_dir / "loss_comparison.csv", table)
+    save_csv(out_dir / "loss_comparison.csv", table)
     plots.loss_comparison(table, COMPARED, out_dir / "loss_comparison.png")
     log(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     log(f"comparison in {out_dir / 'loss_comparison.csv'} and {out_dir / 'loss_comparison.png'}")

@@ -9,6 +9,7 @@ import pandas as pd
 from .. import rundir as rd
 from ..config import Config, load_config
 from ..errors import UserError
+from ..safe_io import read_csv
 
 
 class MissingInput(UserError):
@@ -42,7 +43,7 @@ def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
         candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
     if cfg.pruning.method != "random":
         candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
-    frames = {label: rd.read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=STEP2)
+    frames = {label: read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=STEP2)
               for label, r in candidates.items() if r.test_metrics().is_file()}
     if not frames:
         raise MissingInput(f"'{run.test_metrics()}' is missing; run {STEP2} first")
@@ -52,7 +53,7 @@ def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
 def tcav_table(cfg: Config) -> pd.DataFrame:
     run = rd.RunDir(cfg)
     columns = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "significant"]
-    return rd.read_csv(_need(run.tcav_scores(), STEP5), columns, step=STEP5)
+    return read_csv(_need(run.tcav_scores(), STEP5), columns, step=STEP5)
 
 
 def heatmap_methods(cfg: Config) -> list[str]:
@@ -66,7 +67,7 @@ def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "ra
     from ..metrics import METRICS
 
     run = rd.RunDir(cfg)
-    frame = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+    frame = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
     frame = frame[frame["method"].isin([method, baseline])]
     rows = []
     for r in (frame["round"].min(), frame["round"].max()):
@@ -123,8 +124,8 @@ def loss_comparison(configs: dict[str, Config], method: str = "gradcam") -> pd.D
     rows = []
     for label, cfg in configs.items():
         run = rd.RunDir(cfg)
-        test = rd.read_csv(_need(run.test_metrics(), STEP2), ["round", "weights_remaining", "test_acc"], step=STEP2)
-        metrics = rd.read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+        test = read_csv(_need(run.test_metrics(), STEP2), ["round", "weights_remaining", "test_acc"], step=STEP2)
+        metrics = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
         metrics = metrics[(metrics["method"] == method) & metrics["metric"].isin(list(COMPARED))]
         wide = metrics.pivot_table(index="round", columns="metric", values="value")
         for _, t in test.iterrows():
@@ -143,12 +144,12 @@ def null_bands_of(cfg: Config) -> pd.DataFrame | None:
     folders = rd.RunDir(cfg).aggregates()
     if not folders:
         return None
-    return rd.read_csv(folders[0] / "null_bands.csv", ["round", "weights_remaining", "method", "metric", "seed_mean"],
-                       step="main_aggregate.py --force")
+    return read_csv(folders[0] / "null_bands.csv", ["round", "weights_remaining", "method", "metric", "seed_mean"],
+                    step="main_aggregate.py --force")
 
 
 def aggregate_table(cfg: Config, seeds: list[int], name: str) -> pd.DataFrame:
     """One table of the replicates (``accuracy``, ``tcav``, ``metrics``, ``null_bands``)."""
-    return rd.read_csv(_need(rd.RunDir(cfg).aggregate_file(seeds, name), "main_aggregate.py"), (),
-                       step="main_aggregate.py --force")
+    return read_csv(_need(rd.RunDir(cfg).aggregate_file(seeds, name), "main_aggregate.py"), (),
+                    step="main_aggregate.py --force")
 # -- end replicates and null bands

@@ -19,6 +19,7 @@ from lottery_xai.pipeline.plots import aggregate_plots
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pipeline.test import evaluate_rounds
 from lottery_xai.report import plot_metrics
+from lottery_xai.safe_io import read_csv, save_csv, save_npz
 
 from conftest import tiny_overrides
 
@@ -49,8 +50,8 @@ def seeds_run(tiny_data, tmp_path_factory):
 
 def test_per_image_values_and_intervals_of_step7(seeds_run):
     run = rd.RunDir(seeds_run)
-    table = rd.read_csv(run.explanation_metrics())
-    per_image = rd.read_csv(run.explanation_per_image())
+    table = read_csv(run.explanation_metrics())
+    per_image = read_csv(run.explanation_per_image())
     assert list(per_image.columns) == ["round", "method", "metric", "image_id", "value"]
     assert per_image.groupby(["round", "method", "metric"]).size().eq(8).all()  # 4 classes x 2 images
     means = per_image.groupby(["round", "method", "metric"])["value"].mean()
@@ -62,7 +63,7 @@ def test_per_image_values_and_intervals_of_step7(seeds_run):
     assert len(defined) == (spread.loc[maps.index] > 0).sum()
     assert (defined["ci_low"] <= defined["value"] + 1e-12).all() and (defined["value"] <= defined["ci_high"] + 1e-12).all()
     # the tests: each pruned round against round 0, and gradcam against random, every metric; scipy's numbers
-    tests = rd.read_csv(run.explanation_tests())
+    tests = read_csv(run.explanation_tests())
     assert set(tests["comparison"]) == {"dense", "random"}
     assert set(tests.loc[tests["comparison"] == "random", "method"]) == {"gradcam"}
     assert set(tests.loc[tests["comparison"] == "dense", "round"]) == {1}
@@ -80,7 +81,7 @@ def test_per_image_values_and_intervals_of_step7(seeds_run):
 def test_aggregate_of_two_tiny_seeds(seeds_run):
     tables = aggregate_step(seeds_run, [0, 1], log=quiet)
     runs = seed_runs(seeds_run, [0, 1])
-    values = [rd.read_csv(r.explanation_metrics()).set_index(["round", "method", "metric"])["value"] for r in runs.values()]
+    values = [read_csv(r.explanation_metrics()).set_index(["round", "method", "metric"])["value"] for r in runs.values()]
     metrics = tables["metrics"].set_index(["round", "method", "metric"])
     np.testing.assert_allclose(metrics["mean"], ((values[0] + values[1]) / 2).loc[metrics.index])
     assert (metrics["n_seeds"] == 2).all()
@@ -108,17 +109,17 @@ def _fake_seed(cfg, seed, acc, metric_values, maps):
     """A run folder of seed ``seed`` written by hand: test accuracy, step 7's table, TCAV, dense maps."""
     run = rd.RunDir(load_config(None, [f"logs={cfg.logs}", "prune_iterations=1", "heatmaps.methods=[gradcam]",
                                        f"seed={seed}"]))
-    rd.save_csv(run.test_metrics(), pd.DataFrame({"round": [0, 1], "weights_remaining": [1.0, 0.5], "test_acc": acc,
+    save_csv(run.test_metrics(), pd.DataFrame({"round": [0, 1], "weights_remaining": [1.0, 0.5], "test_acc": acc,
                                                   "test_loss": [1.0, 1.0], "n_images": [10, 10]}))
     rows = [{"round": r, "weights_remaining": w, "method": "gradcam", "metric": "spearman", "value": v, "n_images": 4,
              "ci_low": np.nan, "ci_high": np.nan} for r, w, v in zip((0, 1), (1.0, 0.5), metric_values)]
-    rd.save_csv(run.explanation_metrics(), pd.DataFrame(rows))
+    save_csv(run.explanation_metrics(), pd.DataFrame(rows))
     tcav = pd.DataFrame({"round": [0, 0], "weights_remaining": 1.0, "layer": "layer3", "class": "a",
                          "concept": ["red", "wing"], "tcav_mean": [0.9, 0.4], "tcav_std": 0.1, "random_mean": 0.5,
                          "p_value": [0.001, 0.5], "significant": [True, False], "n_images": 5})
-    rd.save_csv(run.tcav_scores(), tcav)
-    rd.save_npz(run.heatmap_file(0, "gradcam"), ids=np.arange(4), maps=maps.astype(np.float16),
-                weights_remaining=1.0)
+    save_csv(run.tcav_scores(), tcav)
+    save_npz(run.heatmap_file(0, "gradcam"), ids=np.arange(4), maps=maps.astype(np.float16),
+             weights_remaining=1.0)
     return run
 
 
@@ -145,7 +146,7 @@ def test_aggregate_by_hand_and_null_band_of_identical_dense_models(tmp_path):
     tcav = tables["tcav"].set_index("concept")
     assert tcav.loc["red", "mean"] == pytest.approx(0.9) and tcav.loc["red", "significant_share"] == 1.0
     # identical dense models: perfect agreement, no TCAV change, an interval of width 0 over the 3 pairs
-    seed = rd.read_csv(rd.RunDir(cfg).aggregate_file([0, 1, 2], "null_bands"))
+    seed = read_csv(rd.RunDir(cfg).aggregate_file([0, 1, 2], "null_bands"))
     spear = seed[(seed["metric"] == "spearman")].set_index("round")
     assert spear.loc[0, ["seed_mean", "seed_ci_low", "seed_ci_high"]].to_numpy(float) == pytest.approx([1, 1, 1])
     assert spear.loc[0, "seed_n_pairs"] == 3

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.pipeline.prune import LotteryRun, mask_digest
+from lottery_xai.safe_io import load_torch
 from lottery_xai.training.distributed import Distributed
 
 from conftest import tiny_overrides
@@ -77,7 +78,7 @@ def test_two_process_gloo_training(tiny_data, tmp_path):
     assert not list(run.root.rglob("resume.pt")) and not list(run.root.rglob("*.tmp"))
     assert proc.stdout.count("step 1 done") == 1  # rank 1 prints nothing
     # pruning happened and masks only shrink (each rank pruned on its own and agreed: the run did not stop)
-    m1, m2 = (rd.load_torch(run.checkpoint(r))["masks"] for r in (1, 2))
+    m1, m2 = (load_torch(run.checkpoint(r))["masks"] for r in (1, 2))
     assert all(not (m2[n] & ~m1[n]).any() for n in m1) and any((~m2[n]).any() for n in m2)
     before = _digests(run.root)
 

@@ -19,6 +19,7 @@ from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.pipeline.human_study import BATCH_COLUMNS, KEY_COLUMNS, export_stimuli, simulate_results
 from lottery_xai.report.human_study import analyse, write_task_pages
+from lottery_xai.safe_io import load_torch, read_csv
 from lottery_xai.stats.human import krippendorff_alpha, recognition_test, share_standard_error
 
 QUIET = dict(log=lambda *_: None)
@@ -54,13 +55,13 @@ def folder_run(folder_data, tmp_path_factory):
 def check_export(run: rd.RunDir, summary: dict) -> None:
     """The issue's export checks: every stimulus file exists, left/right balanced, no task without its key."""
     rounds = summary["rounds"]
-    stimuli = rd.read_csv(run.human_study_stimuli_index())
+    stimuli = read_csv(run.human_study_stimuli_index())
     assert len(stimuli) == summary["images"] * len(rounds) * 2 and summary["images"] > 0
     assert all(run.human_study_stimulus(f).is_file() for f in stimuli["file"])
     assert not any("round" in f for f in stimuli["file"])  # a file name does not tell the round
     for experiment in (1, 2):
-        batch = rd.read_csv(run.human_study_batch(experiment))
-        key = rd.read_csv(run.human_study_key(experiment))
+        batch = read_csv(run.human_study_batch(experiment))
+        key = read_csv(run.human_study_key(experiment))
         assert list(batch.columns) == BATCH_COLUMNS[experiment] and list(key.columns) == KEY_COLUMNS[experiment]
         assert batch["item_id"].tolist() == key["item_id"].tolist() and batch["item_id"].is_unique
         urls = ["left_url", "right_url"] if experiment == 1 else ["image_url"]
@@ -69,7 +70,7 @@ def check_export(run: rd.RunDir, summary: dict) -> None:
             assert (batch[url] == "stimuli/" + key[file]).all()  # the image a task shows is the key's
             assert all((run.human_study_dir / u).is_file() for u in batch[url])
         assert set(key["image_id"]) == set(stimuli["image_id"])
-    key = rd.read_csv(run.human_study_key(1))
+    key = read_csv(run.human_study_key(1))
     pairs = key.groupby(["round_a", "round_b"])
     assert len(pairs) == len(rounds) * (len(rounds) - 1) // 2
     for (a, b), group in pairs:
@@ -77,7 +78,7 @@ def check_export(run: rd.RunDir, summary: dict) -> None:
         denser_left = int((group["left_round"] == a).sum())
         assert denser_left == math.ceil(len(group) / 2)  # balanced: exactly half (one more when odd)
         assert ((group["left_round"] == a) == (group["right_round"] == b)).all()
-    assert len(rd.read_csv(run.human_study_key(2))) == summary["images"] * len(rounds)
+    assert len(read_csv(run.human_study_key(2))) == summary["images"] * len(rounds)
 
 
 def check_preview(run: rd.RunDir, tmp_path) -> None:
@@ -99,7 +100,7 @@ def test_export_on_the_folder_layout(folder_run, tmp_path):
     check_export(run, summary)
     record = json.loads(run.human_study_export_record().read_text())
     assert record["images"] == summary["images"] and len(record["class_names"]) == 4
-    before = {f: run.human_study_stimulus(f).stat().st_mtime_ns for f in rd.read_csv(run.human_study_stimuli_index())["file"]}
+    before = {f: run.human_study_stimulus(f).stat().st_mtime_ns for f in read_csv(run.human_study_stimuli_index())["file"]}
     assert export_stimuli(run, DEVICE, **QUIET) == {**summary, "tasks": summary["tasks"]}  # a rerun skips
     assert all(run.human_study_stimulus(f).stat().st_mtime_ns == t for f, t in before.items())
     check_preview(run, tmp_path)
@@ -136,7 +137,7 @@ def test_simulated_answers_come_back_through_the_analysis(folder_run):
     tables = analyse(run, [files[1], files[2]], **QUIET)
     first, second = tables["experiment1"], tables["experiment2"]
     # the counts of the table are the file's, joined with the key by hand
-    raw = pd.read_csv(files[1]).merge(rd.read_csv(run.human_study_key(1)), left_on="Input.item_id", right_on="item_id")
+    raw = pd.read_csv(files[1]).merge(read_csv(run.human_study_key(1)), left_on="Input.item_id", right_on="item_id")
     chosen = np.where(raw["Answer.choice"] == "left", raw["left_round"],
                       np.where(raw["Answer.choice"] == "right", raw["right_round"], -1))
     for row in first.itertuples():
@@ -149,7 +150,7 @@ def test_simulated_answers_come_back_through_the_analysis(folder_run):
     decisive = int((first["votes_a"] + first["votes_b"]).sum())
     share = first["votes_b"].sum() / decisive
     assert abs(share - 0.6) < 3.5 * share_standard_error(0.6, decisive, 5, 0.3)
-    raw2 = pd.read_csv(files[2]).merge(rd.read_csv(run.human_study_key(2)), left_on="Input.item_id", right_on="item_id")
+    raw2 = pd.read_csv(files[2]).merge(read_csv(run.human_study_key(2)), left_on="Input.item_id", right_on="item_id")
     correct = (raw2["Answer.choice"] == raw2["class"]).groupby(raw2["round"]).sum()
     assert second["n_correct"].tolist() == correct.tolist()
     dense = second.iloc[0]
@@ -244,7 +245,7 @@ def vgg_run(tmp_path_factory):
 def test_the_thesis_config_runs_end_to_end_with_vgg16(vgg_run, tmp_path):
     run, outputs, seconds = vgg_run
     assert run.name == "folder_vgg16_bn_magnitude_layerwise_cr2_finetune_convonly_es0.01-10_seed0"
-    summary = rd.read_csv(run.pruning_summary())
+    summary = read_csv(run.pruning_summary())
     assert summary["round"].tolist() == [0, 1]
     # both weight columns: the conv weights (the prunable ones) and all weights
     import torchvision
@@ -255,10 +256,10 @@ def test_the_thesis_config_runs_end_to_end_with_vgg16(vgg_run, tmp_path):
     n_all = sum(p.numel() for p in model.parameters())
     assert summary["weights_remaining"].tolist() == [1.0, 0.5]
     assert summary["total_weights_remaining"].tolist() == pytest.approx([1.0, 1 - 0.5 * n_conv / n_all], abs=1e-9)
-    ckpt = rd.load_torch(run.checkpoint(1), keys=("masks", "state_dict"))
+    ckpt = load_torch(run.checkpoint(1), keys=("masks", "state_dict"))
     assert sorted(ckpt["masks"]) == sorted(n for n, p in model.named_parameters() if p.ndim == 4)
     assert all(float(m.float().mean()) == pytest.approx(0.5, abs=1e-3) for m in ckpt["masks"].values())  # layerwise
-    assert rd.read_csv(run.test_metrics())["round"].tolist() == [0, 1]
+    assert read_csv(run.test_metrics())["round"].tolist() == [0, 1]
     export = json.loads(run.human_study_export_record().read_text())
     check_export(run, {"rounds": export["settings"]["rounds"], "images": export["images"]})
     check_preview(run, tmp_path)

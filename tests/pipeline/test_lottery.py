@@ -9,6 +9,7 @@ from lottery_xai import rundir as rd
 from lottery_xai.errors import UserError
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pruning import remaining_fractions
+from lottery_xai.safe_io import load_torch, save_torch
 
 from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
@@ -20,9 +21,9 @@ def test_rounds_prune_and_rewind(tiny_data, tmp_path):
     run = rd.RunDir(cfg)
     assert list(summary["round"]) == [0, 1, 2]
     assert run.pruning_summary().is_file() and run.init_state().is_file()
-    init = rd.load_torch(run.init_state())["state_dict"]
+    init = load_torch(run.init_state())["state_dict"]
     for r in (1, 2):
-        ckpt = rd.load_torch(run.checkpoint(r))
+        ckpt = load_torch(run.checkpoint(r))
         masks = {n: m.bool() for n, m in ckpt["masks"].items()}
         start = lr.initial_model(r, masks).state_dict()
         for name, mask in masks.items():
@@ -45,7 +46,7 @@ def test_rounds_prune_and_rewind(tiny_data, tmp_path):
         assert set(ckpt) >= {"state_dict", "masks", "round", "weights_remaining", "total_weights_remaining",
                              "best_val_acc", "epochs"}
     # masks only shrink
-    m1, m2 = (rd.load_torch(run.checkpoint(r))["masks"] for r in (1, 2))
+    m1, m2 = (load_torch(run.checkpoint(r))["masks"] for r in (1, 2))
     assert all(not (m2[n] & ~m1[n]).any() for n in m1)
 
 
@@ -57,8 +58,8 @@ def test_reinit_control_has_same_masks_and_new_values(tiny_data, tmp_path):
     control.run_rounds([0, 1])
     ticket, reinit = rd.RunDir(cfg), rd.RunDir(control_cfg)
     assert ticket.root != reinit.root and ticket.root.parent == reinit.root.parent
-    t1, c1 = rd.load_torch(ticket.checkpoint(1)), rd.load_torch(reinit.checkpoint(1))
-    init = rd.load_torch(ticket.init_state())["state_dict"]
+    t1, c1 = load_torch(ticket.checkpoint(1)), load_torch(reinit.checkpoint(1))
+    init = load_torch(ticket.init_state())["state_dict"]
     masks = {n: m.bool() for n, m in c1["masks"].items()}
     start = control.initial_model(1, masks).state_dict()
     for name, mask in masks.items():
@@ -97,11 +98,11 @@ def test_late_rewinding_restores_the_snapshot_and_trains_from_k_to_t(tiny_data, 
     first_lr, state_size = steps[total]
     assert first_lr == pytest.approx(cfg.train.lr * 0.5 * (1 + math.cos(math.pi * k / total)), rel=1e-12)
     assert state_size == 0  # no optimizer state from round 0
-    ckpt = rd.load_torch(rd.RunDir(cfg).checkpoint(1))
+    ckpt = load_torch(rd.RunDir(cfg).checkpoint(1))
     assert ckpt["start_iteration"] == k
     run = rd.RunDir(cfg)
-    snapshot = rd.load_torch(run.rewind_state())["state_dict"]
-    init = rd.load_torch(run.init_state())["state_dict"]
+    snapshot = load_torch(run.rewind_state())["state_dict"]
+    init = load_torch(run.init_state())["state_dict"]
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     start = lr.initial_model(1, masks).state_dict()
     for name, mask in masks.items():
@@ -138,11 +139,11 @@ def test_masks_come_from_the_previous_rounds_last_weights(tiny_data, ticket_logs
     cfg = tiny_cfg(tiny_data, ticket_logs)
     assert (cfg.pruning.scope, cfg.prune_percent, cfg.pruning.prune_fc_rate) == ("global", 50, 0.5)
     run = rd.RunDir(cfg)
-    init = rd.load_torch(run.init_state())["state_dict"]
+    init = load_torch(run.init_state())["state_dict"]
     for r in (1, 2):
-        prev = rd.load_torch(run.checkpoint(r - 1, "last"))
-        best = rd.load_torch(run.checkpoint(r - 1, "best"))
-        masks = {n: m.bool() for n, m in rd.load_torch(run.checkpoint(r))["masks"].items()}
+        prev = load_torch(run.checkpoint(r - 1, "last"))
+        best = load_torch(run.checkpoint(r - 1, "best"))
+        masks = {n: m.bool() for n, m in load_torch(run.checkpoint(r))["masks"].items()}
         previous = {n: m.bool() for n, m in prev["masks"].items()}
         body = [n for n in masks if n != "fc.weight"]
         keep_body = round(sum(masks[n].numel() for n in body) * 0.5 ** r)
@@ -172,8 +173,8 @@ def test_random_control_matches_the_tickets_layerwise_sparsity(tiny_data, ticket
     ticket, random = rd.RunDir(ticket_cfg), rd.RunDir(control_cfg)
     assert ticket.root != random.root and "_random_" in random.name
     for r in (1, 2):
-        t, c = rd.load_torch(ticket.checkpoint(r)), rd.load_torch(random.checkpoint(r))
-        prev = rd.load_torch(random.checkpoint(r - 1))
+        t, c = load_torch(ticket.checkpoint(r)), load_torch(random.checkpoint(r))
+        prev = load_torch(random.checkpoint(r - 1))
         assert c["random_sparsity"] == "matched"
         for n, mask in c["masks"].items():
             assert int(mask.sum()) == int(t["masks"][n].sum()), (r, n)  # the ticket's count, tensor by tensor
@@ -190,9 +191,9 @@ def test_random_control_matches_the_tickets_layerwise_sparsity(tiny_data, ticket
         assert all(torch.equal(again[n], c["masks"][n].bool()) for n in again)
     # a round made before the control matched the ticket (uniform random pruning) is not reused
     path = random.checkpoint(2)
-    old = rd.load_torch(path)
+    old = load_torch(path)
     del old["random_sparsity"]
-    rd.save_torch(old, path)
+    save_torch(old, path)
     with pytest.raises(UserError, match="earlier version"):
         LotteryRun(control_cfg, DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
 
@@ -207,7 +208,7 @@ def test_uniform_random_pruning_is_a_named_option_with_its_own_folder(tiny_data,
     lottery = LotteryRun(uniform.cfg, DEVICE, log=lambda *_: None)
     assert lottery.ticket_run is None
     lottery.run_rounds([0, 1])
-    masks = rd.load_torch(uniform.checkpoint(1))["masks"]
+    masks = load_torch(uniform.checkpoint(1))["masks"]
     body = [n for n in masks if n != "fc.weight"]
     assert sum(int(masks[n].sum()) for n in body) == round(sum(masks[n].numel() for n in body) * 0.5)
 
@@ -232,7 +233,7 @@ def test_killed_run_resumes_to_identical_checkpoints(tiny_data, tmp_path):
     run_a = rd.RunDir(straight)
     for r in (0, 1, 2):
         for which in ("last", "best"):
-            a, b = rd.load_torch(run_a.checkpoint(r, which)), rd.load_torch(run_b.checkpoint(r, which))
+            a, b = load_torch(run_a.checkpoint(r, which)), load_torch(run_b.checkpoint(r, which))
             for key in a["state_dict"]:
                 assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (r, which, key)
             for key in a["masks"]:

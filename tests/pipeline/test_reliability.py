@@ -22,6 +22,7 @@ from lottery_xai import rundir as rd
 from lottery_xai.config import load_config
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.models import build_model
+from lottery_xai.safe_io import load_npz
 
 from conftest import run_steps, tiny_overrides
 
@@ -128,7 +129,7 @@ def other_dataset(path: Path) -> None:
 
 def cav_of_width(width: int):
     def write(path: Path) -> None:
-        cavs = rd.load_npz(path)
+        cavs = load_npz(path)
         c, k = cavs["accuracy"].shape
         np.savez(path, concepts=cavs["concepts"], cavs=np.ones((c, k, width)), random_cavs=np.ones((k, width)),
                  accuracy=cavs["accuracy"], random_accuracy=cavs["random_accuracy"])
@@ -136,7 +137,7 @@ def cav_of_width(width: int):
 
 
 def without_random_cavs(path: Path) -> None:
-    cavs = rd.load_npz(path)
+    cavs = load_npz(path)
     np.savez(path, **{k: v for k, v in cavs.items() if k != "random_cavs"})
 
 
@@ -146,12 +147,12 @@ def fewer_rows(path: Path) -> None:
 
 
 def fewer_maps(path: Path) -> None:
-    stored = rd.load_npz(path)
+    stored = load_npz(path)
     np.savez(path, **{**stored, "maps": stored["maps"][:3]})
 
 
 def other_images(path: Path) -> None:
-    stored = rd.load_npz(path)
+    stored = load_npz(path)
     np.savez(path, **{**stored, "ids": stored["ids"] + 1000})
 
 

@@ -5,6 +5,7 @@ import torch
 
 from lottery_xai import rundir as rd
 from lottery_xai.pipeline.prune import LotteryRun
+from lottery_xai.safe_io import load_torch, save_torch
 
 from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
@@ -30,7 +31,7 @@ def _steps_per_epoch(cfg):
 
 def _same_round(run_a, run_b, r):
     for which in ("last", "best"):
-        a, b = rd.load_torch(run_a.checkpoint(r, which)), rd.load_torch(run_b.checkpoint(r, which))
+        a, b = load_torch(run_a.checkpoint(r, which)), load_torch(run_b.checkpoint(r, which))
         for key in a["state_dict"]:
             assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (r, which, key)
         assert (a["best_val_acc"], a["best_epoch"], a["last_val_acc"]) == (b["best_val_acc"], b["best_epoch"], b["last_val_acc"])
@@ -51,7 +52,7 @@ def test_round_resumes_at_its_last_epoch_bit_identical(tiny_data, tmp_path, stra
     with pytest.raises(Interrupt):
         LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     run = rd.RunDir(cfg)
-    saved = rd.load_torch(run.resume_state(1))
+    saved = load_torch(run.resume_state(1))
     assert saved["epoch"] == EPOCHS - 1 and len(saved["history"]) == EPOCHS - 1
     assert not run.checkpoint(1).exists() and not run.resume_state(0).exists()  # round 0 finished: its state is gone
 
@@ -73,8 +74,8 @@ def test_a_foreign_or_unreadable_resume_state_is_ignored(tiny_data, tmp_path, st
     run = rd.RunDir(cfg)
     path = run.resume_state(1)
     if spoil == "other settings":  # e.g. saved before step 1 was redone with other settings or another init
-        state = rd.load_torch(path)
-        rd.save_torch({**state, "settings": state["settings"].replace('"train"', '"train_old"')}, path)
+        state = load_torch(path)
+        save_torch({**state, "settings": state["settings"].replace('"train"', '"train_old"')}, path)
     else:
         path.write_bytes(path.read_bytes()[:100])
     steps, lines = [], []
@@ -108,10 +109,10 @@ def test_a_late_rewound_round_resumes_bit_identical(tiny_data, tmp_path):
     with pytest.raises(Interrupt):
         LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     run = rd.RunDir(cfg)
-    saved = rd.load_torch(run.resume_state(1))
+    saved = load_torch(run.resume_state(1))
     assert saved["epoch"] == EPOCHS - 1 and [h["epoch"] for h in saved["history"]] == list(range(2, EPOCHS))
     steps = []
     LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lambda *_: None).run_rounds([0, 1])
     assert [it for r, it in steps if r == 1] == list(range((EPOCHS - 1) * per_epoch + 1, EPOCHS * per_epoch + 1))
     _same_round(rd.RunDir(straight), run, 1)
-    assert rd.load_torch(run.checkpoint(1))["epochs"] == EPOCHS - 1  # T - K epochs trained
+    assert load_torch(run.checkpoint(1))["epochs"] == EPOCHS - 1  # T - K epochs trained

@@ -10,6 +10,7 @@ from lottery_xai.config import load_config, replace
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.metrics import pixel_rank
 from lottery_xai.pipeline.roar import fresh_model, roar_step
+from lottery_xai.safe_io import load_torch
 from lottery_xai.training.roar import RemovedBatches, rank_dtype, remove_top, retrain
 
 from conftest import tiny_overrides
@@ -105,9 +106,9 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
     assert again["train_seconds"].tolist() == table["train_seconds"].tolist()
     # the ticket variant adds its own rows (same run directory) and starts from the round's mask on the initial weights
     ticket = replace(cfg, **{"roar.retrain": "ticket"})
-    ckpt = rd.load_torch(run.checkpoint(1, "best"))
+    ckpt = load_torch(run.checkpoint(1, "best"))
     model, masks = fresh_model(ticket, run, ckpt, 4, 0)
-    init = rd.load_torch(run.init_state())["state_dict"]
+    init = load_torch(run.init_state())["state_dict"]
     for name, mask in masks.items():
         weight = dict(model.named_parameters())[name]
         assert (weight[~mask] == 0).all() and torch.equal(weight[mask], init[name][mask])

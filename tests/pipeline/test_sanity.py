@@ -14,6 +14,7 @@ from lottery_xai.pipeline.rounds import configured_maps
 from lottery_xai.pipeline.sanity import (CHANGES, CONTROL, NO_CHANGE, cascade, cascade_blocks, image_subset, independent,
                                          randomisation_test, sanity_rounds, sanity_step, stage_seed, verdict,
                                          verdict_stage)
+from lottery_xai.safe_io import load_npz
 
 CPU = torch.device("cpu")
 quiet = lambda *_: None  # noqa: E731
@@ -251,8 +252,8 @@ def test_gradcam_of_a_small_resnet_changes_and_the_step_resumes(sanity_run):
     control = summary[(summary["method"] == "random") & (summary["measure"] == "spearman")]
     assert control.groupby(["round", "randomization"])["mean"].nunique().eq(7).all()
     # the original model's maps are step 6's maps of the same images and targets
-    stored = rd.load_npz(run.sanity_maps(2, "gradcam"))
-    step6 = rd.load_npz(run.heatmap_file(2, "gradcam"))
+    stored = load_npz(run.sanity_maps(2, "gradcam"))
+    step6 = load_npz(run.heatmap_file(2, "gradcam"))
     assert stored["maps_cascading"].shape == stored["maps_independent"].shape == (8, 8, 32, 32)  # original + 7, 8 images
     assert stored["maps_cascading"].dtype == np.float32
     assert list(stored["blocks"]) == ["fc", "layer4", "layer3", "layer2", "layer1", "bn1", "conv1"]
@@ -298,7 +299,7 @@ def test_other_settings_recompute_the_units(sanity_run):
     lines = []
     sanity_step(load_config(None, base + ["sanity.n_images=3"]), CPU, log=lines.append)
     assert run.sanity_maps(0, "random").stat().st_mtime_ns != stamp and "recomputing 1 randomisation" in lines[0]
-    assert len(rd.load_npz(run.sanity_maps(0, "random"))["ids"]) == 3
+    assert len(load_npz(run.sanity_maps(0, "random"))["ids"]) == 3
     per_image = pd.read_csv(run.sanity_per_image())
     assert per_image[(per_image["method"] == "random") & (per_image["round"] == 0)]["image_id"].nunique() == 3
     # a table written before the randomisation column existed is replaced, and every unit recomputed

@@ -196,6 +196,7 @@ def test_train_channel_mean_is_the_eval_transformed_training_split_mean(tiny_dat
     from conftest import tiny_overrides
     from lottery_xai import rundir as rd
     from lottery_xai.data import build_datasets
+    from lottery_xai.safe_io import load_npz
 
     cfg = load_config(None, tiny_overrides(tiny_data, tmp_path))
     run = rd.RunDir(cfg)
@@ -209,7 +210,7 @@ def test_train_channel_mean_is_the_eval_transformed_training_split_mean(tiny_dat
     assert float(expected.abs().max()) > 0.05
     stored = step7.train_mean_file(run)
     assert stored.is_file()
-    assert rd.load_npz(stored)["n_images"] == len(train)
+    assert load_npz(stored)["n_images"] == len(train)
 
     def refuse(*_):
         raise AssertionError("the stored mean was computed again")
@@ -244,6 +245,7 @@ def test_zero_map_count_is_not_among_the_paired_tests(tmp_path):
     """The count of skipped all-zero maps is a diagnostic row: it has per-image values but no Wilcoxon test."""
     from lottery_xai import rundir as rd
     from lottery_xai.pipeline.metrics import PER_IMAGE_COLUMNS, write_tests
+    from lottery_xai.safe_io import save_csv
 
     cfg = load_config(None, [f"logs={tmp_path}"])
     run = rd.RunDir(cfg)
@@ -257,7 +259,7 @@ def test_zero_map_count_is_not_among_the_paired_tests(tmp_path):
             rows += [{"round": 0, "method": method, "metric": metric, "image_id": i, "value": float(v)}
                      for i, v in enumerate(values)]
     run.explanation_per_image().parent.mkdir(parents=True, exist_ok=True)
-    rd.save_csv(run.explanation_per_image(), pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS))
+    save_csv(run.explanation_per_image(), pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS))
     tests = write_tests(run, pd.DataFrame({"round": [0], "weights_remaining": [1.0]}))
     assert set(tests["metric"]) == {"energy_in_box"} and len(tests) == 1
     assert not METRICS["content_heatmap_zero_maps"].tested and METRICS["content_heatmap"].tested

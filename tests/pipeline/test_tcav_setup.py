@@ -78,6 +78,7 @@ def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, t
     from lottery_xai.pipeline.cavs import cavs_step
     from lottery_xai.pipeline.prune import LotteryRun
     from lottery_xai.pipeline.tcav import tcav_step
+    from lottery_xai.safe_io import save_csv, write_text
 
     overrides = tiny_overrides(tiny_data, tmp_path, "prune_iterations=0", "train.epochs=1", "cav.n_random=3",
                                "cav.n_jobs=1")
@@ -112,10 +113,10 @@ def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, t
     # a table (and fingerprints) from before the protocols, with a row of a round this call does not redo
     old = pd.read_csv(run.tcav_scores()).drop(columns="protocol")
     extra = old.iloc[:1].assign(round=7)
-    rd.save_csv(run.tcav_scores(), pd.concat([old, extra]))
+    save_csv(run.tcav_scores(), pd.concat([old, extra]))
     prints = run.fingerprints("tcav")
     del prints["round_00/layer3#settings"]
-    rd.write_text(run.fingerprints_file("tcav"), json.dumps(prints))
+    write_text(run.fingerprints_file("tcav"), json.dumps(prints))
     logged = []
     tcav_step(strict, DEVICE, [0], log=logged.append)
     assert any("no recorded settings" in line for line in logged)

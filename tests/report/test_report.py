@@ -14,6 +14,7 @@ from lottery_xai.pipeline.aggregate import BAND_COLUMNS
 from lottery_xai.pipeline.sanity import sanity_step
 from lottery_xai.report import build_report, plot_sanity, render_report
 from lottery_xai.report.html import checkpoint_checksums
+from lottery_xai.safe_io import fingerprint, save_csv
 
 from conftest import browser_screenshot, not_blank
 
@@ -71,8 +72,8 @@ def test_the_report_holds_every_section_and_nothing_external(reported):
     # the numbers of the run: checkpoint checksums, every method's metric table, the sanity verdicts
     run = rd.RunDir(cfg)
     for r in (0, 1, 2):
-        assert rd.fingerprint(run.checkpoint(r, "best")) in plain
-    assert checkpoint_checksums(run)[2][3] == rd.fingerprint(run.checkpoint(2, "best"))
+        assert fingerprint(run.checkpoint(r, "best")) in plain
+    assert checkpoint_checksums(run)[2][3] == fingerprint(run.checkpoint(2, "best"))
     assert "git commit" in plain and "torch" in text and "statsmodels" in text
     verdicts = pd.read_csv(run.sanity_verdicts())
     assert f"{verdicts['similarity'].iloc[0]:.3f}" in plain
@@ -129,8 +130,8 @@ def test_the_replicates_null_bands_reach_the_table_and_the_verdict(reported, tmp
                          "ticket_mean": 0.75, "ticket_ci_low": 0.7, "ticket_ci_high": 0.8,
                          "within_seed_band": method == "gradcam"})
     folder = run.aggregate_file(seeds, "null_bands")
-    rd.save_csv(folder, pd.DataFrame(rows, columns=BAND_COLUMNS))
-    rd.save_csv(run.aggregate_file(seeds, "accuracy"), pd.DataFrame(
+    save_csv(folder, pd.DataFrame(rows, columns=BAND_COLUMNS))
+    save_csv(run.aggregate_file(seeds, "accuracy"), pd.DataFrame(
         [{"run": "ticket", "round": 0, "weights_remaining": 1.0, "mean": 0.9, "ci_low": 0.85, "ci_high": 0.95,
           "n_seeds": 2}]))
     try:

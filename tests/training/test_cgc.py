@@ -9,6 +9,7 @@ from torch import nn
 from lottery_xai import rundir as rd
 from lottery_xai.crops import resized_crop
 from lottery_xai.pipeline.prune import LotteryRun
+from lottery_xai.safe_io import load_torch
 from lottery_xai.training.cgc import contrastive_loss, consistency_term, differentiable_maps, mse_loss
 
 from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
@@ -124,7 +125,7 @@ def test_gradients_flow_through_the_maps_into_the_parameters():
 
 def _same_checkpoints(a, b, rounds):
     for r in rounds:
-        sa, sb = rd.load_torch(a.checkpoint(r))["state_dict"], rd.load_torch(b.checkpoint(r))["state_dict"]
+        sa, sb = load_torch(a.checkpoint(r))["state_dict"], load_torch(b.checkpoint(r))["state_dict"]
         for key in sa:
             assert torch.equal(sa[key], sb[key]), (r, key)
 
