@@ -27,7 +27,7 @@ import numpy as np
 
 from lottery_xai.data.birds import PART_NAMES, render_bird_image
 from lottery_xai.errors import UserError
-from lottery_xai.rundir import atomic_dir
+from lottery_xai.safe_io import atomic_dir
 
 # Attribute groups that define classes: group -> values (one per class).
 ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
