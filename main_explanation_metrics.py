@@ -3,16 +3,7 @@
 
     python main_explanation_metrics.py [--config config/BB_synthetic.yaml] [--force]
 """
-from lottery_xai.cli import main_entry, parse, resolve_device
-from lottery_xai.pipeline.metrics import metrics_step
-from lottery_xai.rundir import RunDir
-
-
-@main_entry
-def main():
-    args, cfg = parse(__doc__)
-    metrics_step(RunDir(cfg), resolve_device(cfg.device), args.round_list, force=args.force)
-
+from lottery_xai.cli import run_step
 
 if __name__ == "__main__":
-    main()
+    run_step("metrics", __doc__)

@@ -2,16 +2,7 @@
 
     python main_lth_save_activations.py [--config config/BB_synthetic.yaml] [--rounds 0,7] [--force]
 """
-from lottery_xai.cli import main_entry, parse, resolve_device
-from lottery_xai.pipeline.activations import activations_step
-from lottery_xai.rundir import RunDir
-
-
-@main_entry
-def main():
-    args, cfg = parse(__doc__)
-    activations_step(RunDir(cfg), resolve_device(cfg.device), args.round_list, force=args.force)
-
+from lottery_xai.cli import run_step
 
 if __name__ == "__main__":
-    main()
+    run_step("activations", __doc__)

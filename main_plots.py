@@ -2,16 +2,7 @@
 
     python main_plots.py [--config config/BB_synthetic.yaml]
 """
-from lottery_xai.cli import main_entry, parse
-from lottery_xai.pipeline.plots import plots_step
-from lottery_xai.rundir import RunDir
-
-
-@main_entry
-def main():
-    _, cfg = parse(__doc__)
-    plots_step(RunDir(cfg))
-
+from lottery_xai.cli import run_step
 
 if __name__ == "__main__":
-    main()
+    run_step("plots", __doc__)

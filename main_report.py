@@ -5,16 +5,7 @@ null bands of the replicates, the sanity checks and a verdict per method -> repo
     python main_report.py [--config config/BB_synthetic.yaml] [--force]
     (parts whose step has not run are listed as "not computed"; rebuilt only when an input is newer)
 """
-from lottery_xai.cli import main_entry, parse
-from lottery_xai.report import build_report
-from lottery_xai.rundir import RunDir
-
-
-@main_entry
-def main():
-    args, cfg = parse(__doc__)
-    build_report(RunDir(cfg), force=args.force)
-
+from lottery_xai.cli import run_step
 
 if __name__ == "__main__":
-    main()
+    run_step("report", __doc__)

@@ -1,4 +1,5 @@
-"""What every numbered step shares on the command line: arguments, device choice, error handling."""
+"""The command line of every step (:func:`run_step`: a ``main_*.py`` script is one call of it) and of the
+data-preparation scripts: arguments, device choice, error handling."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from tqdm import tqdm
+
+from . import steps
 from .config import Config, load_config, n_rounds
 from .errors import UserError
+from .rundir import RunDir
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -19,32 +24,55 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+ROUND_DEFAULTS = {"all": "all", "chosen": "chosen by the step", "none": "this step does not use rounds"}
+
+
+def parser(declared: steps.Step, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a step: the arguments every step accepts (``--config``, ``--set``, ``--rounds``,
+    ``--device``, ``--force``; the last three are passed on where the step's entry takes them), then the
+    step's own options (its ``arguments``)."""
+    p = OneLineParser(description=description or declared.title, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (default: config/BB_synthetic.yaml, the embedded default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set pruning.rewind=reinit (repeatable)")
-    p.add_argument("--rounds", default=None, help="comma-separated rounds to process, e.g. 0,3,7 (default: all)")
+    default = ROUND_DEFAULTS.get(declared.rounds, declared.rounds.replace("config:", "the config's "))
+    p.add_argument("--rounds", default=None, help=f"comma-separated rounds to process, e.g. 0,3,7 (default: {default})")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (overrides the config's device)")
     p.add_argument("--force", action="store_true", help="redo outputs that are already complete")
+    if declared.arguments is not None:
+        declared.arguments(p)
     return p
 
 
-def parse(description: str, argv=None, extra: Callable[[argparse.ArgumentParser], None] | None = None):
-    """Parse the standard arguments and load the config; returns (args, cfg)."""
-    p = parser(description)
-    if extra:
-        extra(p)
-    args = p.parse_args(argv)
-    overrides = list(args.overrides)
-    if args.device:
-        overrides.append(f"device={args.device}")
-    cfg = load_config(args.config, overrides)
-    from .pipeline.rounds import check_methods  # the attribution registry (imports torch, as every step does)
+def run_step(key: str, description: str | None = None, argv=None) -> None:
+    """The whole of a ``main_*.py`` script: parse the common arguments and the step's own, load the config,
+    open the run, pick the rounds (``--rounds``, else the step's default), call the step, then draw its
+    figures (the drawing registered for it in the report layer). A UserError or a failed read or write is
+    one line on stderr and exit status 2."""
+    main_entry(lambda: _run_step(key, description, argv))()
 
+
+def _run_step(key: str, description: str | None, argv) -> None:
+    from .pipeline.maps import check_methods  # the attribution registry: the data scripts use this module without it
+
+    declared = steps.get(key)
+    options = vars(parser(declared, description).parse_args(argv))
+    overrides = list(options.pop("overrides"))
+    if options["device"]:
+        overrides.append(f"device={options['device']}")
+    cfg = load_config(options.pop("config"), overrides)
     check_methods(cfg)
-    args.round_list = select_rounds(args.rounds, cfg)
-    return args, cfg
+    rounds = select_rounds(options["rounds"], cfg) if options["rounds"] else None  # a wrong --rounds is an error
+    if "rounds" in declared.parameters:
+        options["rounds"] = rounds if rounds is not None else declared.default_rounds(cfg)
+    if "device" in declared.parameters:
+        options["device"] = resolve_device(cfg.device)
+    run = RunDir(cfg)
+    steps.call(declared, run, **options)
+    drawing = steps.drawing(key) if declared.figures else None
+    if drawing is not None:  # the step computes; its figures are drawn here (and again by step 8)
+        drawing.draw(run, **steps.accepted(drawing.draw, {k: v for k, v in options.items()
+                                                           if k not in steps.COMMON_ARGUMENTS}))
 
 
 def select_rounds(text: str | None, cfg: Config) -> list[int]:
@@ -64,7 +92,7 @@ def select_rounds(text: str | None, cfg: Config) -> list[int]:
 
 
 def resolve_device(name: str):
-    import torch
+    import torch  # torch takes seconds to import: the data scripts use this module without it
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,13 +148,27 @@ def _regular_file_above(path) -> str | None:
 
 def _close_progress_bars() -> None:
     """End open tqdm bars with a newline so that the error line starts on a line of its own."""
-    from tqdm import tqdm
-
     for bar in list(getattr(tqdm, "_instances", ())):
         try:
             bar.close()
         except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
             pass
+
+
+def data_parser(description: str, *, data_root: str | None = None, json_root: str | None = None,
+                seed: str | None = None, val_fraction: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a data-preparation script (``scripts_data/``) with the options they share, each
+    added when its help text is given: ``--data_root`` and ``--json_root`` (required folders), ``--seed``
+    (an integer, default 0) and ``--val-fraction`` (default 0.1). A usage mistake is one line, status 2."""
+    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, text in (("--data_root", data_root), ("--json_root", json_root)):
+        if text is not None:
+            p.add_argument(name, required=True, help=text)
+    if seed is not None:
+        p.add_argument("--seed", type=int, default=0, help=seed)
+    if val_fraction is not None:
+        p.add_argument("--val-fraction", type=float, default=0.1, help=val_fraction)
+    return p
 
 
 def data_script(fn: Callable[[list | None], str]) -> Callable[[list | None], int]:

@@ -356,11 +356,11 @@ class Config:
     img_size: int = opt(64, "input image side in pixels", minimum=8)
     model_arch: str = opt("small_resnet", "backbone (see lottery_xai.models.ARCHITECTURES)")
     pretrained: bool = opt(False, "start from torchvision's ImageNet weights (must be in the local torch cache)")
-    prune_iterations: int = opt(7, "pruning rounds after the dense round 0", minimum=0)
+    prune_iterations: int = opt(7, "pruning rounds after the dense round 0: the run has rounds 0..prune_iterations, and every step works on them", minimum=0)
     prune_percent: float = opt(20.0, "percent of the alive weights removed per round", minimum=0.0, maximum=100.0)
-    labels_for_tcav: list = opt(["all"], "class names explained by TCAV and heatmaps, or [all]")
-    concepts_for_tcav: list = opt(["all"], "concept names tested by TCAV, or [all]")
-    bb_layers_for_concepts: list = opt(["layer3"], "bottleneck layers (dotted module names) for activations, CAVs, TCAV")
+    labels_for_tcav: list = opt(["all"], "the classes studied, or [all]: TCAV scores them (step 5), step 6 explains heatmaps.images_per_class test images of each (so step 7 and the sanity checks measure those), ACE and the occlusion study take their train images")
+    concepts_for_tcav: list = opt(["all"], "the labelled concepts step 4 fits CAVs for and step 5 scores, or [all]; names ace:CLASS:K (or ace:all) add concepts ACE discovered")
+    bb_layers_for_concepts: list = opt(["layer3"], "the concept layers (dotted module names): step 3 stores their activations, step 4 fits CAVs and step 5 takes gradients there; ACE uses the first unless ace.layer is set")
     cav_flattening_type: str = opt("avg_pool", "how a layer's activation map becomes a vector", choices=["flatten", "avg_pool", "max_pool"])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -399,7 +399,7 @@ def all_keys(cls=Config, prefix: str = "") -> list[str]:
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(key, default, help) for every key: the source of the README's key table."""
+    """(key, default, help) for every key: the source of the key table (``lottery_xai.doc_reference.key_table``)."""
     rows = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
@@ -764,16 +764,3 @@ def replace(cfg: Config, **changes) -> Config:
     for key, value in changes.items():
         _set_dotted(data, key, value)
     return _build(Config, data)
-
-
-def key_table() -> str:
-    """The README's configuration-key table (Markdown), generated from the schema:
-    ``python -m lottery_xai.config``."""
-    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, help_text in describe():
-        lines.append(f"| `{key}` | `{default}` | {help_text.replace('|', '/')} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(key_table())

@@ -66,7 +66,7 @@ class Architecture:
 
 def _torchvision(name: str, weights_enum: str, head: str):
     def build(num_classes: int, pretrained: bool, img_size: int) -> nn.Module:
-        import torchvision
+        import torchvision  # lazy: torchvision takes seconds to import, and only its architectures need it
 
         ctor = getattr(torchvision.models, name)
         model = ctor(weights=_local_weights(weights_enum) if pretrained else None)
@@ -81,7 +81,7 @@ def _torchvision(name: str, weights_enum: str, head: str):
 
 def _local_weights(enum_name: str):
     """torchvision weights only if already in the local cache: nothing is downloaded at run time."""
-    import torchvision
+    import torchvision  # lazy: as in _torchvision
 
     weights = getattr(torchvision.models, enum_name).DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -168,8 +168,3 @@ def require_eval(model: nn.Module, purpose: str) -> None:
     depend on the batch)."""
     if any(module.training for module in model.modules()):
         raise UserError(f"the model is in training mode; call model.eval() before computing {purpose}")
-
-
-def check_layers(model: nn.Module, names: list[str]) -> None:
-    for n in names:
-        get_layer(model, n)

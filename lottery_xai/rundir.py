@@ -26,15 +26,16 @@ Safety of a run directory shared by several processes and reruns:
 from __future__ import annotations
 
 import fcntl
-import functools
 import json
 import os
+import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .config import Config, dump_yaml, n_rounds
+from . import steps
+from .config import Config, dump_yaml, load_config, n_rounds, replace
 from .errors import UserError
 from .safe_io import atomic_dir, file_lock, fingerprint, read_json, write_text  # noqa: F401 - atomic_dir: data/synthetic.py imports it from here for now
 
@@ -77,6 +78,12 @@ def round_name(r: int) -> str:
     return f"round_{r:02d}"
 
 
+def _temporary_glob(figure: str) -> str:
+    """The temporaries of a figure ``plots/<name>.png`` (``{x}`` and ``round_XX`` in names: any text)."""
+    name = re.sub(r"\{[^}]*\}", "*", figure.split("/", 1)[1].replace("round_XX", "*"))
+    return f".{name}.*.tmp"
+
+
 _HELD: set[tuple[str, int]] = set()  # (lock file, pid) of the step locks this process holds
 
 
@@ -93,18 +100,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def locked(step: str) -> Callable:
-    """Decorator of a step entry point ``fn(cfg, ...)`` (or a method of an object with ``.cfg``):
-    the whole call runs under ``RunDir(cfg).lock(step)``."""
-    def wrap(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            first = args[0]
-            cfg = first if isinstance(first, Config) else first.cfg
-            with RunDir(cfg).lock(step):
-                return fn(*args, **kwargs)
-        return inner
-    return wrap
+def open_run(config: str | Path | None = None, overrides: list[str] | str | None = None) -> "RunDir":
+    """The run of a config file with ``overrides`` (``--set`` strings, or one space-separated string), as a
+    notebook opens it (None: the embedded default)."""
+    if isinstance(overrides, str):
+        overrides = overrides.split()
+    return RunDir(load_config(config, overrides or []))
 
 
 class RunDir:
@@ -127,8 +128,6 @@ class RunDir:
 
     def sibling(self, **changes) -> "RunDir":
         """The run with some settings changed, e.g. the reinit control beside a rewound run."""
-        from .config import replace
-
         return RunDir(replace(self.cfg, **changes))
 
     # -- step 1: pruning
@@ -424,24 +423,22 @@ class RunDir:
 
     def temporaries(self, step: str) -> list[Path]:
         """Temporary files (``.*.tmp``: atomic writes, activation and rank memory maps, CAV files) that
-        only ``step`` makes: leftovers of a killed run of it, safe to remove while its lock is held."""
-        plots = self.root / "plots"
-        shared = (".heatmaps_", ".roar.png.")  # plots/ files that steps 6 and ROAR draw themselves
-        own = {"pruning": [self.pruning_dir], "test": [self.root / "test"], "activations": [self.root / "activations"],
-               "cavs": [self.root / "cavs"], "tcav": [self.root / "tcav"], "heatmaps": [self.root / "heatmaps"],
-               "metrics": [self.root / "metrics"], "roar": [self.root / "roar"],
-               "human_study": [self.human_study_dir],
-               "ace": [self.ace_dir], "occlusion_study": [self.occlusion_dir],
-               "sanity": [self.sanity_dir], "report": [self.root / "report"]}.get(step, [])
-        found = [p for folder in own for p in folder.rglob(".*.tmp")]
+        only ``step`` makes: leftovers of a killed run of it, safe to remove while its lock is held. They
+        lie in the step's folder, beside its config copy, and (for the figures other steps draw into
+        ``plots/``) beside those figures; the folder ``plots/`` of step 8 holds the rest."""
+        declared = steps.get(step)
+        found = list(self.root.joinpath(declared.folder).rglob(".*.tmp")) if declared.folder else []
         found += list(self.root.glob(f".{self.config_file(step).name}.*.tmp"))
-        if step == "heatmaps":
-            found += list(plots.glob(".heatmaps_*.tmp"))
-        elif step == "roar":
-            found += list(plots.glob(".roar.png.*.tmp"))
-        elif step == "plots":
-            found += [p for p in plots.glob(".*.tmp") if not p.name.startswith(shared)]
+        if declared.folder == "plots":  # every temporary in plots/ but those of the figures other steps draw there
+            theirs = {p for other in steps.all_steps() if other.key != step for p in self._figure_temporaries(other)}
+            found = [p for p in found if p not in theirs]
+        else:
+            found += self._figure_temporaries(declared)
         return sorted(p for p in found if p.is_file())
+
+    def _figure_temporaries(self, declared: steps.Step) -> list[Path]:
+        plots = self.root / "plots"
+        return [p for f in declared.figures if f.startswith("plots/") for p in plots.glob(_temporary_glob(f))]
 
     def remove_temporaries(self, step: str) -> list[Path]:
         found = self.temporaries(step)
@@ -455,10 +452,7 @@ class RunDir:
         return fingerprint(self.checkpoint(r, self.cfg.test.checkpoint))
 
     def fingerprints_file(self, step: str) -> Path:
-        folder = {"test": "test", "activations": "activations", "cavs": "cavs", "tcav": "tcav",
-                  "heatmaps": "heatmaps", "metrics": "metrics", "roar": "roar", "human_study": "human_study",
-                  "ace": "ace", "occlusion_study": "occlusion", "sanity": "sanity"}[step]
-        return self.root / folder / "fingerprints.json"
+        return self.root / steps.get(step).folder / "fingerprints.json"
 
     def fingerprints(self, step: str) -> dict:
         """``{unit: fingerprint}`` recorded by ``step`` (a unit: ``round_XX`` or ``round_XX/<split|layer|method>``)."""

@@ -7,6 +7,7 @@ itself as soon as it has started (before it imports scikit-learn or torch for it
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -17,8 +18,6 @@ _PR_SET_PDEATHSIG = 1
 def die_with_parent(parent: int) -> None:
     """Process-pool initializer (``initializer=die_with_parent, initargs=(os.getpid(),)``)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         except (OSError, AttributeError):  # no prctl: the worker ends when its task queue closes

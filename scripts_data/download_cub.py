@@ -7,7 +7,6 @@ CUB cannot be downloaded from here: get CUB_200_2011.tgz from
 https://www.vision.caltech.edu/datasets/cub_200_2011/ and pass its path (or the
 extracted CUB_200_2011 folder) as --src. Writes splits.json and concepts.json to --json_root.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,18 +15,16 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lottery_xai.cli import data_parser, data_script
 from lottery_xai.data.cub import prepare_cub
-from lottery_xai.cli import data_script
 
 
 @data_script
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = data_parser(__doc__, data_root="where the CUB files live (an archive is extracted here)",
+                         json_root="where splits.json and concepts.json go", seed="seed of the validation split",
+                         val_fraction="share of each class's training images kept for validation")
     parser.add_argument("--src", default=None, help="CUB_200_2011.tgz or the extracted folder (default: already in --data_root)")
-    parser.add_argument("--data_root", required=True, help="where the CUB files live (an archive is extracted here)")
-    parser.add_argument("--json_root", required=True, help="where splits.json and concepts.json go")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of each class's training images kept for validation")
     parser.add_argument("--min-classes", type=int, default=None,
                         help="keep attributes on in at least this many classes (default: 10 for CUB, "
                              "the generator's recommendation for the synthetic data)")

@@ -6,7 +6,6 @@
 --data_root and uses the real 10k test set; `sklearn` uses scikit-learn's bundled
 8x8 digits (offline); `auto` picks idx when the files are there.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,18 +14,18 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lottery_xai.cli import data_parser, data_script
 from lottery_xai.data.mnist import prepare_mnist_eo
-from lottery_xai.cli import data_script
 
 
 @data_script
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", required=True, help="folder with the MNIST IDX files (if any)")
-    parser.add_argument("--json_root", required=True, help="where splits.json and source.json go")
-    parser.add_argument("--source", choices=("auto", "idx", "sklearn"), default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser = data_parser(__doc__, data_root="folder with the MNIST IDX files (if any)",
+                         json_root="where splits.json and source.json go", seed="seed of the validation split",
+                         val_fraction="share of each class's training images kept for validation")
+    parser.add_argument("--source", choices=("auto", "idx", "sklearn"), default="auto",
+                        help="idx: the MNIST IDX files in --data_root; sklearn: scikit-learn's 8x8 digits; auto: idx when "
+                             "the files are there")
     args = parser.parse_args(argv)
     summary = prepare_mnist_eo(args.data_root, args.json_root, source=args.source, seed=args.seed,
                                val_fraction=args.val_fraction)

@@ -8,7 +8,6 @@ data_root holds train/<class>/*, val/<class>/* and optionally test/<class>/* (an
 test split (seeded; the default is the thesis's 2,800 of Imagenette's 3,925). Writes folder_index.json and
 splits.json to --json_root.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,18 +16,16 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lottery_xai.cli import data_script
+from lottery_xai.cli import data_parser, data_script
 from lottery_xai.data.folder import THESIS_TEST_FRACTION, prepare_folder
 
 
 @data_script
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_root", required=True, help="folder holding train/ and val/ (and optionally test/)")
-    parser.add_argument("--json_root", required=True, help="where folder_index.json and splits.json are written")
+    parser = data_parser(__doc__, data_root="folder holding train/ and val/ (and optionally test/)",
+                         json_root="where folder_index.json and splits.json are written", seed="seed of the val/test split")
     parser.add_argument("--test-fraction", type=float, default=THESIS_TEST_FRACTION,
                         help="without a test/ folder: share of each class's val images that become the test split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the val/test split")
     args = parser.parse_args(argv)
     summary = prepare_folder(args.data_root, args.json_root, test_fraction=args.test_fraction, seed=args.seed)
     return (f"folder dataset: {summary['n_classes']} classes, train/val/test {summary['n_train']}/{summary['n_val']}/"

@@ -87,8 +87,9 @@ SANITY_EXTRA = ["cav.n_random=3", "heatmaps.images_per_class=2", "heatmaps.grid_
                 "stats.n_bootstrap=100", "sanity.n_images=0"]
 
 
-def run_steps(cfg, rounds, last: int = 7, log=lambda *_: None) -> None:
-    """Steps 2 (test) to ``last`` of a trained run's ``rounds``, in order, on the CPU (the fixtures' builder)."""
+def run_steps(run, rounds, last: int = 7, log=lambda *_: None) -> None:
+    """Steps 2 (test) to ``last`` of a trained run's ``rounds`` (a ``RunDir``), in order, on the CPU (the
+    fixtures' builder)."""
     from lottery_xai.pipeline.activations import activations_step
     from lottery_xai.pipeline.cavs import cavs_step
     from lottery_xai.pipeline.heatmaps import heatmaps_step
@@ -96,9 +97,9 @@ def run_steps(cfg, rounds, last: int = 7, log=lambda *_: None) -> None:
     from lottery_xai.pipeline.tcav import tcav_step
     from lottery_xai.pipeline.test import evaluate_rounds
 
-    steps = [lambda: evaluate_rounds(cfg, DEVICE, rounds, log=log), lambda: activations_step(cfg, DEVICE, rounds, log=log),
-             lambda: cavs_step(cfg, rounds, log=log), lambda: tcav_step(cfg, DEVICE, rounds, log=log),
-             lambda: heatmaps_step(cfg, DEVICE, rounds, log=log), lambda: metrics_step(cfg, DEVICE, rounds, log=log)]
+    steps = [lambda: evaluate_rounds(run, DEVICE, rounds, log=log), lambda: activations_step(run, DEVICE, rounds, log=log),
+             lambda: cavs_step(run, rounds, log=log), lambda: tcav_step(run, DEVICE, rounds, log=log),
+             lambda: heatmaps_step(run, DEVICE, rounds, log=log), lambda: metrics_step(run, DEVICE, rounds, log=log)]
     for step in steps[:last - 1]:
         step()
 
@@ -108,13 +109,13 @@ def sanity_run(tiny_data, tmp_path_factory):
     """Steps 1-8 of a tiny run (as tests/pipeline/test_pipeline.py's ``tiny_run``, with three methods and no
     reinit control, so that it builds in seconds), shared by the sanity-check and report tests; returns the
     overrides."""
-    from lottery_xai.config import load_config
     from lottery_xai.pipeline.prune import LotteryRun
     from lottery_xai.report import make_all_plots
+    from lottery_xai.rundir import open_run
 
     overrides = tiny_overrides(tiny_data, tmp_path_factory.mktemp("sanity_logs"), *SANITY_EXTRA)
-    cfg, rounds, quiet = load_config(None, overrides), [0, 1, 2], (lambda *_: None)
-    LotteryRun(cfg, DEVICE, log=quiet).run_rounds(rounds)
-    run_steps(cfg, rounds)
-    make_all_plots(cfg, log=quiet)
+    run, rounds, quiet = open_run(None, overrides), [0, 1, 2], (lambda *_: None)
+    LotteryRun(run, DEVICE, log=quiet).run_rounds(rounds)
+    run_steps(run, rounds)
+    make_all_plots(run, log=quiet)
     return overrides

@@ -98,11 +98,11 @@ def test_step_before_its_input_exits_2(tmp_path):
 
 
 def test_readme_key_table_matches_the_schema():
-    """The README's key table is `python -m lottery_xai.config`; a new or changed key must reach it."""
+    """The README's key table is `python -m lottery_xai.doc_reference keys`; a new or changed key must reach it."""
     from pathlib import Path
 
-    from lottery_xai.config import key_table
+    from lottery_xai.doc_reference import key_table
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     missing = [line for line in key_table().splitlines() if line not in readme]
-    assert not missing, f"README key table out of date (regenerate with python -m lottery_xai.config): {missing[:3]}"
+    assert not missing, f"README key table out of date (regenerate with python -m lottery_xai.doc_reference keys): {missing[:3]}"

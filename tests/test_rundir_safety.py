@@ -74,8 +74,8 @@ def finished(tiny_data, tmp_path_factory):
     """Steps 1 and 3 of a two-round tiny run: (overrides, run)."""
     overrides = tiny_overrides(tiny_data, tmp_path_factory.mktemp("finished"), *SMALL)
     cfg = load_config(None, overrides)
-    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1])
-    activations_step(cfg, CPU, [0, 1], log=quiet)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1])
+    activations_step(rd.RunDir(cfg), CPU, [0, 1], log=quiet)
     return overrides, rd.RunDir(cfg)
 
 
@@ -115,7 +115,7 @@ def test_a_second_process_on_the_same_step_stops_with_one_line(finished, tmp_pat
         assert lines[0] == (f"error: run directory '{run.root}' is in use by step test (pid {holder.pid}); "
                             "wait for it or stop it")
         with pytest.raises(UserError, match="in use by step test"):
-            evaluate_rounds(cfg, CPU, [0], log=quiet)
+            evaluate_rounds(rd.RunDir(cfg), CPU, [0], log=quiet)
         assert not run.test_metrics().exists()
         with run.lock("activations"):  # another step of the same run is not blocked
             pass
@@ -127,7 +127,7 @@ def test_a_second_process_on_the_same_step_stops_with_one_line(finished, tmp_pat
         holder.kill()
         holder.wait()
     # the kernel released the dead holder's lock: nothing to clean up by hand
-    evaluate_rounds(cfg, CPU, [0, 1], log=quiet)
+    evaluate_rounds(rd.RunDir(cfg), CPU, [0, 1], log=quiet)
     assert list(pd.read_csv(run.test_metrics())["round"]) == [0, 1]
 
 
@@ -186,7 +186,7 @@ def test_leftover_temporaries_of_the_step_are_removed(finished, tmp_path):
     for p in stale + others:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"\0" * 4096)
-    activations_step(run.cfg, CPU, [0, 1], log=quiet)
+    activations_step(run, CPU, [0, 1], log=quiet)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in others)  # other steps' folders are theirs to clean
     with run.lock("heatmaps"):
@@ -268,8 +268,8 @@ EXTRA = ["experiment_name=fp", "cav.n_random=3", "heatmaps.images_per_class=2", 
 
 
 def _steps(cfg, log):
-    run_steps(cfg, [0, 1], log=log)
-    roar_step(cfg, CPU, [1], log=log)
+    run_steps(rd.RunDir(cfg), [0, 1], log=log)
+    roar_step(rd.RunDir(cfg), CPU, [1], log=log)
 
 
 def _outputs(run: rd.RunDir) -> dict[Path, int]:
@@ -287,7 +287,7 @@ def test_steps_redo_the_rounds_whose_checkpoint_changed(tiny_data, tmp_path):
     overrides = tiny_overrides(tiny_data, tmp_path, *SMALL, *EXTRA)
     cfg = load_config(None, overrides)
     run = rd.RunDir(cfg)
-    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1])
     _steps(cfg, quiet)
     before, tables = _outputs(run), _tables(run)
     prints = {step: run.fingerprints(step) for step in ("test", "activations", "cavs", "tcav", "heatmaps", "metrics", "roar")}
@@ -308,10 +308,10 @@ def test_steps_redo_the_rounds_whose_checkpoint_changed(tiny_data, tmp_path):
     other = load_config(None, overrides + ["train.lr=0.05"])
     assert rd.RunDir(other).root == run.root
     old_fp, old_acts = run.round_fingerprint(1), np.load(run.activation_file(1, "test", "layer3"))
-    LotteryRun(other, CPU, force=True, log=quiet).run_rounds([1])
+    LotteryRun(rd.RunDir(other), CPU, force=True, log=quiet).run_rounds([1])
     assert run.round_fingerprint(1) != old_fp
     with pytest.raises(UserError, match=r"activations output round_01/train .* stale .*rerun step 3"):
-        cavs_step(other, [0, 1], log=quiet)  # CAVs from activations of the old checkpoint are refused
+        cavs_step(rd.RunDir(other), [0, 1], log=quiet)  # CAVs from activations of the old checkpoint are refused
     logged = []
     _steps(other, logged.append)
     after = _outputs(run)

@@ -14,16 +14,9 @@ from torch import nn
 
 from lottery_xai.errors import UserError
 from lottery_xai.activations import forward_with_capture  # the one layer capture
-from lottery_xai.models import get_layer, require_eval
+from lottery_xai.models import require_eval
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None
-
-
-def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The submodule of `model` with dotted name `layer`; UserError naming close matches when there is none."""
-    if not isinstance(layer, str) or not layer:
-        raise UserError(f"layer must be a dotted module name such as 'layer4', got {layer!r}")
-    return get_layer(model, layer)
 
 
 def layer_gradient(

@@ -32,6 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import optimize, stats
+from skimage.segmentation import slic
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from ..crops import resized_crop
 from ..errors import UserError
@@ -81,8 +84,6 @@ def segment_image(image: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), *
     covers more than ``min_fraction`` of the image and its Jaccard overlap with every segment kept at an
     earlier resolution is at most ``max_jaccard``. The overlaps are one matrix product per resolution.
     """
-    from skimage.segmentation import slic
-
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise UserError(f"segment_image expects an RGB image [H, W, 3], got shape {image.shape}")
@@ -169,10 +170,6 @@ def patch_locations(masks: torch.Tensor, boxes: torch.Tensor, parts: torch.Tenso
 def cluster_patches(acts: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded k-means (scikit-learn, 10 starts) of activations [n, D]: (cluster of each row [n], its
     distance to that cluster's centre [n]). At most one cluster per row."""
-    from sklearn.cluster import KMeans
-
-    from threadpoolctl import threadpool_limits
-
     acts = np.asarray(acts, dtype=np.float64)
     k = max(1, min(int(n_clusters), len(acts)))
     with threadpool_limits(limits=1):  # a few hundred rows: threads cost more than they save (4x on 2 cores)

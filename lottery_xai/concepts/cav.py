@@ -437,12 +437,12 @@ def save_cavs(path: str | os.PathLike, result: dict) -> Path:
     return path
 
 
-def load_cavs(path: str | os.PathLike) -> dict:
-    """Read a file written by `save_cavs` back into the `fit_all_cavs` dict (concept names as a list of str)."""
+def load_cavs(path: str | os.PathLike, step: str = "the step that writes it") -> dict:
+    """Read a file written by `save_cavs` back into the `fit_all_cavs` dict (concept names as a list of str);
+    ``step`` names what writes the file in the message about a missing or unreadable one (step 4's label)."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"CAV file '{path}' does not exist; run the CAV step (main_lth_generate_cavs.py) first")
-    step = "step 4 (main_lth_generate_cavs.py)"
+        raise UserError(f"CAV file '{path}' does not exist; run {step} first")
     out = {k: v for k, v in load_npz(path, keys=_KEYS, step=step).items() if k in _KEYS + _OPTIONAL}
     n_concepts = out["concepts"].size
     cavs, random_cavs = out["cavs"], out["random_cavs"]
@@ -450,7 +450,7 @@ def load_cavs(path: str | os.PathLike) -> dict:
             or cavs.shape[-1] != random_cavs.shape[-1] or out["accuracy"].shape != cavs.shape[:2] \
             or out["random_accuracy"].shape != random_cavs.shape[:1]:
         raise unreadable(path, f"inconsistent shapes: {n_concepts} concepts, cavs {list(cavs.shape)}, "
-                                  f"random_cavs {list(random_cavs.shape)}", step)
+                               f"random_cavs {list(random_cavs.shape)}", step)
     if "random_pairs" in out and out["random_pairs"].shape != (len(random_cavs), 2):
         raise unreadable(path, f"random_pairs {list(out['random_pairs'].shape)} for {len(random_cavs)} random CAVs", step)
     if "settings" in out:

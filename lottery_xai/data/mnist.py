@@ -82,7 +82,7 @@ def upsample_digits(images_8x8: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=2)
 def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes a second; bundled data, no download
 
     digits = load_digits()
     return upsample_digits(digits.images), digits.target.astype(np.int64)

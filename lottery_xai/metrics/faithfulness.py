@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lottery_xai.errors import UserError
-from lottery_xai.loaders import derived_seed
+from lottery_xai.seeds import derived_seed
 from lottery_xai.metrics.base import check_eval_mode, check_maps
 
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10)

@@ -1,20 +1,9 @@
-"""The pipeline: one module per step, each with one entry function that the ``main_*.py`` script calls.
+"""The pipeline: the steps that compute, one module per step, each with one entry function declared as a
+step (:func:`lottery_xai.steps.step`); ``python -m lottery_xai.steps table`` lists them.
 
-======  ======================  ====================================
-step    module                  entry
-======  ======================  ====================================
-1       :mod:`.prune`           ``prune_step`` (``LotteryRun``)
-2       :mod:`.test`            ``evaluate_rounds``
-3       :mod:`.activations`     ``activations_step``
-4       :mod:`.cavs`            ``cavs_step``
-5       :mod:`.tcav`            ``tcav_step``
-6       :mod:`.heatmaps`        ``heatmaps_step``
-7       :mod:`.metrics`         ``metrics_step``
-8       :mod:`.plots`           ``plots_step``
-ROAR    :mod:`.roar`            ``roar_step``
-======  ======================  ====================================
-
-:mod:`.rounds` holds what every step shares. A step takes the run (``rundir.RunDir``; a Config is
-opened as its run), reads what earlier steps left in it, skips outputs that are complete and made
-from the current checkpoint, and writes atomically under its step lock. Steps never draw.
+A step takes the run (``rundir.RunDir``), reads what earlier steps left in it, skips outputs that are
+complete and made from the current checkpoint, and writes atomically under its step lock. Steps never
+draw: the figures after a step come from the drawing registered for it in :mod:`lottery_xai.report`.
+:mod:`.loading` holds what the steps load (rounds, data, round models, names from the config),
+:mod:`.maps` the configured maps of an attribution method.
 """

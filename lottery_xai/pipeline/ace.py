@@ -41,19 +41,19 @@ from threadpoolctl import threadpool_limits
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..activations import StreamWriter, layer_activations
 from ..config import Config, ace_protocol
+from ..data.loaders import make_loader
 from ..data.transforms import denormalize
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed, make_loader
+from ..models import get_layer
+from ..names import unknown_name
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npy, load_npz, read_csv, save_csv, save_npz, upsert_table
-from .rounds import load_data, load_round_model, resolve_names, start_step
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
+from .loading import load_data, load_round_model, new_model, resolve_names, start_step
 
-STEP = "main_ace.py"
-STEP1 = "step 1 (main_lth_pruning.py)"
-STEP3 = "step 3 (main_lth_save_activations.py)"
-# derived-seed purposes of this step (beyond loaders.SeedPurpose's values)
 PREFIX = "ace:"
 CONCEPT_COLUMNS = ["round", "class", "concept", "n_patches", "n_images", "cav_acc_mean", "tcav_mean", "tcav_std",
                    "p_value", "significant", "matched_dense_concept", "match_cosine",
@@ -111,15 +111,16 @@ def _check_setup(cfg: Config) -> None:
 
 # ---------------------------------------------------------------- the patch index (once per run)
 
-def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print) -> dict:
+def build_patch_index(run: RunDir, train, info, classes: list[str], log=print) -> dict:
     """The discovery images and their patches (``ace/patches.npz``), made once and reused while the
     settings they depend on are unchanged."""
+    # lazy: lottery_xai.concepts imports scikit-learn (1 s)
     from ..concepts.ace import discovery_indices, patch_locations, segment_image, segment_masks
 
     cfg, path = run.cfg, run.ace_patches()
     settings = patch_settings(cfg)
     if path.is_file():
-        stored = load_npz(path, keys=("settings", "images", "label_maps", "patch_image"), step=STEP)
+        stored = load_npz(path, keys=("settings", "images", "label_maps", "patch_image"), step=label("ace"))
         if str(stored["settings"]) == settings:
             return stored
         log(f"ACE settings changed since {path} was written: making the patch index again")
@@ -159,7 +160,7 @@ def build_patch_index(run: rd.RunDir, train, info, classes: list[str], log=print
 
 def patches_of(index: dict, rows: np.ndarray, fill: float) -> torch.Tensor:
     """The patches [len(rows), 3, H, W] (values in [0, 1]) of patch-index rows, one batched operator."""
-    from ..concepts.ace import make_patches
+    from ..concepts.ace import make_patches  # lazy: scikit-learn (1 s)
 
     rows = np.asarray(rows, dtype=np.int64)
     owners = index["patch_image"][rows]
@@ -207,7 +208,7 @@ def _fit_runs(positives: np.ndarray, negative_sets: list[np.ndarray], cfg: Confi
     set is too small. The classifier and features are the ACE protocol's; under ``reference`` both sides
     are cut to the smaller one, as tensorflow/tcav's ``_create_cav_training_set`` does (the positives keep
     their first rows, closest to the cluster centre first; the negatives, a random set, a seeded subset)."""
-    from ..concepts.cav import NotEnoughExamples, fit_cav
+    from ..concepts.cav import NotEnoughExamples, fit_cav  # lazy: scikit-learn (1 s)
 
     p = ace_protocol(cfg)
     d = positives.shape[1]
@@ -228,17 +229,18 @@ def _fit_runs(positives: np.ndarray, negative_sets: list[np.ndarray], cfg: Confi
     return vectors, accuracy
 
 
-def _random_pool(cfg: Config, run: rd.RunDir, r: int, index: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
+def _random_pool(run: RunDir, r: int, index: dict, c: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, activations source) for class ``c``'s random sets: ``patches``: other classes' patches (rows of
     the patch index); ``images``: step 3's train activations of every train image but the class's discovery
     images (ACE's random folders hold random images of the dataset, apart from the discovery images)."""
+    cfg = run.cfg
     if ace_protocol(cfg).negatives == "patches":
         return np.flatnonzero(index["patch_class"] != c), None
     layer = ace_layer(cfg)
-    path = run.require(run.activation_file(r, "train", layer), STEP3)
-    run.require_up_to_date("activations", f"{rd.round_name(r)}/train", run.round_fingerprint(r), STEP3)
-    ids = load_npy(run.activation_meta(r, "train", "ids"), STEP3, ndim=1)
-    acts = load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+    path = run.require(run.activation_file(r, "train", layer), label("activations"))
+    run.require_up_to_date("activations", f"{round_name(r)}/train", run.round_fingerprint(r), label("activations"))
+    ids = load_npy(run.activation_meta(r, "train", "ids"), label("activations"), ndim=1)
+    acts = load_npy(path, label("activations"), mmap=True, ndim=2, rows=len(ids))
     discovery = np.asarray(index["image_ids"])[np.asarray(index["image_class"]) == c]
     return np.flatnonzero(~np.isin(ids.astype(str), discovery.astype(str))), acts
 
@@ -247,7 +249,7 @@ def random_sets_for(cfg: Config, index: dict, c: int, pool: np.ndarray) -> np.nd
     """The class's random sets [n, ace.max_patches] (the same every round: seeded by the class only):
     ``ace.n_random`` sets, and under the reference protocol one more, the last (ACE's random concept
     ``random_discovery``), whose CAVs against the others are the random CAVs."""
-    from ..concepts.ace import draw_random_sets
+    from ..concepts.ace import draw_random_sets  # lazy: scikit-learn (1 s)
 
     rng = np.random.default_rng(derived_seed(cfg.seed, SeedPurpose.ACE_RANDOM_SETS, c))
     extra = 1 if ace_protocol(cfg).random_cavs == "counterpart" else 0
@@ -256,7 +258,7 @@ def random_sets_for(cfg: Config, index: dict, c: int, pool: np.ndarray) -> np.nd
 
 def _discover_class(cfg: Config, acts_c: np.ndarray, rows: np.ndarray, index: dict, c: int, n_discovery: int):
     """k-means of one class's patches and ACE's rules: (assignment, distance, [(cluster, top rows, members)])."""
-    from ..concepts.ace import closest_members, cluster_patches, kept_clusters
+    from ..concepts.ace import closest_members, cluster_patches, kept_clusters  # lazy: scikit-learn (1 s)
 
     assignment, distance = cluster_patches(acts_c, cfg.ace.n_clusters, derived_seed(cfg.seed, SeedPurpose.ACE_KMEANS, c))
     kept = kept_clusters(assignment, index["patch_image"][rows], n_discovery, cfg.ace.cluster_rules,
@@ -266,39 +268,39 @@ def _discover_class(cfg: Config, acts_c: np.ndarray, rows: np.ndarray, index: di
     return assignment, distance, concepts
 
 
-def _labelled_directions(run: rd.RunDir, r: int, layer: str):
+def _labelled_directions(run: RunDir, r: int, layer: str):
     """(names, unit mean CAV per labelled concept) of step 4 at round ``r``, or None when absent/stale."""
-    from ..concepts.ace import unit_mean
-    from ..concepts.cav import load_cavs
+    from ..concepts.ace import unit_mean  # lazy: scikit-learn (1 s)
+    from ..concepts.cav import load_cavs  # lazy: scikit-learn (1 s)
 
     path = run.cav_file(r, layer)
-    if not path.is_file() or run.fingerprints("cavs").get(f"{rd.round_name(r)}/{layer}") != run.round_fingerprint(r):
+    if not path.is_file() or run.fingerprints("cavs").get(f"{round_name(r)}/{layer}") != run.round_fingerprint(r):
         return None
-    result = load_cavs(path)
+    result = load_cavs(path, label("cavs"))
     names = [n for n in result["concepts"] if not n.startswith(PREFIX)]
     picks = [result["concepts"].index(n) for n in names]
     return names, unit_mean(np.asarray(result["cavs"])[picks])
 
 
-def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str], loader, device, log=print) -> None:
+def discover_round(run: RunDir, r: int, index: dict, info, classes: list[str], loader, device, log=print) -> None:
     """Round ``r``'s activations, clusters, concepts, CAVs, TCAV and table rows."""
-    from ..concepts.ace import concept_significance
-    from ..concepts.tcav import gradients_by_class, tcav_scores
+    from ..concepts.ace import concept_significance  # lazy: scikit-learn (1 s)
+    from ..concepts.tcav import gradients_by_class, tcav_scores  # lazy: scikit-learn (1 s)
 
     cfg = run.cfg
     protocol = ace_protocol(cfg)
     layer = ace_layer(cfg)
     fp = run.round_fingerprint(r)
     value = f"{fp}:{round_settings(cfg)}"
-    model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+    model, ckpt = load_round_model(run, r, info.num_classes, device)
     model.requires_grad_(False)
     acts_path = run.ace_patch_activations(r)
-    unit, acts_value = f"{rd.round_name(r)}/activations", f"{fp}:{activation_settings(cfg)}"
+    unit, acts_value = f"{round_name(r)}/activations", f"{fp}:{activation_settings(cfg)}"
     if not (acts_path.is_file() and run.fingerprints("ace").get(unit) == acts_value):
         stream_patch_activations(model, layer, index, info, acts_path, fill=cfg.ace.fill,
                                  batch_size=cfg.data.eval_batch_size, device=device)
         run.record_fingerprint("ace", unit, acts_value)
-    acts = load_npy(acts_path, STEP, mmap=True, ndim=2, rows=len(index["patch_image"]))
+    acts = load_npy(acts_path, label("ace"), mmap=True, ndim=2, rows=len(index["patch_image"]))
     class_ids = [info.class_names.index(c) for c in classes]
     n_discovery = {c: int((index["image_class"] == c).sum()) for c in class_ids}
     grads = gradients_by_class(model, layer, loader, class_ids, flattening="avg_pool", device=device,
@@ -315,7 +317,7 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
         acts_c = np.asarray(acts[rows], dtype=np.float64)
         assign_c, dist_c, concepts = _discover_class(cfg, acts_c, rows, index, c, n_discovery[c])
         assignment[rows], distance[rows] = assign_c, dist_c
-        pool, pool_acts = _random_pool(cfg, run, r, index, c)
+        pool, pool_acts = _random_pool(run, r, index, c)
         drawn = random_sets_for(cfg, index, c, pool)
         sets = drawn[:cfg.ace.n_random]
         source = acts if pool_acts is None else pool_acts
@@ -384,17 +386,17 @@ def discover_round(run: rd.RunDir, r: int, index: dict, info, classes: list[str]
              layer=np.asarray(layer), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
     upsert_table(run.ace_concepts(), pd.DataFrame(table, columns=CONCEPT_COLUMNS), keys=["round"],
                  sort=["round", "class", "concept"], columns=CONCEPT_COLUMNS, replace={"round": r})
-    run.record_fingerprint("ace", rd.round_name(r), value)
+    run.record_fingerprint("ace", round_name(r), value)
 
 
 # ---------------------------------------------------------------- concepts across rounds
 
-def load_round_concepts(run: rd.RunDir, r: int) -> dict:
+def load_round_concepts(run: RunDir, r: int) -> dict:
     """Round ``r``'s concepts: {class index: {"ids", "members" (patch rows), "directions" (unit mean CAVs)}}."""
-    from ..concepts.ace import unit_mean
+    from ..concepts.ace import unit_mean  # lazy: scikit-learn (1 s)
 
-    clusters = load_npz(run.ace_clusters(r), keys=("concept", "patch_class", "concept_class", "concept_id"), step=STEP)
-    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+    clusters = load_npz(run.ace_clusters(r), keys=("concept", "patch_class", "concept_class", "concept_id"), step=label("ace"))
+    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=label("ace"))
     out = {}
     for c in np.unique(clusters["patch_class"]):
         pick = np.flatnonzero(cavs["concept_class"] == c)
@@ -405,18 +407,18 @@ def load_round_concepts(run: rd.RunDir, r: int) -> dict:
     return out
 
 
-def match_to_dense(run: rd.RunDir, rounds: list[int], class_names: list[str], log=print) -> pd.DataFrame:
+def match_to_dense(run: RunDir, rounds: list[int], class_names: list[str], log=print) -> pd.DataFrame:
     """Match every round's concepts to the dense round's (``ace.match_by``, one to one); fills the match
     columns of ``ace/concepts.csv`` and writes ``ace/survival.csv``. Returns the survival table."""
-    from ..concepts.ace import cosine_matrix, jaccard_matrix, match_concepts
+    from ..concepts.ace import cosine_matrix, jaccard_matrix, match_concepts  # lazy: scikit-learn (1 s)
 
     cfg = run.cfg
-    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=label("ace"))
     if not run.ace_clusters(0).is_file() or table.empty:
         log("ACE: the dense round 0 has no concepts on disk, so nothing is matched across rounds")
         return pd.DataFrame(columns=SURVIVAL_COLUMNS)
     dense = load_round_concepts(run, 0)
-    n_patches = len(load_npz(run.ace_clusters(0), keys=("concept",), step=STEP)["concept"])
+    n_patches = len(load_npz(run.ace_clusters(0), keys=("concept",), step=label("ace"))["concept"])
     sig = {(int(r), str(c), int(k)): bool(s) for r, c, k, s in
            table[["round", "class", "concept", "significant"]].itertuples(index=False)}
     survival = []
@@ -457,15 +459,15 @@ def match_to_dense(run: rd.RunDir, rounds: list[int], class_names: list[str], lo
     return frame
 
 
-def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
+def match_attributes(run: RunDir, info, log=print) -> pd.DataFrame:
     """Fill ``best_attribute``, ``attribute_cosine`` and ``attribute_defining`` of ``ace/concepts.csv``: for
     every round whose step-4 CAVs of the ACE layer are current, the labelled concept whose unit mean CAV
     has the largest cosine with the discovered concept's, and whether it is one of the class's defining
     attributes. Cheap (stored CAVs only), so it runs at the end of every ACE step and a rerun after step
     4 fills in rounds discovered before it."""
-    from ..concepts.ace import cosine_matrix, unit_mean
+    from ..concepts.ace import cosine_matrix, unit_mean  # lazy: scikit-learn (1 s)
 
-    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP)
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=label("ace"))
     if table.empty:
         return table
     layer = ace_layer(run.cfg)
@@ -477,7 +479,7 @@ def match_attributes(run: rd.RunDir, info, log=print) -> pd.DataFrame:
         if labelled is None or not run.ace_cavs(r).is_file() or not len(labelled[0]):
             missing.append(r)
             continue
-        cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP)
+        cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=label("ace"))
         best = cosine_matrix(unit_mean(cavs["cavs"]), labelled[1]) if len(cavs["cavs"]) else np.zeros((0, 1))
         for i, (c, k) in enumerate(zip(cavs["concept_class"], cavs["concept_id"])):
             rows = (table["round"] == r) & (table["class"] == info.class_names[int(c)]) & (table["concept"] == int(k))
@@ -512,7 +514,7 @@ def survival_summary(survival: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the step
 
-def _drop_older_table(run: rd.RunDir, log) -> None:
+def _drop_older_table(run: RunDir, log) -> None:
     """An ``ace/concepts.csv`` written before a column was added (its rounds' settings are stale anyway) is
     removed, so that the rounds asked for are discovered again and written to a table of today's columns."""
     path = run.ace_concepts()
@@ -528,19 +530,21 @@ def _drop_older_table(run: rd.RunDir, log) -> None:
         path.unlink()
 
 
-@rd.locked("ace")
-def ace_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+@step("ace", script="main_ace.py", title="ACE concept discovery: superpixels of each class's train images clustered "
+      "into concepts at the concept layer, every round, with CAVs, TCAV and the match to the dense round's concepts",
+      folder="ace", needs=("pruning", "activations"), uses=("cavs",), per_round=True, gather=True,
+      writes=("ace/patches.npz", "ace/round_XX/patch_activations.npy", "ace/round_XX/clusters.npz",
+              "ace/round_XX/cavs.npz", "ace/concepts.csv", "ace/survival.csv", "ace/fingerprints.json",
+              "config.ace.yaml"),
+      figures=("plots/ace_*.png",))
+def ace_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """Discover concepts at every requested round; returns the concept table (``ace/concepts.csv``)."""
-    from .rounds import as_run
-
-    _check_setup(as_run(run).cfg)
-    run, cfg, rounds = start_step(run, "ace", rounds, log)
+    _check_setup(run.cfg)
+    rounds = start_step(run, "ace", rounds, log)
+    cfg = run.cfg
     datasets, info = load_data(cfg, ("train", *cfg.tcav.splits), augment=False)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
     layer = ace_layer(cfg)
-    from ..models import get_layer
-    from .rounds import new_model
-
     get_layer(new_model(cfg, info.num_classes, cfg.seed), layer)  # a typo in ace.layer fails before any work
     index = build_patch_index(run, datasets["train"], info, classes, log)
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
@@ -549,10 +553,10 @@ def ace_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], f
     for r in tqdm(rounds, desc="ACE rounds"):
         value = f"{run.round_fingerprint(r)}:{settings}"
         done = run.ace_clusters(r).is_file() and run.ace_cavs(r).is_file() and run.ace_concepts().is_file()
-        if not force and done and run.up_to_date("ace", rd.round_name(r), value, log):
+        if not force and done and run.up_to_date("ace", round_name(r), value, log):
             continue
         if force:  # the activations too
-            run.record_fingerprint("ace", f"{rd.round_name(r)}/activations", "")
+            run.record_fingerprint("ace", f"{round_name(r)}/activations", "")
         discover_round(run, r, index, info, classes, loader, device, log)
     survival = match_to_dense(run, rounds, info.class_names, log)
     table = match_attributes(run, info, log)
@@ -571,22 +575,20 @@ def split_concept_names(names: list[str]) -> tuple[list[str], list[str]]:
     return labelled, [n for n in names if str(n).startswith(PREFIX)]
 
 
-def resolve_discovered(run: rd.RunDir, names: list[str]) -> list[tuple[str, int, int]]:
+def resolve_discovered(run: RunDir, names: list[str]) -> list[tuple[str, int, int]]:
     """(name, class index, dense concept id) of each ``ace:<class>:<k>`` (``ace:all``: every significant
     concept of the dense round), checked against ``ace/concepts.csv``."""
-    path = run.require(run.ace_concepts(), f"{STEP} (ACE, round 0)")
-    table = read_csv(path, CONCEPT_COLUMNS, step=STEP)
+    path = run.require(run.ace_concepts(), f"{label('ace')} (ACE, round 0)")
+    table = read_csv(path, CONCEPT_COLUMNS, step=label("ace"))
     dense = table[table["round"] == 0]
     known = {str(n): (str(c), int(k)) for n, c, k in dense[["name", "class", "concept"]].itertuples(index=False)}
-    class_names = [str(s) for s in load_npz(run.ace_patches(), keys=("class_names",), step=STEP)["class_names"]]
+    class_names = [str(s) for s in load_npz(run.ace_patches(), keys=("class_names",), step=label("ace"))["class_names"]]
     wanted = []
     for name in names:
         if name == f"{PREFIX}all":
             wanted += [str(n) for n in dense.loc[dense["significant"].astype(bool), "name"]]
             continue
         if name not in known:
-            from ..names import unknown_name
-
             raise unknown_name(f"discovered concept '{name}' in concepts_for_tcav is not among round 0's ACE concepts",
                                name, list(known), cutoff=0.6, otherwise=f"{len(known)} exist (ace/concepts.csv), "
                                f"as ace:<class>:<k>, or ace:all")
@@ -595,7 +597,7 @@ def resolve_discovered(run: rd.RunDir, names: list[str]) -> list[tuple[str, int,
     return [(n, class_names.index(known[n][0]), known[n][1]) for n in wanted]
 
 
-def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str], n_runs: int, seed: int) -> dict:
+def discovered_concept_cavs(run: RunDir, r: int, layer: str, names: list[str], n_runs: int, seed: int) -> dict:
     """CAVs at round ``r`` of dense-round ACE concepts, for step 4: each concept's patches (as the dense
     round found them) against the class's random sets, from round ``r``'s activations. Returns
     dict(concepts, cavs [n, n_runs, D], accuracy [n, n_runs]); run j uses random set j mod ace.n_random."""
@@ -604,13 +606,13 @@ def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str]
         return {"concepts": [], "cavs": None, "accuracy": None}
     wanted = resolve_discovered(run, names)
     for rr in sorted({0, r}):  # the dense concepts and this round's activations, both current
-        run.require(run.ace_clusters(rr), f"{STEP} (rounds 0 and {r})")
-        run.require_up_to_date("ace", rd.round_name(rr), f"{run.round_fingerprint(rr)}:{round_settings(cfg)}",
-                               f"{STEP} (rounds 0 and {r})")
-    dense = load_npz(run.ace_clusters(0), keys=("concept_class", "concept_id", "concept_top"), step=STEP)
-    stored = load_npz(run.ace_cavs(r), keys=("class_index", "random_sets"), step=STEP)
-    index = load_npz(run.ace_patches(), keys=("patch_class",), step=STEP)
-    acts = load_npy(run.ace_patch_activations(r), STEP, mmap=True, ndim=2, rows=len(index["patch_class"]))
+        run.require(run.ace_clusters(rr), f"{label('ace')} (rounds 0 and {r})")
+        run.require_up_to_date("ace", round_name(rr), f"{run.round_fingerprint(rr)}:{round_settings(cfg)}",
+                               f"{label('ace')} (rounds 0 and {r})")
+    dense = load_npz(run.ace_clusters(0), keys=("concept_class", "concept_id", "concept_top"), step=label("ace"))
+    stored = load_npz(run.ace_cavs(r), keys=("class_index", "random_sets"), step=label("ace"))
+    index = load_npz(run.ace_patches(), keys=("patch_class",), step=label("ace"))
+    acts = load_npy(run.ace_patch_activations(r), label("ace"), mmap=True, ndim=2, rows=len(index["patch_class"]))
     rng = np.random.default_rng(seed)
     cavs, accuracy = [], []
     for name, c, k in wanted:
@@ -618,7 +620,7 @@ def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str]
         top = dense["concept_top"][row]
         top = top[top >= 0]
         sets = stored["random_sets"][list(stored["class_index"]).index(c)]
-        _, pool_acts = _random_pool(cfg, run, r, index, c)
+        _, pool_acts = _random_pool(run, r, index, c)
         source = acts if pool_acts is None else pool_acts
         negatives = [np.asarray(source[sets[j % len(sets)]], dtype=np.float64) for j in range(n_runs)]
         with threadpool_limits(limits=1, user_api="blas"):
@@ -629,21 +631,21 @@ def discovered_concept_cavs(run: rd.RunDir, r: int, layer: str, names: list[str]
             "accuracy": np.stack(accuracy) if accuracy else None}
 
 
-def discovered_names(run: rd.RunDir, names: list[str]) -> list[str]:
+def discovered_names(run: RunDir, names: list[str]) -> list[str]:
     """The ``ace:`` names of concepts_for_tcav resolved to concept names (``ace:all`` expanded); [] for none."""
     return [n for n, _, _ in resolve_discovered(run, names)] if names else []
 
 
-def lacks_discovered(run: rd.RunDir, path, names: list[str]) -> bool:
+def lacks_discovered(run: RunDir, path, names: list[str]) -> bool:
     """Step 4: whether the CAV file ``path`` misses one of the discovered concepts ``names`` asks for."""
     if not names or not path.is_file():
         return False
-    from ..concepts.cav import load_cavs
+    from ..concepts.cav import load_cavs  # lazy: scikit-learn (1 s)
 
-    return not set(discovered_names(run, names)) <= set(load_cavs(path)["concepts"])
+    return not set(discovered_names(run, names)) <= set(load_cavs(path, label("cavs"))["concepts"])
 
 
-def add_discovered_cavs(run: rd.RunDir, r: int, layer: str, names: list[str], result: dict, seed: int) -> dict:
+def add_discovered_cavs(run: RunDir, r: int, layer: str, names: list[str], result: dict, seed: int) -> dict:
     """Step 4: ``result`` (a ``fit_all_cavs`` dict) with the CAVs of the discovered concepts ``names`` at
     ``layer`` appended after the labelled ones (nothing at another layer than ACE's). Step 5 scores them
     like labelled concepts, against the step's random CAVs."""

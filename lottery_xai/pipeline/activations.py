@@ -4,17 +4,17 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..activations import save_activations
 from ..config import Config
-from ..loaders import make_loader
-from .rounds import load_data, load_round_model, new_model, start_step
+from ..data.loaders import make_loader
+from ..models import linear_after
+from ..rundir import RunDir, round_name
+from ..steps import step
+from .loading import load_data, load_round_model, new_model, start_step
 
 
 def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
     """Warn about every configured concept layer after which only pooling and linear layers run."""
-    from ..models import linear_after
-
     model = new_model(cfg, num_classes, cfg.seed)
     tails = [layer for layer in cfg.bb_layers_for_concepts if linear_after(model, layer, cfg.img_size)]
     for layer in tails:
@@ -23,10 +23,14 @@ def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
     return tails
 
 
-@rd.locked("activations")
-def activations_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
+@step("activations", number=3, script="main_lth_save_activations.py", title="bottleneck activations of every "
+      "round and split", folder="activations", needs=("pruning",), per_round=True, pipeline=True,
+      writes=("activations/round_XX/{split}_{layer}.npy", "activations/round_XX/{split}_{labels,concepts,ids}.npy",
+              "activations/fingerprints.json", "config.activations.yaml"))
+def activations_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Bottleneck activations of every split and round, streamed to .npy memory maps."""
-    run, cfg, rounds = start_step(run, "activations", rounds, log)
+    rounds = start_step(run, "activations", rounds, log)
+    cfg = run.cfg
     datasets, info = load_data(cfg, cfg.activations.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     layers = list(cfg.bb_layers_for_concepts)
@@ -35,11 +39,11 @@ def activations_step(run: rd.RunDir | Config, device: torch.device, rounds: list
         for split, dataset in datasets.items():
             outs = {layer: run.activation_file(r, split, layer) for layer in layers}
             extra = {what: run.activation_meta(r, split, what) for what in ("labels", "concepts", "ids")}
-            unit = f"{rd.round_name(r)}/{split}"
+            unit = f"{round_name(r)}/{split}"
             if not force and all(p.is_file() for p in [*outs.values(), *extra.values()]) \
                     and run.up_to_date("activations", unit, fp, log):
                 continue
-            model, _ = load_round_model(cfg, run, r, info.num_classes, device)
+            model, _ = load_round_model(run, r, info.num_classes, device)
             loader = make_loader(dataset, cfg, device, train=False)
             save_activations(model, layers, loader, outs, flattening=cfg.cav_flattening_type, n_images=len(dataset),
                              dtype=cfg.activations.dtype, device=device, extra_paths=extra)

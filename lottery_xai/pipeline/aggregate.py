@@ -34,13 +34,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
-from ..config import Config, replace
+from .. import steps
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed
 from ..metrics import METRICS, map_agreement, tcav_agreement
+from ..rundir import RunDir
 from ..safe_io import fingerprint, load_npz, read_csv, read_json, save_csv, write_text
+from ..seeds import SeedPurpose, derived_seed
 from ..stats.inference import bootstrap_ci, t_interval
+from ..steps import step
 from .metrics import COLUMNS as METRIC_COLUMNS
 from .tcav import TCAV_COLUMNS
 
@@ -53,8 +54,6 @@ METRICS_AGG_COLUMNS = ["round", "weights_remaining", "method", "metric", *STAT_C
 BAND_COLUMNS = ["round", "weights_remaining", "method", "metric", "seed_mean", "seed_ci_low", "seed_ci_high",
                 "seed_n_pairs", "random_mean", "random_ci_low", "random_ci_high", "random_n", "ticket_mean",
                 "ticket_ci_low", "ticket_ci_high", "within_seed_band"]
-STEP2, STEP5, STEP6, STEP7 = ("step 2 (main_lth_test.py)", "step 5 (main_lth_tcav.py)",
-                              "step 6 (main_heatmap_save.py)", "step 7 (main_explanation_metrics.py)")
 CONTROLS = {"ticket": {}, "reinit": {"pruning.rewind": "reinit"}, "random": {"pruning.method": "random"}}
 
 
@@ -69,12 +68,12 @@ def parse_seeds(text: str | None) -> list[int]:
     return seeds
 
 
-def seed_runs(cfg: Config, seeds: list[int], **changes) -> dict[int, rd.RunDir]:
+def seed_runs(run: RunDir, seeds: list[int], **changes) -> dict[int, RunDir]:
     """The run of every seed (with the settings ``changes``, e.g. a control), beside each other."""
-    if cfg.experiment_name:
-        raise UserError(f"experiment_name is set ('{cfg.experiment_name}'): every seed would write the same run "
+    if run.cfg.experiment_name:
+        raise UserError(f"experiment_name is set ('{run.cfg.experiment_name}'): every seed would write the same run "
                         "folder; leave experiment_name empty for replicates")
-    return {s: rd.RunDir(replace(cfg, seed=s, **changes)) for s in seeds}
+    return {s: run.sibling(seed=s, **changes) for s in seeds}
 
 
 def _stats(values, confidence: float) -> dict:
@@ -92,7 +91,7 @@ def _over_seeds(frame: pd.DataFrame, keys: list[str], value: str, confidence: fl
     return pd.DataFrame(rows)
 
 
-def _read_seeds(runs: dict[int, rd.RunDir], path_of, columns, step: str) -> pd.DataFrame:
+def _read_seeds(runs: dict[int, RunDir], path_of, columns, step: str) -> pd.DataFrame:
     """The table of every seed run that has it, with a ``seed`` column (empty when none has it)."""
     frames = []
     for s, run in runs.items():
@@ -102,19 +101,21 @@ def _read_seeds(runs: dict[int, rd.RunDir], path_of, columns, step: str) -> pd.D
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "seed"])
 
 
-def accuracy_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
+def accuracy_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
+    cfg = run.cfg
     confidence = cfg.stats.confidence
     parts = []
     for label, changes in CONTROLS.items():
-        frame = _read_seeds(seed_runs(cfg, seeds, **changes), lambda r: r.test_metrics(),
-                            ["round", "weights_remaining", "test_acc"], STEP2)
+        frame = _read_seeds(seed_runs(run, seeds, **changes), lambda r: r.test_metrics(),
+                            ["round", "weights_remaining", "test_acc"], steps.label("test"))
         if len(frame):
             parts.append(_over_seeds(frame, ["round"], "test_acc", confidence).assign(run=label))
     return pd.concat(parts, ignore_index=True)[ACCURACY_COLUMNS] if parts else pd.DataFrame(columns=ACCURACY_COLUMNS)
 
 
-def tcav_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
-    frame = _read_seeds(seed_runs(cfg, seeds), lambda r: r.tcav_scores(), TCAV_COLUMNS, STEP5)
+def tcav_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
+    cfg = run.cfg
+    frame = _read_seeds(seed_runs(run, seeds), lambda r: r.tcav_scores(), TCAV_COLUMNS, steps.label("tcav"))
     if frame.empty:
         return pd.DataFrame(columns=TCAV_AGG_COLUMNS)
     keys = ["round", "layer", "class", "concept"]
@@ -124,8 +125,10 @@ def tcav_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
     return table.merge(share, on=keys)[TCAV_AGG_COLUMNS]
 
 
-def metrics_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
-    frame = _read_seeds(seed_runs(cfg, seeds), lambda r: r.explanation_metrics(), METRIC_COLUMNS[:6], STEP7)
+def metrics_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
+    cfg = run.cfg
+    frame = _read_seeds(seed_runs(run, seeds), lambda r: r.explanation_metrics(), METRIC_COLUMNS[:6],
+                        steps.label("metrics"))
     if frame.empty:
         return pd.DataFrame(columns=METRICS_AGG_COLUMNS)
     return _over_seeds(frame, ["round", "method", "metric"], "value", cfg.stats.confidence)[METRICS_AGG_COLUMNS]
@@ -133,11 +136,11 @@ def metrics_table(cfg: Config, seeds: list[int]) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- null bands
 
-def _load_maps(run: rd.RunDir, r: int, method: str):
+def _load_maps(run: RunDir, r: int, method: str):
     path = run.heatmap_file(r, method)
     if not path.is_file():
         return None
-    stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
+    stored = load_npz(path, keys=("maps", "ids"), step=steps.label("heatmaps"))
     return stored["ids"], torch.from_numpy(stored["maps"].astype(np.float32))
 
 
@@ -146,7 +149,7 @@ def _agreement(a, b, top_fraction: float, what: str) -> dict[str, np.ndarray]:
     (ids_a, maps_a), (ids_b, maps_b) = a, b
     if not np.array_equal(ids_a, ids_b):
         raise UserError(f"{what}: the maps are of different images (heatmaps.images_per_class or labels_for_tcav "
-                        "differ between the runs); rerun step 6 with the same settings")
+                        f"differ between the runs); rerun {steps.label('heatmaps')} with the same settings")
     with torch.no_grad():
         values = map_agreement(maps_a, maps_b, top_fraction)
     return {k: values[k].numpy() for k in MAP_BANDS}
@@ -157,12 +160,13 @@ def _tcav_pair(a: pd.DataFrame, b: pd.DataFrame) -> dict[str, float]:
     return {"tcav_abs_diff": float(table["abs_diff"].mean()), "tcav_flip": float(table["flipped"].mean())}
 
 
-def seed_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
+def seed_band(run: RunDir, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
     """The consistency metrics between the dense models of every pair of seeds: ``method, metric, seed_mean,
     seed_ci_low, seed_ci_high, seed_n_pairs`` (mean over images per pair, t interval over pairs)."""
-    runs = seed_runs(cfg, seeds)
+    cfg = run.cfg
+    runs = seed_runs(run, seeds)
     pair_values: dict[tuple[str, str], list[float]] = {}
-    tcav = {s: read_csv(r.tcav_scores(), TCAV_COLUMNS, step=STEP5) for s, r in runs.items()
+    tcav = {s: read_csv(r.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) for s, r in runs.items()
             if r.tcav_scores().is_file()}
     for a, b in tqdm(list(itertools.combinations(seeds, 2)), desc="seed pairs"):
         for method in methods:
@@ -186,11 +190,12 @@ def seed_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> p
     return pd.DataFrame(rows, columns=["method", "metric", "seed_mean", "seed_ci_low", "seed_ci_high", "seed_n_pairs"])
 
 
-def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
+def random_band(run: RunDir, seeds: list[int], methods: list[str], log=print) -> pd.DataFrame:
     """The consistency metrics between the random-pruning control at each round and the dense model of
     its seed: ``round, method, metric, random_mean, random_ci_low, random_ci_high, random_n`` (``random_n``:
     control seeds; one seed: bootstrap over images, several: t interval over the seeds' means)."""
-    runs, controls = seed_runs(cfg, seeds), seed_runs(cfg, seeds, **{"pruning.method": "random"})
+    cfg = run.cfg
+    runs, controls = seed_runs(run, seeds), seed_runs(run, seeds, **{"pruning.method": "random"})
     if cfg.pruning.method == "random":
         return pd.DataFrame(columns=["round", "method", "metric", "random_mean", "random_ci_low", "random_ci_high",
                                      "random_n"])
@@ -199,9 +204,9 @@ def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) ->
         control = controls[s]
         if not control.root.is_dir():
             continue
-        tcav_dense = read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+        tcav_dense = read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) \
             if runs[s].tcav_scores().is_file() else None
-        tcav_control = read_csv(control.tcav_scores(), TCAV_COLUMNS, step=STEP5) \
+        tcav_control = read_csv(control.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) \
             if control.tcav_scores().is_file() else None
         for r in runs[s].rounds():
             for method in methods:
@@ -232,15 +237,16 @@ def random_band(cfg: Config, seeds: list[int], methods: list[str], log=print) ->
                                        "random_n"])
 
 
-def null_bands(cfg: Config, seeds: list[int], metrics: pd.DataFrame, log=print) -> pd.DataFrame:
+def null_bands(run: RunDir, seeds: list[int], metrics: pd.DataFrame, log=print) -> pd.DataFrame:
     """Per round, method and consistency metric: seed band, random band, the ticket's drift and the verdict."""
+    cfg = run.cfg
     methods = list(cfg.heatmaps.methods)
     ticket = metrics[metrics["metric"].isin(MAP_BANDS + TCAV_BANDS)].rename(
         columns={"mean": "ticket_mean", "ci_low": "ticket_ci_low", "ci_high": "ticket_ci_high"})
     ticket = ticket[["round", "weights_remaining", "method", "metric", "ticket_mean", "ticket_ci_low",
                      "ticket_ci_high"]]
-    table = ticket.merge(seed_band(cfg, seeds, methods, log), on=["method", "metric"], how="left")
-    table = table.merge(random_band(cfg, seeds, methods, log), on=["round", "method", "metric"], how="left")
+    table = ticket.merge(seed_band(run, seeds, methods, log), on=["method", "metric"], how="left")
+    table = table.merge(random_band(run, seeds, methods, log), on=["round", "method", "metric"], how="left")
     higher = table["metric"].map(lambda m: METRICS[m].higher_is_better)
     within = np.where(higher, table["ticket_mean"] >= table["seed_ci_low"], table["ticket_mean"] <= table["seed_ci_high"])
     known = table["ticket_mean"].notna() & table["seed_ci_low"].notna() & table["seed_ci_high"].notna()
@@ -250,19 +256,33 @@ def null_bands(cfg: Config, seeds: list[int], metrics: pd.DataFrame, log=print) 
 
 # ---------------------------------------------------------------- the step
 
-def _inputs(cfg: Config, seeds: list[int]) -> dict[str, str]:
+def _inputs(run: RunDir, seeds: list[int]) -> dict[str, str]:
     """The fingerprint of every file the tables read (present ones), keyed by path."""
+    cfg = run.cfg
     paths = []
     for changes in CONTROLS.values():
-        for run in seed_runs(cfg, seeds, **changes).values():
-            paths += [run.test_metrics(), run.tcav_scores(), run.explanation_metrics()]
-            paths += [run.heatmap_file(r, m) for r in run.rounds() for m in cfg.heatmaps.methods]
+        for seed_run in seed_runs(run, seeds, **changes).values():
+            paths += [seed_run.test_metrics(), seed_run.tcav_scores(), seed_run.explanation_metrics()]
+            paths += [seed_run.heatmap_file(r, m) for r in seed_run.rounds() for m in cfg.heatmaps.methods]
     return {str(p): fingerprint(p) for p in paths if p.is_file()}
 
 
-def aggregate_step(cfg: Config, seeds: list[int], force: bool = False, log=print) -> dict[str, pd.DataFrame]:
-    """Write the replicates' tables (see the module docstring); returns them by name."""
-    runs = seed_runs(cfg, seeds)
+def _seeds_option(parser) -> None:
+    parser.add_argument("--seeds", required=True, type=parse_seeds,
+                        help="comma-separated seeds of the replicates, e.g. 0,1,2")
+
+
+@step("aggregate", script="main_aggregate.py", title="replicates: mean and interval over the seed runs of one config, "
+      "and the null bands of change", lock=False, rounds="none", across="seeds", arguments=_seeds_option,
+      needs=("test",), uses=("tcav", "heatmaps", "metrics"),
+      writes=("{replicates}/accuracy.csv", "{replicates}/tcav.csv", "{replicates}/metrics.csv",
+              "{replicates}/null_bands.csv", "{replicates}/inputs.json"),
+      figures=("{replicates}/plots/*.png",))
+def aggregate_step(run: RunDir, seeds: list[int], force: bool = False, log=print) -> dict[str, pd.DataFrame]:
+    """Write the replicates' tables of the seed runs of ``run``'s config (see the module docstring) into
+    ``RunDir.aggregate_dir(seeds)`` (``{replicates}``), under the first seed run's lock; returns them by name."""
+    cfg = run.cfg
+    runs = seed_runs(run, seeds)
     missing = [str(r.root) for r in runs.values() if not r.root.is_dir()]
     if missing:
         raise UserError(f"run folder '{missing[0]}' not found; run the seeds first "
@@ -271,17 +291,18 @@ def aggregate_step(cfg: Config, seeds: list[int], force: bool = False, log=print
     names = ("accuracy", "tcav", "metrics", "null_bands")
     with first.lock("aggregate"):
         stamp = {"seeds": seeds, "stats": vars(cfg.stats), "top_fraction": cfg.metrics.top_fraction,
-                 "methods": list(cfg.heatmaps.methods), "inputs": _inputs(cfg, seeds)}
+                 "methods": list(cfg.heatmaps.methods), "inputs": _inputs(run, seeds)}
         record = first.aggregate_record(seeds)
         if not force and record.is_file() and all(first.aggregate_file(seeds, n).is_file() for n in names) \
                 and read_json(record) == json.loads(json.dumps(stamp)):
             log(f"replicates up to date: {first.aggregate_dir(seeds)}")
             return {n: read_csv(first.aggregate_file(seeds, n)) for n in names}
-        metrics = metrics_table(cfg, seeds)
-        tables = {"accuracy": accuracy_table(cfg, seeds), "tcav": tcav_table(cfg, seeds), "metrics": metrics,
-                  "null_bands": null_bands(cfg, seeds, metrics, log)}
+        metrics = metrics_table(run, seeds)
+        tables = {"accuracy": accuracy_table(run, seeds), "tcav": tcav_table(run, seeds), "metrics": metrics,
+                  "null_bands": null_bands(run, seeds, metrics, log)}
         if tables["accuracy"].empty:
-            raise UserError(f"no test accuracy in any seed run (e.g. '{first.test_metrics()}'); run {STEP2} first")
+            raise UserError(f"no test accuracy in any seed run (e.g. '{first.test_metrics()}'); "
+                            f"run {steps.label('test')} first")
         for name, table in tables.items():
             save_csv(first.aggregate_file(seeds, name), table)
         write_text(record, json.dumps(stamp, indent=1) + "\n")

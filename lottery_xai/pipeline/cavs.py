@@ -15,35 +15,36 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..config import Config, cav_protocol
 from ..data import require_annotations
-from ..loaders import SeedPurpose, derived_seed
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npy, read_csv, unreadable, upsert_table
-from .rounds import load_data, resolve_names, start_step
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import get, label, step
+from .ace import add_discovered_cavs, lacks_discovered, split_concept_names
+from .loading import load_data, resolve_names, start_step
 
 CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
 
-STEP3 = "step 3 (main_lth_save_activations.py)"
 
-
-def _stacked(cfg: Config, run: rd.RunDir, r: int, layer: str, info=None) -> tuple[np.ndarray, np.ndarray]:
+def _stacked(run: RunDir, r: int, layer: str, info=None) -> tuple[np.ndarray, np.ndarray]:
     """The activations and concept labels of the CAV splits, checked against each other (and, given the
     dataset's ``info``, against its splits and concepts)."""
+    cfg, step3 = run.cfg, label("activations")
     acts, concepts = [], []
     for split in cfg.cav.splits:
-        path = run.require(run.activation_file(r, split, layer), STEP3)
-        run.require_up_to_date("activations", f"{rd.round_name(r)}/{split}", run.round_fingerprint(r), STEP3)
+        path = run.require(run.activation_file(r, split, layer), step3)
+        run.require_up_to_date("activations", f"{round_name(r)}/{split}", run.round_fingerprint(r), step3)
         expected = len(info.split_ids[split]) if info is not None else None
-        ids = load_npy(run.activation_meta(r, split, "ids"), STEP3, ndim=1, rows=expected)
-        act = load_npy(path, STEP3, mmap=True, ndim=2, rows=len(ids))
+        ids = load_npy(run.activation_meta(r, split, "ids"), step3, ndim=1, rows=expected)
+        act = load_npy(path, step3, mmap=True, ndim=2, rows=len(ids))
         concepts_path = run.activation_meta(r, split, "concepts")
-        labels = load_npy(concepts_path, STEP3, ndim=2, rows=len(ids))
+        labels = load_npy(concepts_path, step3, ndim=2, rows=len(ids))
         if info is not None and labels.shape[1] != info.n_concepts:
-            raise unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", STEP3)
+            raise unreadable(concepts_path, f"{labels.shape[1]} concepts, the dataset has {info.n_concepts}", step3)
         if acts and act.shape[1] != acts[0].shape[1]:
             raise unreadable(path, f"{act.shape[1]} values per image, {acts[0].shape[1]} in the "
-                                      f"{cfg.cav.splits[0]} split", STEP3)
+                                   f"{cfg.cav.splits[0]} split", step3)
         acts.append(act)
         concepts.append(labels)
     return np.concatenate(acts).astype(np.float32), np.concatenate(concepts)
@@ -63,7 +64,7 @@ def settings_value(fingerprint: str, settings: dict) -> str:
     return f"{fingerprint}|{json.dumps(settings, sort_keys=True)}"
 
 
-def settings_current(run: rd.RunDir, step: str, unit: str, fingerprint: str, settings: dict, log=None) -> bool:
+def settings_current(run: RunDir, step: str, unit: str, fingerprint: str, settings: dict, log=None) -> bool:
     """Whether ``step``'s outputs of ``unit`` were made with ``settings`` (their checkpoint is checked by
     ``run.up_to_date``); logs which settings changed when not."""
     recorded = run.fingerprints(step).get(f"{unit}#settings")
@@ -83,25 +84,28 @@ def settings_current(run: rd.RunDir, step: str, unit: str, fingerprint: str, set
     return False
 
 
-def _activation_width(cfg: Config, run: rd.RunDir, r: int, layer: str) -> int | None:
+def _activation_width(run: RunDir, r: int, layer: str) -> int | None:
     """Values per image of round ``r``'s stored activations of ``layer`` (None when step 3 left none)."""
-    path = run.activation_file(r, cfg.cav.splits[0], layer)
-    return load_npy(path, STEP3, mmap=True, ndim=2).shape[1] if path.is_file() else None
+    path = run.activation_file(r, run.cfg.cav.splits[0], layer)
+    return load_npy(path, label("activations"), mmap=True, ndim=2).shape[1] if path.is_file() else None
 
 
-@rd.locked("cavs")
-def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
-    """Concept and random CAVs for every round and layer, and the held-out accuracy of each."""
-    from ..concepts.cav import fit_all_cavs, load_cavs, save_cavs  # scikit-learn: imported by the steps that fit
+@step("cavs", number=4, script="main_lth_generate_cavs.py", title="concept and random CAVs of every round and layer",
+      folder="cavs", needs=("pruning", "activations"), uses=("ace",), per_round=True, pipeline=True,
+      writes=("cavs/round_XX/{layer}.npz", "cavs/cav_accuracy.csv", "cavs/fingerprints.json", "config.cavs.yaml"))
+def cavs_step(run: RunDir, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """Concept and random CAVs for every round and layer, and the held-out accuracy of each (with ``ace:``
+    names in concepts_for_tcav, the CAVs of ACE's discovered concepts too: ``uses`` ace)."""
+    from ..concepts.cav import fit_all_cavs, load_cavs, save_cavs  # lazy: scikit-learn (1 s), only the steps that fit
 
-    run, cfg, rounds = start_step(run, "cavs", rounds, log)
+    rounds = start_step(run, "cavs", rounds, log)
+    cfg = run.cfg
     _, info = load_data(cfg, ())
     # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), appended to the labelled ones
-    from .ace import add_discovered_cavs, lacks_discovered, split_concept_names
-
     labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
     if labelled:  # a folder dataset has no labelled concepts (ACE's discovered ones work): say so in one line
-        require_annotations(cfg.dataset, "concepts", "step 4 (main_lth_generate_cavs.py, concepts_for_tcav)")
+        this = get("cavs")
+        require_annotations(cfg.dataset, "concepts", f"step {this.number} ({this.script}, concepts_for_tcav)")
     concepts = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
     columns = [info.concept_names.index(c) for c in concepts]
     table = read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
@@ -110,11 +114,11 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
         fp, rows = run.round_fingerprint(r), []
         for layer in cfg.bb_layers_for_concepts:
             path = run.cav_file(r, layer)
-            unit = f"{rd.round_name(r)}/{layer}"
+            unit = f"{round_name(r)}/{layer}"
             if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log) \
                     or not settings_current(run, "cavs", unit, fp, settings, log) \
                     or lacks_discovered(run, path, discovered):
-                acts, labels = _stacked(cfg, run, r, layer, info)
+                acts, labels = _stacked(run, r, layer, info)
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
                                       negatives=protocol.negatives, classifier=protocol.classifier,
                                       standardize=protocol.standardize, linear_alpha=cfg.cav.linear_alpha,
@@ -127,11 +131,11 @@ def cavs_step(run: rd.RunDir | Config, rounds: list[int], force: bool = False, l
                 save_cavs(path, result)
                 run.record_fingerprint("cavs", unit, fp)
                 run.record_fingerprint("cavs", f"{unit}#settings", settings_value(fp, settings))
-            result = load_cavs(path)
-            width = _activation_width(cfg, run, r, layer)
+            result = load_cavs(path, label("cavs"))
+            width = _activation_width(run, r, layer)
             if width is not None and result["cavs"].shape[-1] != width:
                 raise unreadable(path, f"CAVs of {result['cavs'].shape[-1]} values, the activations of {layer} "
-                                          f"have {width}", "step 4 (main_lth_generate_cavs.py)")
+                                       f"have {width}", label("cavs"))
             for c, name in enumerate(result["concepts"]):
                 rows += [{"round": r, "layer": layer, "concept": name, "run": k, "accuracy": a, "kind": "concept"}
                          for k, a in enumerate(result["accuracy"][c])]

@@ -6,13 +6,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npz, save_npz, unreadable
-from .rounds import configured_maps, load_data, load_round_model, resolve_names, start_step
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
+from .loading import load_data, load_round_model, resolve_names, start_step
+from .maps import configured_maps
+
 
 def heatmap_selection(cfg: Config, test, class_names: list[str]) -> np.ndarray:
     """The test-split indices the config selects: the first ``heatmaps.images_per_class`` of each class of
@@ -23,7 +26,7 @@ def heatmap_selection(cfg: Config, test, class_names: list[str]) -> np.ndarray:
                            for c in classes]).astype(np.int64)
 
 
-def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
+def heatmap_images(run: RunDir, device: torch.device, log=None):
     """The test images explained at every round (chosen once, stored with the maps), as tensors.
 
     The stored selection must be the one the config makes (``labels_for_tcav``, ``heatmaps.images_per_class``).
@@ -35,7 +38,7 @@ def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
     indices = heatmap_selection(cfg, test, info.class_names)
     path = run.heatmap_images()
     if path.is_file():
-        fix = "step 6 (main_heatmap_save.py), after deleting the file,"
+        fix = f"{label('heatmaps')}, after deleting the file,"
         stored = load_npz(path, keys=("indices", "ids", "labels", "images", "class_names"), step=fix)
         kept = stored["indices"]
         if kept.ndim != 1 or not np.issubdtype(kept.dtype, np.integer) or len(stored["ids"]) != len(kept):
@@ -50,7 +53,7 @@ def heatmap_images(run: rd.RunDir, device: torch.device, log=None):
                       f"{cfg.heatmaps.images_per_class} select {len(indices)}" if len(kept) != len(indices) else
                       f"'{path}' holds other images than labels_for_tcav and heatmaps.images_per_class select")
             if log is None:
-                raise UserError(f"{change}: run step 6 (main_heatmap_save.py) again to make the maps of the new images")
+                raise UserError(f"{change}: run {label('heatmaps')} again to make the maps of the new images")
             stale = sorted(run.root.joinpath("heatmaps").glob("round_*/*.npz"))
             for old in stale:
                 old.unlink()
@@ -88,19 +91,24 @@ def ig_completeness(details: dict, cfg: Config, r: int, log) -> dict[str, np.nda
             "output_difference": details["output_difference"].cpu().numpy().astype(np.float32), "ig_steps": steps}
 
 
-@rd.locked("heatmaps")
-def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
+@step("heatmaps", number=6, script="main_heatmap_save.py", title="attribution maps (Grad-CAM and the others) of the "
+      "same test images at every round", folder="heatmaps", needs=("pruning",), per_round=True, pipeline=True,
+      writes=("heatmaps/images.npz", "heatmaps/round_XX/{method}.npz", "heatmaps/fingerprints.json",
+              "config.heatmaps.yaml"),
+      figures=("plots/heatmaps_{method}.png",))
+def heatmaps_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> None:
     """Attribution maps of the same test images at every round, for every configured method."""
-    run, cfg, rounds = start_step(run, "heatmaps", rounds, log)
+    rounds = start_step(run, "heatmaps", rounds, log)
+    cfg = run.cfg
     batch, info = heatmap_images(run, device, log)
     images = batch["image"].to(device)
     for r in tqdm(rounds, desc="heatmap rounds"):
         fp = run.round_fingerprint(r)
         todo = [m for m in cfg.heatmaps.methods if force or not run.heatmap_file(r, m).is_file()
-                or not run.up_to_date("heatmaps", f"{rd.round_name(r)}/{m}", fp, log)]
+                or not run.up_to_date("heatmaps", f"{round_name(r)}/{m}", fp, log)]
         if not todo:
             continue
-        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
         with torch.no_grad():
             predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
@@ -114,5 +122,5 @@ def heatmaps_step(run: rd.RunDir | Config, device: torch.device, rounds: list[in
                      labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),
                      maps=maps.cpu().numpy().astype(np.float32), weights_remaining=ckpt["weights_remaining"],
                      **extra)
-            run.record_fingerprint("heatmaps", f"{rd.round_name(r)}/{method}", fp)
+            run.record_fingerprint("heatmaps", f"{round_name(r)}/{method}", fp)
     log(f"step 6 done: maps in {run.root / 'heatmaps'}")

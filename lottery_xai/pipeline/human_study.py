@@ -36,18 +36,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
+from .. import steps
 from ..attribution import get_method
 from ..config import Config
+from ..data import build_datasets, denormalize
+from ..data.loaders import make_loader
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed, make_loader
 from ..metrics import pixel_rank
+from ..rundir import RunDir, round_name
 from ..safe_io import read_csv, read_json, save_csv, write_bytes, write_text
+from ..seeds import SeedPurpose, derived_seed
 from ..stats.human import preference_probabilities, simulate_answers
-from .rounds import STEP1, configured_maps, load_data, load_round_model
+from .loading import load_data, load_round_model
+from .maps import configured_maps
 
-STEP = "human_study"
-EXPORT = "main_human_study.py export"
+STEP = "human_study"  # the step's key (declared with its commands in lottery_xai.report.human_study)
+
+
+def export_label() -> str:
+    """How messages name the export: ``main_human_study.py export``."""
+    return f"{steps.label(STEP)} export"
 # The study's draws are seeded derived_seed(seed, SeedPurpose.HUMAN_STUDY, draw).
 IMAGE_CHOICE, SIDE_ORDER, TOP_TIES, TASK_ORDER, SIMULATION = 1, 2, 3, 4, 5
 
@@ -62,7 +70,6 @@ KEY_COLUMNS = {
     2: ["item_id", "image_id", "label", "class", "round", "weights_remaining", "file"],
 }
 STIMULI_COLUMNS = ["file", "kind", "image_id", "label", "class", "round", "weights_remaining"]
-KINDS = ("overlay", "top")
 
 
 def _seed(cfg: Config, draw: int) -> int:
@@ -71,25 +78,26 @@ def _seed(cfg: Config, draw: int) -> int:
 
 # ---------------------------------------------------------------- which rounds
 
-def round_weights(run: rd.RunDir) -> dict[int, float]:
+def round_weights(run: RunDir) -> dict[int, float]:
     """Prunable weights remaining of every finished round (step 1's summary)."""
-    summary = read_csv(run.require(run.pruning_summary(), STEP1), ["round", "weights_remaining"], step=STEP1)
+    step1 = steps.label("pruning")
+    summary = read_csv(run.require(run.pruning_summary(), step1), ["round", "weights_remaining"], step=step1)
     done = set(run.finished_rounds())
     return {int(r): float(w) for r, w in zip(summary["round"], summary["weights_remaining"]) if int(r) in done}
 
 
-def choose_rounds(run: rd.RunDir, rounds: list[int] | None = None, log=print) -> list[int]:
+def choose_rounds(run: RunDir, rounds: list[int] | None = None, log=print) -> list[int]:
     """The rounds shown: ``rounds`` when given, else the finished round closest (in weights remaining)
     to each value of ``human_study.weights_remaining``; sorted, at least two."""
     weights = round_weights(run)
     if rounds:
         missing = [r for r in rounds if r not in weights]
         if missing:
-            raise UserError(f"rounds {missing} have no checkpoint in '{run.root}'; run {STEP1} for them first")
+            raise UserError(f"rounds {missing} have no checkpoint in '{run.root}'; run {steps.label('pruning')} for them first")
         chosen = sorted(set(rounds))
     else:
         if not weights:
-            raise UserError(f"no finished round in '{run.root}'; run {STEP1} first")
+            raise UserError(f"no finished round in '{run.root}'; run {steps.label('pruning')} first")
         picks = [min(weights, key=lambda r: (abs(weights[r] - target), r)) for target in run.cfg.human_study.weights_remaining]
         chosen = sorted(set(picks))
         if len(chosen) < len(picks):
@@ -103,14 +111,15 @@ def choose_rounds(run: rd.RunDir, rounds: list[int] | None = None, log=print) ->
 
 # ---------------------------------------------------------------- which images
 
-def correct_everywhere(cfg: Config, run: rd.RunDir, rounds: list[int], device, log=print):
+def correct_everywhere(run: RunDir, rounds: list[int], device, log=print):
     """Indices of the test images that every round in ``rounds`` classifies correctly, the labels, the info."""
+    cfg = run.cfg
     datasets, info = load_data(cfg, ("test",), augment=False)
     loader = make_loader(datasets["test"], cfg, device, train=False)
     labels = torch.cat([batch["label"] for batch in loader])
     correct = torch.ones(len(labels), dtype=torch.bool)
     for r in tqdm(rounds, desc="human study: classify test images"):
-        model, _ = load_round_model(cfg, run, r, info.num_classes, device)
+        model, _ = load_round_model(run, r, info.num_classes, device)
         with torch.no_grad():
             predicted = torch.cat([model(batch["image"].to(device)).argmax(1).cpu() for batch in loader])
         correct &= predicted == labels
@@ -174,8 +183,6 @@ def _write_png(path, rgb: np.ndarray) -> None:
 def display_images(cfg: Config, indices: np.ndarray, size: int) -> torch.Tensor:
     """The chosen test images at the display size, [N, 3, S, S] in [0, 1] (decoded at that size when it
     is not the model's: sharper than an upscaled model input)."""
-    from ..data import build_datasets, denormalize
-
     datasets, info = build_datasets(cfg.dataset, cfg.data_root, cfg.json_root, size, splits=("test",),
                                     augment_train=False, seed=cfg.seed, cache=False)
     test = datasets["test"]
@@ -241,41 +248,39 @@ def _settings(cfg: Config, rounds: list[int]) -> dict:
             "data_root": str(cfg.data_root)}
 
 
-def export_complete(run: rd.RunDir, rounds: list[int], log=print) -> bool:
+def export_complete(run: RunDir, rounds: list[int], log=print) -> bool:
     """Whether an export with these rounds and settings, from the current checkpoints, is on disk."""
     record = run.human_study_export_record()
     if not record.is_file():
         return False
-    if read_json(record, step=EXPORT).get("settings") != json.loads(json.dumps(_settings(run.cfg, rounds))):
+    if read_json(record, step=export_label()).get("settings") != json.loads(json.dumps(_settings(run.cfg, rounds))):
         log("human study: settings changed since the last export; exporting again")
         return False
-    if any(run.fingerprints(STEP).get(rd.round_name(r)) != run.round_fingerprint(r) for r in rounds):
+    if any(run.fingerprints(STEP).get(round_name(r)) != run.round_fingerprint(r) for r in rounds):
         log("human study: step 1 was redone since the last export; exporting again")
         return False
     files = [run.human_study_stimuli_index()] + [p(e) for e in (1, 2) for p in (run.human_study_batch, run.human_study_key)]
     if not all(p.is_file() for p in files):
         return False
-    index = read_csv(run.human_study_stimuli_index(), STIMULI_COLUMNS, step=EXPORT)
+    index = read_csv(run.human_study_stimuli_index(), STIMULI_COLUMNS, step=export_label())
     return all(run.human_study_stimulus(f).is_file() for f in index["file"])
 
 
-@rd.locked(STEP)
-def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[int] | None = None,
+def export_stimuli(run: RunDir, device: torch.device, rounds: list[int] | None = None,
                    force: bool = False, log=print) -> dict:
     """Write the stimuli, the batch files and the answer keys; returns {"rounds", "images", "tasks"}.
     A rerun with the same rounds, settings and checkpoints skips (``force`` redoes it)."""
-    run = run if isinstance(run, rd.RunDir) else rd.RunDir(run)
     cfg, h = run.cfg, run.cfg.human_study
     get_method(h.method)
     rounds = choose_rounds(run, rounds, log)
     weights = round_weights(run)
     if not force and export_complete(run, rounds, log):
         log(f"human study: export of rounds {rounds} is complete in {run.human_study_dir}; nothing to do (--force redoes it)")
-        key = read_csv(run.human_study_key(2), KEY_COLUMNS[2], step=EXPORT)
+        key = read_csv(run.human_study_key(2), KEY_COLUMNS[2], step=export_label())
         return {"rounds": rounds, "images": key["image_id"].nunique(), "tasks": {e: len(read_csv(run.human_study_key(e)))
                                                                                  for e in (1, 2)}}
     run.save_config(STEP)
-    correct, labels, test, info = correct_everywhere(cfg, run, rounds, device, log)
+    correct, labels, test, info = correct_everywhere(run, rounds, device, log)
     indices, short = choose_images(correct, labels, info.num_classes, h.images_per_class,
                                    np.random.default_rng(_seed(cfg, IMAGE_CHOICE)))
     for c, n in short.items():
@@ -294,7 +299,7 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
     stimuli = []
     ties = torch.Generator().manual_seed(_seed(cfg, TOP_TIES))
     for r in tqdm(rounds, desc="human study: maps"):
-        model, _ = load_round_model(cfg, run, r, info.num_classes, device)
+        model, _ = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
         maps = configured_maps(cfg, h.method, model, model_images.to(device), targets.to(device),
                                derived_seed(_seed(cfg, r), 0), normalize="none").float().cpu()
@@ -313,7 +318,7 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
         save_csv(run.human_study_key(experiment), key)
         save_csv(run.human_study_batch(experiment), batch)
     for r in rounds:
-        run.record_fingerprint(STEP, rd.round_name(r), run.round_fingerprint(r))
+        run.record_fingerprint(STEP, round_name(r), run.round_fingerprint(r))
     write_text(run.human_study_export_record(), json.dumps(
         {"settings": _settings(cfg, rounds), "weights_remaining": {str(r): weights[r] for r in rounds},
          "class_names": list(info.class_names), "images": len(chosen)}, indent=1) + "\n")
@@ -326,15 +331,15 @@ def export_stimuli(run: rd.RunDir | Config, device: torch.device, rounds: list[i
     return {"rounds": rounds, "images": len(chosen), "tasks": n_tasks}
 
 
-def class_names(run: rd.RunDir) -> list[str]:
+def class_names(run: RunDir) -> list[str]:
     """The class names of the last export (the answers experiment 2 offers)."""
-    return list(read_json(run.require(run.human_study_export_record(), EXPORT), step=EXPORT)["class_names"])
+    return list(read_json(run.require(run.human_study_export_record(), export_label()), step=export_label())["class_names"])
 
 
-def read_export(run: rd.RunDir, experiment: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_export(run: RunDir, experiment: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(batch, key) of an experiment of the last export."""
-    batch = read_csv(run.require(run.human_study_batch(experiment), EXPORT), BATCH_COLUMNS[experiment], step=EXPORT)
-    key = read_csv(run.require(run.human_study_key(experiment), EXPORT), KEY_COLUMNS[experiment], step=EXPORT)
+    batch = read_csv(run.require(run.human_study_batch(experiment), export_label()), BATCH_COLUMNS[experiment], step=export_label())
+    key = read_csv(run.require(run.human_study_key(experiment), export_label()), KEY_COLUMNS[experiment], step=export_label())
     return batch, key
 
 
@@ -362,8 +367,7 @@ def _worker_ids(n_items: int, per_item: int, pool: int, rng: np.random.Generator
     return np.argsort(rng.random((n_items, pool)), axis=1)[:, :per_item]
 
 
-@rd.locked(STEP)
-def simulate_results(run: rd.RunDir | Config, *, preference: float = 0.6, equal_share: float = 0.2,
+def simulate_results(run: RunDir, *, preference: float = 0.6, equal_share: float = 0.2,
                      accuracy: dict[int, float] | float = 0.85, dont_know: float = 0.05, agreement: float = 0.3,
                      workers: int | None = None, pool: int = 0, seed: int | None = None, log=print) -> dict[int, str]:
     """Simulated result files of both experiments of the last export (``RunDir.human_study_simulated``).
@@ -373,7 +377,6 @@ def simulate_results(run: rd.RunDir | Config, *, preference: float = 0.6, equal_
     ``accuracy`` (one value, or one per round), "don't know" with ``dont_know``, else a wrong class at
     random. ``agreement``: Krippendorff's alpha the answers have in expectation. ``workers`` per task
     (default ``human_study.workers_per_item``) drawn from a pool of ``pool`` workers (default 4x)."""
-    run = run if isinstance(run, rd.RunDir) else rd.RunDir(run)
     cfg = run.cfg
     workers = workers or cfg.human_study.workers_per_item
     pool = max(pool or 4 * workers, workers)

@@ -42,45 +42,44 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..config import Config
 from ..data import get_dataset
-from ..loaders import SeedPurpose, derived_seed
-from ..metrics import METRICS, MetricInputs, compute_metrics
 from ..errors import UserError
+from ..metrics import METRICS, MetricInputs, compute_metrics
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npz, read_csv, save_csv, save_npz, unreadable, upsert_table
+from ..seeds import SeedPurpose, derived_seed
 from ..stats.inference import TEST_COLUMNS, bootstrap_ci, paired_tests
+from ..steps import label, step
 from .heatmaps import heatmap_images
-from .rounds import as_run, configured_maps, finished_rounds, load_data, load_round_model
+from .loading import finished_rounds, load_data, load_round_model
+from .maps import check_methods, configured_maps
 from .tcav import TCAV_COLUMNS
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
 PER_IMAGE_COLUMNS = ["round", "method", "metric", "image_id", "value"]
 
 
-STEP6 = "step 6 (main_heatmap_save.py)"
-
-
-def _maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
+def _maps(run: RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
           ids: torch.Tensor | None = None) -> torch.Tensor | None:
     """Round ``r``'s stored maps of ``method`` as float32 (None when absent), checked against the explained images."""
     found = _stored_maps(run, r, method, device, images, ids)
     return None if found is None else found[0]
 
 
-def _stored_maps(run: rd.RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
+def _stored_maps(run: RunDir, r: int, method: str, device, images: torch.Tensor | None = None,
                  ids: torch.Tensor | None = None) -> tuple[torch.Tensor, np.dtype] | None:
     """`_maps` and the numpy dtype step 6 stored them in."""
-    path = run.heatmap_file(r, method)
+    path, step6 = run.heatmap_file(r, method), label("heatmaps")
     if not path.is_file():
         return None
-    stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
+    stored = load_npz(path, keys=("maps", "ids"), step=step6)
     maps = stored["maps"]
     if images is not None and maps.shape != (len(images), *images.shape[-2:]):
         raise unreadable(path, f"maps of shape {list(maps.shape)}, expected {[len(images), *images.shape[-2:]]} "
-                                  f"for the images of {run.heatmap_images().name}", STEP6)
+                               f"for the images of {run.heatmap_images().name}", step6)
     if ids is not None and not np.array_equal(stored["ids"], ids.cpu().numpy()):
-        raise unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", STEP6)
+        raise unreadable(path, f"its maps are of other images than {run.heatmap_images().name}", step6)
     return torch.from_numpy(maps.astype(np.float32)).to(device), maps.dtype
 
 
@@ -89,16 +88,17 @@ def _as_stored(maps: torch.Tensor, dtype) -> torch.Tensor:
     return torch.from_numpy(maps.detach().cpu().numpy().astype(dtype).astype(np.float32)).to(maps.device)
 
 
-def _require_maps(cfg: Config, run: rd.RunDir, rounds: list[int]) -> None:
+def _require_maps(run: RunDir, rounds: list[int]) -> None:
     """Step 7 measures step 6's maps: every requested round's (and the dense round's, the reference of
     the consistency metrics) for every method in heatmaps.methods must be on disk."""
-    run.require(run.heatmap_images(), STEP6)
+    step6 = label("heatmaps")
+    run.require(run.heatmap_images(), step6)
     needed = sorted(set(rounds) | ({0} if rounds else set()))
     for r in needed:
-        for method in cfg.heatmaps.methods:
+        for method in run.cfg.heatmaps.methods:
             path = run.heatmap_file(r, method)
             if not path.is_file():
-                raise UserError(f"'{path}' is missing; run {STEP6} first (it computes heatmaps.methods for rounds "
+                raise UserError(f"'{path}' is missing; run {step6} first (it computes heatmaps.methods for rounds "
                                 f"{','.join(map(str, needed))})")
 
 
@@ -145,11 +145,11 @@ def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=Non
     return compute_metrics(inputs)
 
 
-def train_mean_file(run: rd.RunDir):
+def train_mean_file(run: RunDir):
     return run.explanation_metrics().parent / "train_mean.npz"
 
 
-def train_channel_mean(run: rd.RunDir, log=print) -> torch.Tensor:
+def train_channel_mean(run: RunDir, log=print) -> torch.Tensor:
     """The training split's per-channel mean in normalised units, [C] float32: every eval-transformed
     training image (no augmentation, as ROAR's images), averaged over images and pixels in float64. Computed
     once per run and stored in ``metrics/train_mean.npz`` with the dataset and image size it is of (made
@@ -157,7 +157,7 @@ def train_channel_mean(run: rd.RunDir, log=print) -> torch.Tensor:
     cfg = run.cfg
     path = train_mean_file(run)
     if path.is_file():
-        stored = load_npz(path, keys=("mean", "dataset", "img_size"), step="step 7, after deleting the file,")
+        stored = load_npz(path, keys=("mean", "dataset", "img_size"), step=f"{label('metrics')}, after deleting the file,")
         if str(stored["dataset"]) == cfg.dataset and int(stored["img_size"]) == cfg.img_size:
             return torch.from_numpy(stored["mean"].astype(np.float32))
     datasets, _ = load_data(cfg, ("train",), augment=False)
@@ -226,14 +226,14 @@ def _per_image_rows(r: int, method: str, values: dict, ids: np.ndarray) -> pd.Da
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PER_IMAGE_COLUMNS)
 
 
-def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
+def _start_tables(run: RunDir, force: bool, log) -> pd.DataFrame:
     """The metrics table on disk (empty with ``force``: the requested rounds are redone, the others kept).
     A table of an older version (no interval columns) is emptied: every round is measured again (a round
     without per-image rows is too, see `metrics_step`)."""
     path = run.explanation_metrics()
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
-    table = read_csv(path, COLUMNS[:6], step="step 7 (main_explanation_metrics.py) with --force")
+    table = read_csv(path, COLUMNS[:6], step=f"{label('metrics')} with --force")
     if not set(COLUMNS) <= set(table.columns):
         log(f"'{path}' has no intervals (an older step 7): measuring every round again")
         save_csv(path, pd.DataFrame(columns=COLUMNS))
@@ -241,11 +241,11 @@ def _start_tables(run: rd.RunDir, force: bool, log) -> pd.DataFrame:
     return pd.DataFrame(columns=COLUMNS) if force else table
 
 
-def write_tests(run: rd.RunDir, table: pd.DataFrame) -> pd.DataFrame:
+def write_tests(run: RunDir, table: pd.DataFrame) -> pd.DataFrame:
     """``metrics/tests.csv`` from the per-image values of every round on disk (one correction over all); the
     diagnostic rows (a spec's ``tested=False``: the count of skipped all-zero maps) are not tested."""
     per_image = read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True,
-                         step="step 7 (main_explanation_metrics.py) with --force")
+                         step=f"{label('metrics')} with --force")
     untested = [name for name, spec in METRICS.items() if not spec.tested]
     per_image = per_image[~per_image["metric"].isin(untested)]
     s = run.cfg.stats
@@ -256,7 +256,7 @@ def write_tests(run: rd.RunDir, table: pd.DataFrame) -> pd.DataFrame:
     return tests
 
 
-def _fingerprints(run: rd.RunDir, r: int) -> str:
+def _fingerprints(run: RunDir, r: int) -> str:
     """Round ``r``'s metrics come from its checkpoint and, for the consistency with the dense maps, round 0's."""
     fp = run.round_fingerprint(r)
     if r == 0:
@@ -264,7 +264,7 @@ def _fingerprints(run: rd.RunDir, r: int) -> str:
     return fp + "+" + (run.round_fingerprint(0) if run.checkpoint(0, run.cfg.test.checkpoint).is_file() else "none")
 
 
-def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
+def _inputs_stamp(run: RunDir, r: int, with_tcav: bool) -> str:
     """What round ``r``'s metrics are made from: the checkpoints (`_fingerprints`), the content of the stored
     maps they read (round r's and the dense round's: step 6 redone with other images or settings makes
     step 7 measure again), the ``metrics.*`` settings (changed settings measure again) and whether the TCAV
@@ -274,7 +274,7 @@ def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
         for q in sorted({r, 0}):
             path = run.heatmap_file(q, method)
             if path.is_file():
-                stored = load_npz(path, keys=("maps", "ids"), step=STEP6)
+                stored = load_npz(path, keys=("maps", "ids"), step=label("heatmaps"))
                 digest.update(f"{q}/{method}:".encode())
                 digest.update(np.ascontiguousarray(stored["ids"]).tobytes())
                 digest.update(np.ascontiguousarray(stored["maps"]).tobytes())
@@ -283,22 +283,27 @@ def _inputs_stamp(run: rd.RunDir, r: int, with_tcav: bool) -> str:
             + ("+tcav" if with_tcav else ""))
 
 
-def _current_tcav(run: rd.RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
+def _current_tcav(run: RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
     """Whether round ``r``'s TCAV rows were made from its current checkpoint (every layer of them)."""
     fp = run.round_fingerprint(r)
     layers = sorted(set(tcav.loc[tcav["round"] == r, "layer"]))
-    if all(run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp) for layer in layers):
+    if all(run.up_to_date("tcav", f"{round_name(r)}/{layer}", fp) for layer in layers):
         return True
-    log(f"round {r}: TCAV scores are stale (step 1 was redone); rerun step 5 for the TCAV agreement rows")
+    log(f"round {r}: TCAV scores are stale (step 1 was redone); rerun {label('tcav')} for the TCAV agreement rows")
     return False
 
 
-@rd.locked("metrics")
-def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
-    run = as_run(run)
+@step("metrics", number=7, script="main_explanation_metrics.py", title="faithfulness, localisation and consistency "
+      "metrics of the stored maps, every round", folder="metrics", needs=("pruning", "heatmaps"), uses=("tcav",),
+      per_round=True, needs_round_0=True, gather=True, pipeline=True,
+      writes=("metrics/explanations.csv", "metrics/per_image.csv", "metrics/tests.csv", "metrics/train_mean.npz",
+              "metrics/fingerprints.json", "config.metrics.yaml"))
+def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+    """Step 7 on the requested rounds (see the module docstring); returns ``metrics/explanations.csv``."""
     cfg = run.cfg
+    check_methods(cfg)
     rounds = finished_rounds(run, rounds, log)
-    _require_maps(cfg, run, rounds)
+    _require_maps(run, rounds)
     run.save_config("metrics")
     batch, info = heatmap_images(run, device)
     images, boxes, parts = batch["image"].to(device), batch["bbox"].to(device), batch["parts"].to(device)
@@ -312,21 +317,21 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
     table = _start_tables(run, force, log)
     per_image = read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
     ids = batch["id"].numpy()
-    tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step="step 5 (main_lth_tcav.py)") \
+    tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step=label("tcav")) \
         if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
         with_tcav = tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
             and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log)
         stamp = _inputs_stamp(run, r, with_tcav)
         if not force and (table["round"] == r).any() and (per_image["round"] == r).any() \
-                and run.up_to_date("metrics", rd.round_name(r), stamp, log):
+                and run.up_to_date("metrics", round_name(r), stamp, log):
             continue
         for method in cfg.heatmaps.methods:  # maps made before step 1 was redone are not measured
             for q in sorted({r, 0}):
                 if run.heatmap_file(q, method).is_file():
-                    run.require_up_to_date("heatmaps", f"{rd.round_name(q)}/{method}", run.round_fingerprint(q),
-                                           "step 6 (main_heatmap_save.py)")
-        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+                    run.require_up_to_date("heatmaps", f"{round_name(q)}/{method}", run.round_fingerprint(q),
+                                           label("heatmaps"))
+        model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
         rows, image_rows = [], []
         for method in cfg.heatmaps.methods:
@@ -354,7 +359,7 @@ def metrics_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int
                                  replace={"round": r})
         table = upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
                              columns=COLUMNS, replace={"round": r})
-        run.record_fingerprint("metrics", rd.round_name(r), stamp)
+        run.record_fingerprint("metrics", round_name(r), stamp)
     tests = write_tests(run, table)
     log(summary_table(table).to_string())
     if len(tests):

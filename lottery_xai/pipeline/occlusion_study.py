@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..config import Config
 from ..data.transforms import denormalize
-from ..loaders import SeedPurpose, derived_seed
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npz, read_csv, save_npz, upsert_table
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
 from .ace import CONCEPT_COLUMNS, patch_settings, round_settings
-from .rounds import load_data, load_round_model, resolve_names, start_step
+from .loading import load_data, load_round_model, resolve_names, start_step
 
-STEP = "main_occlusion_study.py"
 COLUMNS = ["round", "weights_remaining", "class", "image_id", "target_prob", "n_selected", "mask_area",
            "mask_in_box", "heat_in_box", "random_in_box", "random_squares_in_box", "parts_in_mask", "mask_on_concepts", "mask_on_significant"]
 
@@ -43,9 +43,9 @@ def study_settings(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def study_images(run: rd.RunDir, train, info, classes: list[str], log=print) -> dict:
+def study_images(run: RunDir, train, info, classes: list[str], log=print) -> dict:
     """The study's images (fixed once): normalised tensors, labels, boxes, parts, ids."""
-    from ..concepts.ace import discovery_indices
+    from ..concepts.ace import discovery_indices  # lazy: scikit-learn (1 s)
 
     cfg = run.cfg
     class_ids = [info.class_names.index(c) for c in classes]
@@ -58,7 +58,7 @@ def study_images(run: rd.RunDir, train, info, classes: list[str], log=print) -> 
     items = [train[int(i)] for i in positions]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "label", "bbox", "parts", "id")}
     if not run.occlusion_images().is_file() or \
-            not np.array_equal(load_npz(run.occlusion_images(), keys=("ids",), step=STEP)["ids"], batch["id"].numpy()):
+            not np.array_equal(load_npz(run.occlusion_images(), keys=("ids",), step=label("occlusion_study"))["ids"], batch["id"].numpy()):
         shown = (denormalize(batch["image"], info) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         save_npz(run.occlusion_images(), positions=positions, ids=batch["id"].numpy(), labels=batch["label"].numpy(),
                  bbox=batch["bbox"].numpy(), parts=batch["parts"].numpy(), images=shown,
@@ -66,20 +66,20 @@ def study_images(run: rd.RunDir, train, info, classes: list[str], log=print) -> 
     return batch
 
 
-def _concept_pixels(run: rd.RunDir, r: int, ids: np.ndarray, class_names: list[str]):
+def _concept_pixels(run: RunDir, r: int, ids: np.ndarray, class_names: list[str]):
     """Per study image, the pixels [N, H, W] of round ``r``'s discovered concepts' patches and of its
     significant ones, or None when ACE's outputs of that round are absent or stale."""
     cfg = run.cfg
     value = f"{run.round_fingerprint(r)}:{round_settings(cfg)}"
     if not (run.ace_clusters(r).is_file() and run.ace_patches().is_file() and run.ace_concepts().is_file()) \
-            or run.fingerprints("ace").get(rd.round_name(r)) != value:
+            or run.fingerprints("ace").get(round_name(r)) != value:
         return None
     index = load_npz(run.ace_patches(), keys=("settings", "image_ids", "label_maps", "patch_image", "patch_res",
-                                                 "patch_label", "patch_class"), step="main_ace.py")
+                                              "patch_label", "patch_class"), step=label("ace"))
     if str(index["settings"]) != patch_settings(cfg):
         return None
-    concept = load_npz(run.ace_clusters(r), keys=("concept",), step="main_ace.py")["concept"]
-    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step="main_ace.py")
+    concept = load_npz(run.ace_clusters(r), keys=("concept",), step=label("ace"))["concept"]
+    table = read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=label("ace"))
     table = table[(table["round"] == r) & table["significant"].astype(bool)]
     significant = {(class_names.index(str(c)), int(k)) for c, k in table[["class", "concept"]].itertuples(index=False)}
     is_sig = np.array([(int(c), int(k)) in significant for c, k in zip(index["patch_class"], concept)], dtype=bool)
@@ -117,13 +117,19 @@ def _parts_covered(mask: torch.Tensor, parts: torch.Tensor) -> np.ndarray:
     return torch.where(visible > 0, hit.sum(1).double() / visible.clamp(min=1), torch.nan).numpy()
 
 
-@rd.locked("occlusion_study")
-def occlusion_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False,
+@step("occlusion_study", script="main_occlusion_study.py", title="the occlusion-sensitivity study: random squares "
+      "filled with the image's mean colour, the z-scored drop of the class probability, and the squares that matter, "
+      "at every round", folder="occlusion", needs=("pruning",), uses=("ace",), per_round=True,
+      writes=("occlusion/images.npz", "occlusion/round_XX/study.npz", "occlusion/occlusion.csv",
+              "occlusion/fingerprints.json", "config.occlusion_study.yaml"),
+      figures=("plots/occlusion_masks.png",))
+def occlusion_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False,
                    log=print) -> pd.DataFrame:
     """The occlusion study of every requested round; returns ``occlusion/occlusion.csv``."""
-    from ..attribution.occlusion_study import energy_in_box, occlusion_study, square_counts
+    from ..attribution.occlusion_study import energy_in_box, occlusion_study, square_counts  # lazy: scipy.stats (1 s)
 
-    run, cfg, rounds = start_step(run, "occlusion_study", rounds, log)
+    rounds = start_step(run, "occlusion_study", rounds, log)
+    cfg = run.cfg
     datasets, info = load_data(cfg, ("train",), augment=False)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
     batch = study_images(run, datasets["train"], info, classes, log)
@@ -134,9 +140,9 @@ def occlusion_step(run: rd.RunDir | Config, device: torch.device, rounds: list[i
     for r in tqdm(rounds, desc="occlusion rounds"):
         value = f"{run.round_fingerprint(r)}:{settings}"
         if not force and run.occlusion_file(r).is_file() and run.occlusion_table().is_file() \
-                and run.up_to_date("occlusion_study", rd.round_name(r), value, log):
+                and run.up_to_date("occlusion_study", round_name(r), value, log):
             continue
-        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
         generator = torch.Generator().manual_seed(derived_seed(cfg.seed, SeedPurpose.OCCLUSION_SQUARES))  # the same squares every round
         out = occlusion_study(model, images, labels, n_masks=cfg.occlusion_study.n_masks,
@@ -166,8 +172,8 @@ def occlusion_step(run: rd.RunDir | Config, device: torch.device, rounds: list[i
                  size=np.asarray(out["size"]), weights_remaining=np.asarray(float(ckpt["weights_remaining"])))
         upsert_table(run.occlusion_table(), frame, keys=["round", "image_id"], sort=["round", "class", "image_id"],
                      columns=COLUMNS, replace={"round": r})
-        run.record_fingerprint("occlusion_study", rd.round_name(r), value)
-    table = read_csv(run.occlusion_table(), COLUMNS, step=STEP) if run.occlusion_table().is_file() \
+        run.record_fingerprint("occlusion_study", round_name(r), value)
+    table = read_csv(run.occlusion_table(), COLUMNS, step=label("occlusion_study")) if run.occlusion_table().is_file() \
         else pd.DataFrame(columns=COLUMNS)
     if len(table):
         log(occlusion_summary(table).to_string(index=False, float_format=lambda x: f"{x:.3f}"))

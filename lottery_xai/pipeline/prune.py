@@ -30,17 +30,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
 from ..config import Config, to_dict
+from ..data.loaders import HideLabels, WithOriginalView, make_loader
 from ..errors import UserError
-from ..loaders import HideLabels, SeedPurpose, WithOriginalView, derived_seed, make_loader
 from ..models import architecture
 from ..pruning import (Masks, apply_masks, full_masks, prune, random_matched, remaining_fractions,
                        reset_batchnorm_stats, target_fractions)
+from ..rundir import RunDir
 from ..safe_io import fingerprint, load_torch, save_csv, save_torch, upsert_table
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
 from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
-from ..training.distributed import Distributed
-from .rounds import STEP1, as_run, cam_layer, check_state, foreign_checkpoint, load_data, model_masks_template, new_model
+from ..training.distributed import Distributed, setup_distributed
+from .loading import check_state, foreign_checkpoint, load_data, model_masks_template, new_model
+from .maps import cam_layer, check_methods
 
 SUMMARY_COLUMNS = ["round", "weights_remaining", "total_weights_remaining", "best_val_acc", "last_val_acc", "train_seconds"]
 
@@ -65,12 +71,13 @@ def mask_digest(masks: Masks) -> str:
 class LotteryRun:
     """Runs or resumes the rounds of one experiment (one run directory)."""
 
-    def __init__(self, run: rd.RunDir | Config, device: torch.device, *, force: bool = False,
+    def __init__(self, run: RunDir, device: torch.device, *, force: bool = False,
                  dist: Distributed | None = None, callbacks: Callable[[int], Sequence[Callback]] | None = None,
                  log: Callable[[str], None] = print):
         """``callbacks(r)``: extra training callbacks for round ``r`` (tests interrupt a round with them)."""
-        self.run = as_run(run)
-        cfg = self.cfg = self.run.cfg
+        self.run = run
+        cfg = self.cfg = run.cfg
+        check_methods(cfg)
         self.device, self.force = device, force
         self.dist = dist or Distributed()
         self.round_callbacks = callbacks
@@ -83,13 +90,13 @@ class LotteryRun:
         self.ticket_run = self._ticket_source()
 
     # ---------------------------------------------------------------- masks and rewinding
-    def _mask_source(self) -> rd.RunDir | None:
+    def _mask_source(self) -> RunDir | None:
         p = self.cfg.pruning
         if p.rewind == "reinit" and p.reinit_masks_from != "self":
             return self.run.sibling(**{"pruning.rewind": p.reinit_masks_from, "experiment_name": ""})
         return None
 
-    def _ticket_source(self) -> rd.RunDir | None:
+    def _ticket_source(self) -> RunDir | None:
         """The random-pruning control's ticket (``pruning.method: random``, ``random_sparsity: matched``):
         the magnitude run with the same settings otherwise, whose per-tensor alive counts it matches."""
         p = self.cfg.pruning
@@ -106,7 +113,7 @@ class LotteryRun:
                 f"the random-pruning control matches round {r}'s per-layer sparsity of the ticket '{self.ticket_run.root}', "
                 f"which has no round {r}; run main_lth_pruning.py with pruning.method=magnitude (same settings otherwise) "
                 "first (or set pruning.random_sparsity=uniform)")
-        masks = self._masks(load_torch(path, step=f"{STEP1} with pruning.method=magnitude", keys=("masks",))["masks"], path)
+        masks = self._masks(load_torch(path, step=f"{label('pruning')} with pruning.method=magnitude", keys=("masks",))["masks"], path)
         return {n: int(m.sum()) for n, m in masks.items()}
 
     def masks_for_round(self, r: int) -> Masks:
@@ -123,7 +130,7 @@ class LotteryRun:
             return self._masks(load_torch(path, step=step, keys=("masks",))["masks"], path)
         counts = self._ticket_counts(r) if self.ticket_run is not None else None
         path = self.run.checkpoint(r - 1)
-        prev = load_torch(path, step=STEP1, keys=("state_dict", "masks"))
+        prev = load_torch(path, step=label("pruning"), keys=("state_dict", "masks"))
         generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, SeedPurpose.PRUNE, r))
         if counts is not None:  # the LTH random-pruning control: the ticket's count per tensor
             previous = self._masks(prev["masks"], path)
@@ -145,8 +152,8 @@ class LotteryRun:
     def _state(self, state, path) -> dict:
         return check_state(self.template, state, path)
 
-    def _load_state(self, path, step: str = STEP1) -> dict:
-        return self._state(load_torch(path, step=step, keys=("state_dict",))["state_dict"], path)
+    def _load_state(self, path) -> dict:
+        return self._state(load_torch(path, step=label("pruning"), keys=("state_dict",))["state_dict"], path)
 
     def late_rewind(self) -> tuple[str, int] | None:
         """``("epoch", K)`` or ``("iter", K)`` for late rewinding with K > 0, else None."""
@@ -244,8 +251,6 @@ class LotteryRun:
             train_set = HideLabels(train_set, cfg.train.unlabeled_fraction, derived_seed(cfg.seed, SeedPurpose.UNLABELED))
         sampler = None
         if self.dist.world > 1:
-            from torch.utils.data.distributed import DistributedSampler
-
             sampler = DistributedSampler(train_set, self.dist.world, self.dist.rank, shuffle=True,
                                          seed=derived_seed(cfg.seed, SeedPurpose.DATA_ORDER, r))
         train_loader = make_loader(train_set, cfg, self.device, train=True,
@@ -254,8 +259,6 @@ class LotteryRun:
         start_iteration = self.start_iteration(r, len(train_loader))
         ddp = None
         if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
             ddp = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         callbacks = self._rewind_snapshot() if r == 0 else []
         if self.round_callbacks is not None:
@@ -342,7 +345,7 @@ class LotteryRun:
                   "gc_mse summed over pixels": tc.loss == "gc_mse" and tc.cgc_lambda > 0}
         if not any(checks.values()):
             return
-        ckpt = load_torch(self.run.checkpoint(r), step=STEP1)
+        ckpt = load_torch(self.run.checkpoint(r), step=label("pruning"))
         found = {"late rewinding on a fresh schedule": "start_iteration" in ckpt,
                  "uniform random pruning": ckpt.get("random_sparsity") == "matched",
                  "gc_mse summed over pixels": ckpt.get("gc_mse_reduction") == "mean"}
@@ -354,7 +357,7 @@ class LotteryRun:
     def summary_rows(self) -> list[dict]:
         rows = []
         for r in self.run.finished_rounds():
-            ckpt = load_torch(self.run.checkpoint(r), step=STEP1, keys=tuple(SUMMARY_COLUMNS[1:]))
+            ckpt = load_torch(self.run.checkpoint(r), step=label("pruning"), keys=tuple(SUMMARY_COLUMNS[1:]))
             rows.append({"round": r, **{k: ckpt[k] for k in SUMMARY_COLUMNS[1:-1]}, "train_seconds": ckpt["train_seconds"]})
         return rows
 
@@ -363,7 +366,6 @@ class LotteryRun:
         if self.dist.main:
             upsert_table(self.run.pruning_summary(), rows, keys=["round"], sort=["round"], columns=SUMMARY_COLUMNS)
 
-    @rd.locked("pruning")  # one process per run directory (rank 0 takes it under torchrun)
     def run_rounds(self, rounds: list[int]) -> pd.DataFrame:
         if self.dist.main:
             self.run.save_config("pruning")
@@ -386,11 +388,14 @@ class LotteryRun:
         return pd.DataFrame(sorted(rows.values(), key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
 
 
-def prune_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False,
+@step("pruning", number=1, script="main_lth_pruning.py", title="train the dense network, then prune it round by round "
+      "(IMP with rewinding)", folder="pruning", pipeline=True, controls=True,
+      writes=("pruning/init.pt", "pruning/rewind.pt", "pruning/round_XX/checkpoint.pt", "pruning/round_XX/best.pt",
+              "pruning/round_XX/epochs.csv", "pruning/summary.csv", "config.pruning.yaml"))
+def prune_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False,
                log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Step 1: the requested rounds, under torchrun with every process of the group (rank 0 writes)."""
-    from ..training.distributed import setup_distributed
-
+    """Step 1: the requested rounds, in order (round r starts from round r - 1's masks), under torchrun with
+    every process of the group (rank 0 writes and holds the step's lock)."""
     dist = setup_distributed(device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

@@ -25,21 +25,22 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..activations import StreamWriter
 from ..attribution import attribute
 from ..config import Config, replace, roar_epochs
 from ..data import get_dataset
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed
 from ..metrics.faithfulness import pixel_rank
 from ..models import architecture
 from ..pruning import apply_masks, reset_batchnorm_stats
+from ..rundir import RunDir, round_name
 from ..safe_io import load_npy, load_torch, read_csv, save_npy, unreadable, upsert_table
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
 from ..training.roar import RemovedBatches, rank_dtype, retrain
+from .loading import SPLITS, check_state, load_data, load_round_model, new_model, start_step
+from .maps import layer_for, method_options
 from .metrics import method_code
-from .rounds import (STEP1, SPLITS, as_run, check_state, layer_for, load_data, load_round_model, method_options,
-                     new_model, start_step)
 
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
            "best_val_acc", "n_test", "train_seconds"]
@@ -59,8 +60,9 @@ def _check(cfg: Config) -> list[str]:
     return list(dict.fromkeys([*rc.methods, "random"]))
 
 
-def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
+def prepare_images(run: RunDir, device, log=print) -> dict:
     """Eval-transformed images and labels of every split as .npy memory maps (written once), and the fill."""
+    cfg = run.cfg
     missing = [s for s in SPLITS if not (run.roar_data(s, "images").is_file() and run.roar_data(s, "labels").is_file())]
     if missing:
         datasets, _ = load_data(cfg, missing, augment=False)
@@ -101,9 +103,9 @@ def prepare_images(cfg: Config, run: rd.RunDir, device, log=print) -> dict:
     return data
 
 
-def rank_stamp(cfg: Config, run: rd.RunDir, r: int) -> str:
+def rank_stamp(run: RunDir, r: int) -> str:
     """What round ``r``'s ranks (and the points retrained on them) are made from: its checkpoint and the tie policy."""
-    return f"{run.round_fingerprint(r)}+ties:{cfg.metrics.ties}-per-image"
+    return f"{run.round_fingerprint(r)}+ties:{run.cfg.metrics.ties}-per-image"
 
 
 def rank_seeds(cfg: Config, r: int, split_index: int, method: str, start: int, n: int) -> list[int] | None:
@@ -114,15 +116,15 @@ def rank_seeds(cfg: Config, r: int, split_index: int, method: str, start: int, n
             for i in range(n)]
 
 
-def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str], data: dict, device,
-                  log=None) -> None:
+def compute_ranks(run: RunDir, r: int, model, methods: list[str], data: dict, device, log=None) -> None:
     """Maps of every image of every split by the round's model, stored as ranks (once per round, method,
     checkpoint and tie policy: ranks made from another checkpoint of the round are recomputed)."""
-    fp = rank_stamp(cfg, run, r)
+    cfg = run.cfg
+    fp = rank_stamp(run, r)
     for method in methods:
         for split_index, split in enumerate(SPLITS):
             path = run.roar_ranks(r, method, split)
-            unit = f"{rd.round_name(r)}/ranks_{method}_{split}"
+            unit = f"{round_name(r)}/ranks_{method}_{split}"
             if path.is_file() and run.up_to_date("roar", unit, fp, log):
                 continue
             images, labels = data[split]["images"], data[split]["labels"]
@@ -148,23 +150,25 @@ def compute_ranks(cfg: Config, run: rd.RunDir, r: int, model, methods: list[str]
             run.record_fingerprint("roar", unit, fp)
 
 
-def _ranks(run: rd.RunDir, r: int, method: str, split: str, images) -> np.ndarray:
+def _ranks(run: RunDir, r: int, method: str, split: str, images) -> np.ndarray:
     """The stored pixel ranks of a split, one row of H*W per image."""
     n, _, h, w = images.shape
-    ranks = load_npy(run.roar_ranks(r, method, split), "main_roar.py", mmap=True, ndim=2, rows=n)
+    ranks = load_npy(run.roar_ranks(r, method, split), label("roar"), mmap=True, ndim=2, rows=n)
     if ranks.shape[1] != h * w:
         raise unreadable(run.roar_ranks(r, method, split), f"{ranks.shape[1]} ranks per image, expected {h * w}",
-                         "main_roar.py")
+                         label("roar"))
     return ranks
 
 
-def fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_index: int):
+def fresh_model(run: RunDir, ckpt: dict, num_classes: int, seed_index: int):
     """The model a ROAR point retrains: a dense fresh init per seed, or the round's ticket (mask, rewound init)."""
+    cfg = run.cfg
     if cfg.roar.retrain == "dense":
         return new_model(cfg, num_classes, derived_seed(cfg.seed, SeedPurpose.ROAR_INIT, seed_index)), None
     model = new_model(cfg, num_classes, cfg.seed)
-    path = run.require(run.init_state(), STEP1)
-    model.load_state_dict(check_state(model, load_torch(path, step=STEP1, keys=("state_dict",))["state_dict"], path))
+    path = run.require(run.init_state(), label("pruning"))
+    model.load_state_dict(check_state(model, load_torch(path, step=label("pruning"), keys=("state_dict",))["state_dict"],
+                                      path))
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     if ckpt.get("round", 0):
         reset_batchnorm_stats(model)
@@ -172,35 +176,41 @@ def fresh_model(cfg: Config, run: rd.RunDir, ckpt: dict, num_classes: int, seed_
     return model, masks
 
 
-@rd.locked("roar")
-def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+@step("roar", script="main_roar.py", title="ROAR (remove and retrain): the pixels a round's maps rank highest are "
+      "replaced by the training mean and the architecture is retrained", folder="roar", needs=("pruning",),
+      rounds="config:roar.rounds", per_round=True,
+      writes=("roar/data/{split}_{images,labels,fill}.npy", "roar/round_XX/ranks_{method}_{split}.npy", "roar/roar.csv",
+              "roar/fingerprints.json", "config.roar.yaml"),
+      figures=("plots/roar.png",))
+def roar_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
-    methods = _check(as_run(run).cfg)
-    run, cfg, rounds = start_step(run, "roar", rounds, log)
-    data = prepare_images(cfg, run, device, log)
+    methods = _check(run.cfg)
+    rounds = start_step(run, "roar", rounds, log)
+    cfg = run.cfg
+    data = prepare_images(run, device, log)
     table = read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
     flip = cfg.data.augment and get_dataset(cfg.dataset).flips_allowed
     percents = sorted({float(p) for p in cfg.roar.percents})
     started = time.perf_counter()
     for r in rounds:
-        model, ckpt = load_round_model(cfg, run, r, None, device)
+        model, ckpt = load_round_model(run, r, None, device)
         num_classes = model.get_submodule(architecture(cfg.model_arch).classifier).out_features
         model.requires_grad_(False)
         if force:
             for method in methods:
                 for split in SPLITS:
                     run.roar_ranks(r, method, split).unlink(missing_ok=True)
-        fp = rank_stamp(cfg, run, r)
-        if not run.up_to_date("roar", f"{rd.round_name(r)}/results", fp):
+        fp = rank_stamp(run, r)
+        if not run.up_to_date("roar", f"{round_name(r)}/results", fp):
             # the round's points were retrained from another checkpoint's ranks or masks: drop them first,
             # then record the checkpoint, so that every row of the round left in the table is current
             if run.roar_results().is_file():
                 if (table["round"] == r).any():
                     log(f"round {r}: outputs stale (step 1 was redone), recomputing its ROAR points")
                 table = upsert_table(run.roar_results(), [], keys=KEYS, sort=SORT, columns=COLUMNS, replace={"round": r})
-            run.record_fingerprint("roar", f"{rd.round_name(r)}/results", fp)
-        compute_ranks(cfg, run, r, model, methods, data, device, log)
+            run.record_fingerprint("roar", f"{round_name(r)}/results", fp)
+        compute_ranks(run, r, model, methods, data, device, log)
         del model
         ranks = {m: {s: _ranks(run, r, m, s, data[s]["images"]) for s in SPLITS} for m in methods}
         for seed_index in range(cfg.roar.seeds):
@@ -219,7 +229,7 @@ def roar_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
                                                  seed=derived_seed(cfg.seed, SeedPurpose.ROAR_ORDER, seed_index)) for s in SPLITS}
                     scores = None if force else _dense_baseline(table, point)
                     if scores is None:
-                        fresh, masks = fresh_model(cfg, run, ckpt, num_classes, seed_index)
+                        fresh, masks = fresh_model(run, ckpt, num_classes, seed_index)
                         with torch.random.fork_rng(devices=[]):
                             torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.ROAR_TRAIN, seed_index))
                             scores = retrain(fresh, batches["train"], batches["val"], batches["test"], tc, device,

@@ -83,18 +83,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..attribution import METHODS
 from ..config import Config, configured_rounds, replace, to_dict
 from ..errors import UserError
-from ..loaders import SeedPurpose, derived_seed
 from ..metrics.consistency import map_agreement, spearman
 from ..names import unknown_name
+from ..rundir import RunDir, round_name
 from ..safe_io import read_csv, save_npz, upsert_table
+from ..seeds import SeedPurpose, derived_seed
+from ..steps import label, step
 from .heatmaps import heatmap_images
-from .rounds import configured_maps, load_round_model, new_model, start_step
-
-STEP6 = "step 6 (main_heatmap_save.py)"
+from .loading import load_round_model, new_model, start_step
+from .maps import configured_maps
 CHANGES, NO_CHANGE, CONTROL = "changes", "does not change", "control"
 CONTROL_METHOD = "random"  # the random baseline: the control, redrawn at every stage
 RANDOMIZATIONS = ("cascading", "independent")
@@ -297,7 +297,7 @@ def _verdict_row(r: int, weights: float, method: str, result: dict, s) -> dict:
             "verdict": CONTROL if method == CONTROL_METHOD else verdict(similarity, s.threshold)}
 
 
-def _drop_outdated_tables(run: rd.RunDir, log) -> bool:
+def _drop_outdated_tables(run: RunDir, log) -> bool:
     """Remove the sanity tables written without today's columns (before the randomisation column);
     True when any was removed (then every unit is recomputed)."""
     dropped = False
@@ -313,19 +313,24 @@ def _drop_outdated_tables(run: rd.RunDir, log) -> bool:
     return dropped
 
 
-@rd.locked("sanity")
-def sanity_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int] | None = None, force: bool = False,
+@step("sanity", script="main_sanity_checks.py", title="sanity checks: the model-parameter randomisation test "
+      "(Adebayo et al. 2018) of every attribution method at the dense and the sparsest round", folder="sanity",
+      needs=("pruning", "heatmaps"), rounds="config:sanity.rounds", per_round=True,
+      writes=("sanity/round_XX/{method}.npz", "sanity/per_image.csv", "sanity/summary.csv", "sanity/verdicts.csv",
+              "sanity/fingerprints.json", "config.sanity.yaml"),
+      figures=("sanity/sanity_checks.png", "sanity/sanity_checks_independent.png", "sanity/sanity_maps_round_XX.png"))
+def sanity_step(run: RunDir, device: torch.device, rounds: list[int] | None = None, force: bool = False,
                 log=print) -> pd.DataFrame:
     """The randomisation tests (``sanity.randomization``) of every method in ``sanity.methods`` at every
-    round in ``rounds`` (None: ``sanity.rounds``); a rerun skips the (round, method) pairs already done
-    from the current checkpoint with the same settings (`settings_key`). Returns the verdict table."""
-    run = run if isinstance(run, rd.RunDir) else rd.RunDir(run)
+    round in ``rounds`` (None: ``sanity.rounds``) on the images of step 6; a rerun skips the (round,
+    method) pairs already done from the current checkpoint with the same settings (`settings_key`).
+    Returns the verdict table."""
     cfg = run.cfg
     rounds = sanity_rounds(cfg) if rounds is None else rounds
     methods = sanity_methods(cfg)
     kinds = sanity_randomizations(cfg)
-    run, cfg, rounds = start_step(run, "sanity", rounds, log)
-    run.require(run.heatmap_images(), STEP6)
+    rounds = start_step(run, "sanity", rounds, log)
+    run.require(run.heatmap_images(), label("heatmaps"))
     batch, info = heatmap_images(run, device)
     pick = image_subset(len(batch["id"]), cfg.sanity.n_images)
     images, labels, ids = batch["image"][pick].to(device), batch["label"][pick].to(device), batch["id"][pick].numpy()
@@ -334,14 +339,14 @@ def sanity_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int]
     stamp = {r: f"{run.round_fingerprint(r)}+{settings_key(cfg)}" for r in rounds}
     recorded = run.fingerprints("sanity")
     todo = [(r, m) for r in rounds for m in methods
-            if force or not run.sanity_maps(r, m).is_file() or recorded.get(f"{rd.round_name(r)}/{m}") != stamp[r]]
-    redone = [(r, m) for r, m in todo if not force and f"{rd.round_name(r)}/{m}" in recorded]
+            if force or not run.sanity_maps(r, m).is_file() or recorded.get(f"{round_name(r)}/{m}") != stamp[r]]
+    redone = [(r, m) for r, m in todo if not force and f"{round_name(r)}/{m}" in recorded]
     if redone:
         log(f"recomputing {len(redone)} randomisation tests made from another checkpoint or other settings")
     models = {}
     for r, method in tqdm(todo, desc="randomisation tests"):
         if r not in models:
-            model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+            model, ckpt = load_round_model(run, r, info.num_classes, device)
             model.requires_grad_(False)
             fresh = new_model(replace(cfg, pretrained=False), info.num_classes,  # random weights, never pretrained ones
                               derived_seed(cfg.seed, SeedPurpose.SANITY, r)).to(device)
@@ -378,7 +383,7 @@ def sanity_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int]
                      replace=key)
         upsert_table(run.sanity_verdicts(), verdicts, keys=["round", "method", "randomization"],
                      sort=["round", "method", "randomization"], columns=VERDICT_COLUMNS, replace=key)
-        run.record_fingerprint("sanity", f"{rd.round_name(r)}/{method}", stamp[r])
+        run.record_fingerprint("sanity", f"{round_name(r)}/{method}", stamp[r])
     table = read_csv(run.sanity_verdicts(), VERDICT_COLUMNS, missing_ok=True)
     if len(table):
         log(table.to_string(index=False))

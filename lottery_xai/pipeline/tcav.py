@@ -16,14 +16,16 @@ import torch
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
 
-from .. import rundir as rd
 from ..config import Config, cav_protocol
+from ..data.loaders import make_loader
 from ..errors import UserError
-from ..loaders import make_loader
+from ..rundir import RunDir, round_name
 from ..safe_io import read_csv, save_csv, unreadable, upsert_table
+from ..steps import label, step
+from .ace import concepts_at, discovered_names, split_concept_names
 from .activations import warn_linear_tail
 from .cavs import cav_settings, settings_current, settings_value
-from .rounds import as_run, load_data, load_round_model, resolve_names, start_step
+from .loading import load_data, load_round_model, resolve_names, start_step
 
 # the columns every tcav_scores.csv has (readers require these, so that older tables stay readable) ...
 TCAV_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean",
@@ -42,22 +44,24 @@ def tcav_settings(cfg: Config, cav_record: str | None) -> dict:
             "cavs": cav_record}
 
 
-@rd.locked("tcav")
-def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
+@step("tcav", number=5, script="main_lth_tcav.py", title="TCAV scores with significance tests for every round",
+      folder="tcav", needs=("pruning", "cavs"), uses=("ace",), per_round=True, pipeline=True,
+      writes=("tcav/tcav_scores.csv", "tcav/fingerprints.json", "config.tcav.yaml"))
+def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """TCAV with significance for the classes in labels_for_tcav and the concepts in concepts_for_tcav."""
+    # lazy: lottery_xai.concepts imports scikit-learn (1 s), which only the steps that use CAVs need
     from ..concepts.cav import load_cavs
     from ..concepts.tcav import gradients_by_class, run_tcav
 
-    if as_run(run).cfg.cav_flattening_type == "max_pool":
+    if run.cfg.cav_flattening_type == "max_pool":
         raise UserError("TCAV needs cav_flattening_type flatten or avg_pool: the gradient of a max-pooled "
                         "activation is not a directional derivative")
-    run, cfg, rounds = start_step(run, "tcav", rounds, log)
+    rounds = start_step(run, "tcav", rounds, log)
+    cfg, step4 = run.cfg, label("cavs")
     datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
     # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), scored like the labelled ones
-    from .ace import concepts_at, discovered_names, split_concept_names
-
     labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
     labelled = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
     concepts = labelled + discovered_names(run, discovered)
@@ -74,7 +78,7 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             table = stored[TCAV_TABLE_COLUMNS]
 
     def settings(r: int, layer: str) -> dict:
-        return tcav_settings(cfg, run.fingerprints("cavs").get(f"{rd.round_name(r)}/{layer}#settings"))
+        return tcav_settings(cfg, run.fingerprints("cavs").get(f"{round_name(r)}/{layer}#settings"))
 
     for r in tqdm(rounds, desc="TCAV rounds"):
         fp = run.round_fingerprint(r)
@@ -82,27 +86,26 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
                 if force or table[(table["round"] == r) & (table["layer"] == layer)].empty
                 or not set(concepts_at(cfg, layer, concepts))
                 <= set(table.loc[(table["round"] == r) & (table["layer"] == layer), "concept"])
-                or not run.up_to_date("tcav", f"{rd.round_name(r)}/{layer}", fp, log)
-                or not settings_current(run, "tcav", f"{rd.round_name(r)}/{layer}", fp, settings(r, layer), log)]
+                or not run.up_to_date("tcav", f"{round_name(r)}/{layer}", fp, log)
+                or not settings_current(run, "tcav", f"{round_name(r)}/{layer}", fp, settings(r, layer), log)]
         if not todo:
             continue
-        model, ckpt = load_round_model(cfg, run, r, info.num_classes, device)
+        model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)  # gradients reach the layer only, never the parameters
         for layer in todo:
-            cav_path = run.require(run.cav_file(r, layer), "step 4 (main_lth_generate_cavs.py)")
-            run.require_up_to_date("cavs", f"{rd.round_name(r)}/{layer}", fp, "step 4 (main_lth_generate_cavs.py)")
-            if not settings_current(run, "cavs", f"{rd.round_name(r)}/{layer}", fp, cav_settings(cfg, labelled)):
+            cav_path = run.require(run.cav_file(r, layer), step4)
+            run.require_up_to_date("cavs", f"{round_name(r)}/{layer}", fp, step4)
+            if not settings_current(run, "cavs", f"{round_name(r)}/{layer}", fp, cav_settings(cfg, labelled)):
                 raise UserError(f"the CAVs of round {r} at {layer} in '{run.root}' were made with other CAV settings "
-                                "(tcav.protocol, cav.*) or before the protocols; rerun step 4 "
-                                "(main_lth_generate_cavs.py) with this config first")
-            cav_result = load_cavs(cav_path)
+                                f"(tcav.protocol, cav.*) or before the protocols; rerun {step4} with this config first")
+            cav_result = load_cavs(cav_path, step4)
             grads = gradients_by_class(model, layer, loader, list(class_index.values()),
                                        flattening=cfg.cav_flattening_type, device=device,
                                        max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
             widths = {int(np.shape(g)[-1]) for g in grads.values() if len(g)}
             if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
                 raise unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
-                                              f"of this model gives {widths.pop()}", "step 4 (main_lth_generate_cavs.py)")
+                                           f"of this model gives {widths.pop()}", step4)
             scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result,
                               concepts_at(cfg, layer, concepts),
                               alpha=cfg.tcav.alpha, test=protocol.test, correction=protocol.correction)
@@ -112,7 +115,7 @@ def tcav_step(run: rd.RunDir | Config, device: torch.device, rounds: list[int], 
             scores.insert(0, "round", r)
             table = upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
                                  sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS)
-            run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}", fp)
-            run.record_fingerprint("tcav", f"{rd.round_name(r)}/{layer}#settings", settings_value(fp, settings(r, layer)))
+            run.record_fingerprint("tcav", f"{round_name(r)}/{layer}", fp)
+            run.record_fingerprint("tcav", f"{round_name(r)}/{layer}#settings", settings_value(fp, settings(r, layer)))
     log(f"step 5 done: {run.tcav_scores()}")
     return table

@@ -15,23 +15,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import rundir as rd
-from ..config import Config
-from ..safe_io import load_npy, load_npz, read_csv
-from . import figures as _figures
-from .run import _safe
-from .tables import MissingInput
+from matplotlib.patches import Rectangle
 
-STEP_ACE = "main_ace.py"
-STEP_OCC = "main_occlusion_study.py"
+from .. import steps
+from ..pipeline.ace import CONCEPT_COLUMNS, SURVIVAL_COLUMNS, patches_of
+from ..pipeline.occlusion_study import COLUMNS as OCCLUSION_COLUMNS
+from ..rundir import RunDir
+from ..safe_io import load_npy, load_npz, read_csv
+from ..steps import draws
+from . import figures as _figures
+from .figures import safe_name
+from .tables import MissingInput
 
 
 def _plt():
     return _figures.plt
-
-
-def _run(cfg: Config | rd.RunDir) -> rd.RunDir:
-    return cfg if isinstance(cfg, rd.RunDir) else rd.RunDir(cfg)
 
 
 def short_name(name: str, width: int = 14) -> str:
@@ -45,26 +43,22 @@ def _rname(r: int) -> str:
     return f"r{int(r):02d}"
 
 
-def ace_table(cfg: Config | rd.RunDir) -> pd.DataFrame:
+def ace_table(run: RunDir) -> pd.DataFrame:
     """``ace/concepts.csv`` (MissingInput when main_ace.py has not run)."""
-    from ..pipeline.ace import CONCEPT_COLUMNS
-
-    run = _run(cfg)
     if not run.ace_concepts().is_file():
-        raise MissingInput(f"no ACE concepts in {run.ace_concepts()}; run {STEP_ACE} first")
-    return read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=STEP_ACE)
+        raise MissingInput(f"no ACE concepts in {run.ace_concepts()}; run {steps.label('ace')} first")
+    return read_csv(run.ace_concepts(), CONCEPT_COLUMNS, step=steps.label("ace"))
 
 
-def ace_rounds(cfg: Config | rd.RunDir) -> list[int]:
+def ace_rounds(run: RunDir) -> list[int]:
     """The rounds with ACE concepts on disk."""
-    run = _run(cfg)
     return [r for r in run.rounds() if run.ace_clusters(r).is_file() and run.ace_cavs(r).is_file()]
 
 
-def _index(run: rd.RunDir) -> dict:
+def _index(run: RunDir) -> dict:
     if not run.ace_patches().is_file():
-        raise MissingInput(f"no ACE patch index in {run.ace_patches()}; run {STEP_ACE} first")
-    return load_npz(run.ace_patches(), step=STEP_ACE)
+        raise MissingInput(f"no ACE patch index in {run.ace_patches()}; run {steps.label('ace')} first")
+    return load_npz(run.ace_patches(), step=steps.label("ace"))
 
 
 # ---------------------------------------------------------------- pure figures
@@ -84,7 +78,7 @@ def patch_montage(patches: list[np.ndarray], labels: list[str], title: str, path
     if not patches:
         axes[0, 0].text(0.5, 0.5, "no concept discovered", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
-    return _figures._save(fig, path)
+    return _figures.save_figure(fig, path)
 
 
 def similarity_heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str,
@@ -101,7 +95,7 @@ def similarity_heatmap(matrix: np.ndarray, row_labels: list[str], col_labels: li
     ax.set_xlabel(xlabel)
     fig.colorbar(im, ax=ax, label="CAV cosine", fraction=0.04)
     ax.set_title(title, fontsize=9)
-    return _figures._save(fig, path)
+    return _figures.save_figure(fig, path)
 
 
 def pca_scatter(points: np.ndarray, groups: np.ndarray, group_labels: list[str], title: str, path: Path | None = None):
@@ -123,7 +117,7 @@ def pca_scatter(points: np.ndarray, groups: np.ndarray, group_labels: list[str],
         if len(group_labels) <= 24:
             ax.legend(fontsize=5, ncol=2, loc="best", markerscale=1.5)
     ax.set_title(title, fontsize=9)
-    return _figures._save(fig, path)
+    return _figures.save_figure(fig, path)
 
 
 def score_histograms(values: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path | None = None):
@@ -140,7 +134,7 @@ def score_histograms(values: dict[str, tuple[np.ndarray, np.ndarray]], title: st
         ax.set_title(name, fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
-    return _figures._save(fig, path)
+    return _figures.save_figure(fig, path)
 
 
 def occlusion_grid(images: np.ndarray, heatmaps: dict[int, np.ndarray], weights_remaining: dict[int, float],
@@ -148,8 +142,6 @@ def occlusion_grid(images: np.ndarray, heatmaps: dict[int, np.ndarray], weights_
     """Rows: images (uint8 [n, H, W, 3]); columns: the image, then each round's heatmap (count of selected
     squares) over it, with the object box."""
     plt = _plt()
-    from matplotlib.patches import Rectangle
-
     rounds = sorted(heatmaps)
     n = len(images)
     fig, axes = plt.subplots(n, 1 + len(rounds), figsize=(1.6 * (1 + len(rounds)), 1.6 * n + 0.4), squeeze=False)
@@ -168,20 +160,17 @@ def occlusion_grid(images: np.ndarray, heatmaps: dict[int, np.ndarray], weights_
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="white", lw=1))
             ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle("occlusion sensitivity: selected squares (z < -z*)", fontsize=9)
-    return _figures._save(fig, path)
+    return _figures.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the run's figures
 
-def plot_ace_montages(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
+def plot_ace_montages(run: RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
     """A montage per class and round of each discovered concept's patches closest to its centre."""
-    from ..pipeline.ace import patches_of
-
-    run = _run(cfg)
     table, index = ace_table(run), _index(run)
     figures = []
     for r in rounds if rounds is not None else ace_rounds(run):
-        clusters = load_npz(run.ace_clusters(r), keys=("concept_class", "concept_id", "concept_top"), step=STEP_ACE)
+        clusters = load_npz(run.ace_clusters(r), keys=("concept_class", "concept_id", "concept_top"), step=steps.label("ace"))
         for c in np.unique(index["patch_class"]):
             cls = str(index["class_names"][c])
             pick = np.flatnonzero(clusters["concept_class"] == c)
@@ -195,26 +184,24 @@ def plot_ace_montages(cfg: Config | rd.RunDir, rounds: list[int] | None = None, 
                 star = "*" if len(row) and bool(row["significant"].iloc[0]) else ""
                 tcav = f"{row['tcav_mean'].iloc[0]:.2f}" if len(row) else "?"
                 labels.append(f"{k}{star} TCAV {tcav}")
-            name = f"ace_patches_{_rname(r)}_{_safe(cls)}"
+            name = f"ace_patches_{_rname(r)}_{safe_name(cls)}"
             figures.append(patch_montage(rows, labels, f"{cls}, round {r}: discovered concepts (* significant)",
                                          run.plot(name) if save else None))
     return figures
 
 
-def _concept_directions(run: rd.RunDir, r: int, class_names) -> tuple[np.ndarray, list[str]]:
-    from ..concepts.ace import unit_mean
+def _concept_directions(run: RunDir, r: int, class_names) -> tuple[np.ndarray, list[str]]:
+    from ..concepts.ace import unit_mean  # lazy: lottery_xai.concepts imports scikit-learn (1 s)
 
-    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=STEP_ACE)
+    cavs = load_npz(run.ace_cavs(r), keys=("concept_class", "concept_id", "cavs"), step=steps.label("ace"))
     labels = [f"{short_name(class_names[int(c)])}:{int(k)}" for c, k in zip(cavs["concept_class"], cavs["concept_id"])]
     return unit_mean(cavs["cavs"]) if len(cavs["cavs"]) else np.zeros((0, 1)), labels
 
 
-def plot_ace_similarity(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
+def plot_ace_similarity(run: RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
     """Concept x concept CAV cosine per round, and each dense concept's cosine with its match across rounds."""
-    from ..concepts.ace import cosine_matrix
-    from ..pipeline.ace import SURVIVAL_COLUMNS
+    from ..concepts.ace import cosine_matrix  # lazy: scikit-learn (1 s)
 
-    run = _run(cfg)
     index = _index(run)
     names = [str(s) for s in index["class_names"]]
     figures = []
@@ -226,7 +213,7 @@ def plot_ace_similarity(cfg: Config | rd.RunDir, rounds: list[int] | None = None
                                           f"round {r}: cosine of discovered concepts' mean CAVs",
                                           run.plot(f"ace_similarity_{_rname(r)}") if save else None))
     if run.ace_survival().is_file():
-        survival = read_csv(run.ace_survival(), SURVIVAL_COLUMNS, step=STEP_ACE)
+        survival = read_csv(run.ace_survival(), SURVIVAL_COLUMNS, step=steps.label("ace"))
         dense = survival[survival["dense_concept"] >= 0]
         keys = sorted({(str(c), int(k)) for c, k in dense[["class", "dense_concept"]].itertuples(index=False)})
         all_rounds = sorted(int(x) for x in dense["round"].unique())
@@ -240,9 +227,8 @@ def plot_ace_similarity(cfg: Config | rd.RunDir, rounds: list[int] | None = None
     return figures
 
 
-def plot_ace_pca(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
+def plot_ace_pca(run: RunDir, rounds: list[int] | None = None, save: bool = True) -> list:
     """The concepts' member patches' activations on their first two principal components, per round."""
-    run = _run(cfg)
     index = _index(run)
     names = [str(s) for s in index["class_names"]]
     figures = []
@@ -250,8 +236,8 @@ def plot_ace_pca(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save:
         path = run.ace_patch_activations(r)
         if not path.is_file():
             continue
-        concept = load_npz(run.ace_clusters(r), keys=("concept",), step=STEP_ACE)["concept"]
-        acts = load_npy(path, STEP_ACE, mmap=True, ndim=2, rows=len(concept))
+        concept = load_npz(run.ace_clusters(r), keys=("concept",), step=steps.label("ace"))["concept"]
+        acts = load_npy(path, steps.label("ace"), mmap=True, ndim=2, rows=len(concept))
         rows = np.flatnonzero(concept >= 0)
         keys = sorted({(int(c), int(k)) for c, k in zip(index["patch_class"][rows], concept[rows])})
         group = np.array([keys.index((int(c), int(k))) for c, k in zip(index["patch_class"][rows], concept[rows])])
@@ -262,55 +248,54 @@ def plot_ace_pca(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save:
     return figures
 
 
-def plot_ace_histograms(cfg: Config | rd.RunDir, rounds: list[int] | None = None, save: bool = True):
+def plot_ace_histograms(run: RunDir, rounds: list[int] | None = None, save: bool = True):
     """CAV accuracies and TCAV scores of the discovered concepts against the random CAVs', at the dense
     and the sparsest round with ACE outputs."""
-    run = _run(cfg)
     done = rounds if rounds is not None else ace_rounds(run)
     if not done:
-        raise MissingInput(f"no ACE round on disk in {run.ace_dir}; run {STEP_ACE} first")
+        raise MissingInput(f"no ACE round on disk in {run.ace_dir}; run {steps.label('ace')} first")
     values = {}
     for r in sorted({min(done), max(done)}):
-        cavs = load_npz(run.ace_cavs(r), keys=("accuracy", "tcav", "random_accuracy", "random_tcav"), step=STEP_ACE)
+        cavs = load_npz(run.ace_cavs(r), keys=("accuracy", "tcav", "random_accuracy", "random_tcav"), step=steps.label("ace"))
         values[f"round {r}: CAV accuracy"] = (cavs["accuracy"].ravel(), cavs["random_accuracy"].ravel())
         values[f"round {r}: TCAV score"] = (cavs["tcav"].ravel(), cavs["random_tcav"].ravel())
     return score_histograms(values, "discovered concepts against random CAVs",
                             run.plot("ace_histograms") if save else None)
 
 
-def occlusion_table(cfg: Config | rd.RunDir) -> pd.DataFrame:
-    from ..pipeline.occlusion_study import COLUMNS
-
-    run = _run(cfg)
+def occlusion_table(run: RunDir) -> pd.DataFrame:
     if not run.occlusion_table().is_file():
-        raise MissingInput(f"no occlusion study in {run.occlusion_table()}; run {STEP_OCC} first")
-    return read_csv(run.occlusion_table(), COLUMNS, step=STEP_OCC)
+        raise MissingInput(f"no occlusion study in {run.occlusion_table()}; run {steps.label('occlusion_study')} first")
+    return read_csv(run.occlusion_table(), OCCLUSION_COLUMNS, step=steps.label("occlusion_study"))
 
 
-def plot_occlusion(cfg: Config | rd.RunDir, n_images: int = 8, save: bool = True):
+@draws("occlusion_study")
+def plot_occlusion(run: RunDir, n_images: int = 8, save: bool = True):
     """The occlusion heatmaps over the study's images (spread over the classes), one column per round."""
-    run = _run(cfg)
     if not run.occlusion_images().is_file():
-        raise MissingInput(f"no occlusion study in {run.occlusion_dir}; run {STEP_OCC} first")
+        raise MissingInput(f"no occlusion study in {run.occlusion_dir}; run {steps.label('occlusion_study')} first")
     images = load_npz(run.occlusion_images(), keys=("ids", "labels", "bbox", "images", "class_names"),
-                      step=STEP_OCC)
+                      step=steps.label("occlusion_study"))
     heat, remaining = {}, {}
     for r in run.rounds():
         if run.occlusion_file(r).is_file():
-            stored = load_npz(run.occlusion_file(r), keys=("ids", "heatmap", "weights_remaining"), step=STEP_OCC)
+            stored = load_npz(run.occlusion_file(r), keys=("ids", "heatmap", "weights_remaining"), step=steps.label("occlusion_study"))
             if np.array_equal(stored["ids"], images["ids"]):
                 heat[r], remaining[r] = stored["heatmap"], float(stored["weights_remaining"])
     if not heat:
-        raise MissingInput(f"no round of the occlusion study in {run.occlusion_dir}; run {STEP_OCC} first")
+        raise MissingInput(f"no round of the occlusion study in {run.occlusion_dir}; run {steps.label('occlusion_study')} first")
     pick = np.unique(np.linspace(0, len(images["ids"]) - 1, min(n_images, len(images["ids"]))).round().astype(int))
     titles = [str(images["class_names"][images["labels"][i]]) for i in pick]
     return occlusion_grid(images["images"][pick], {r: h[pick] for r, h in heat.items()}, remaining,
                           images["bbox"][pick], titles, run.plot("occlusion_masks") if save else None)
 
 
-def plot_ace(cfg: Config | rd.RunDir, rounds: list[int] | None = None, log=print) -> list[Path]:
-    """Every ACE figure whose inputs exist (montages, similarity maps, PCA, histograms); returns the files."""
-    run = _run(cfg)
+@draws("ace")
+def plot_ace(run: RunDir, rounds: list[int] | None = None, log=print) -> list[Path]:
+    """Every ACE figure whose inputs exist (montages, similarity maps, PCA, histograms); returns the files.
+    MissingInput when ACE has not run."""
+    if not run.ace_concepts().is_file():
+        raise MissingInput(f"'{run.ace_concepts()}' is missing; run {steps.label('ace')} first")
     for label, job in (("ACE montages", plot_ace_montages), ("ACE similarity", plot_ace_similarity),
                        ("ACE PCA", plot_ace_pca), ("ACE histograms", plot_ace_histograms)):
         try:

@@ -1,6 +1,8 @@
-"""Every figure of a run, drawn from the files on disk. Notebooks call these same functions."""
+"""The figures themselves: pure functions of tables and arrays (the figures of a run, read from its files,
+are in :mod:`.run`). Notebooks call these same functions."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,12 +16,18 @@ import pandas as pd  # noqa: E402
 from ..safe_io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path | None):
+def save_figure(fig, path: Path | None):
+    """Write ``fig`` to ``path`` (atomically) and close it; nothing with no path. Returns the figure."""
     if path is not None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
         plt.close(fig)
     return fig
+
+
+def safe_name(name: str) -> str:
+    """``name`` as a file-name part: letters, digits and ``-_.`` kept, anything else ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
 
 
 def _pct(x):
@@ -39,8 +47,6 @@ def _weights_axis(ax, fractions) -> None:
 
 def _label(name: str, width: int = 14) -> str:
     """A class name broken over lines (underscores as spaces) so that it fits beside an image."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(str(name).replace("_", " "), width)) or str(name)
 
 
@@ -57,7 +63,7 @@ def accuracy_vs_weights(runs: dict[str, pd.DataFrame], path: Path | None = None,
     ax.set_title("Accuracy vs sparsity")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tcav_vs_weights(scores: pd.DataFrame, class_name: str, layer: str | None = None, path: Path | None = None,
@@ -88,7 +94,7 @@ def tcav_vs_weights(scores: pd.DataFrame, class_name: str, layer: str | None = N
     ax.set_title(f"TCAV for class {class_name}" + (f" at {layer}" if layer else "") + " (filled: significant)")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def cav_accuracy_vs_round(acc: pd.DataFrame, path: Path | None = None):
@@ -104,7 +110,7 @@ def cav_accuracy_vs_round(acc: pd.DataFrame, path: Path | None = None):
     ax.set_title("How well each layer encodes the concepts")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap_grid(images: np.ndarray, maps_by_round: dict[int, np.ndarray], weights_remaining: dict[int, float],
@@ -129,7 +135,7 @@ def heatmap_grid(images: np.ndarray, maps_by_round: dict[int, np.ndarray], weigh
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{method} across pruning rounds", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool | None = None,
@@ -156,7 +162,7 @@ def metric_vs_weights(frame: pd.DataFrame, metric: str, higher_is_better: bool |
     ax.set_title(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "random"):
@@ -175,7 +181,7 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test accuracy after retraining (%)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- sanity checks (main_sanity_checks.py): the model-parameter randomisation test, cascading and independent
@@ -215,7 +221,7 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
     axes[0][0].set_ylabel(f"{measure} with the original maps")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"Model-parameter randomisation test ({randomization})", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sanity_maps(image: np.ndarray, maps: dict[str, np.ndarray], blocks: list[str], title: str = "",
@@ -237,7 +243,7 @@ def sanity_maps(image: np.ndarray, maps: dict[str, np.ndarray], blocks: list[str
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or "maps as the blocks are re-initialised from the top", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 # -- end of sanity checks
 
 
@@ -254,7 +260,7 @@ def loss_comparison(table: pd.DataFrame, columns: dict[str, str], path: Path | N
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- replicates and null bands (main_aggregate.py; step 8 when a replicates folder exists)
@@ -302,5 +308,5 @@ def accuracy_with_bands(table: pd.DataFrame, path: Path | None = None):
     ax.set_title("Accuracy vs sparsity, mean and interval over seeds")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 # -- end replicates and null bands

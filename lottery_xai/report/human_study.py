@@ -24,13 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import rundir as rd
-from ..config import Config
+import jinja2
+
 from ..errors import UserError
-from ..pipeline.human_study import ANSWER_FIELD, DONT_KNOW, EXPORT, class_names, display_name, read_export, simulate_results
+from ..pipeline.human_study import (ANSWER_FIELD, DONT_KNOW, STEP, class_names, display_name, export_label,
+                                    export_stimuli, read_export, simulate_results)
+from ..rundir import RunDir
 from ..safe_io import read_csv, save_csv, write_text
-from ..stats.human import (clustered_share_test, decisive_vote_test, krippendorff_alpha, paired_difference_test,
-                           recognition_test)
+from ..stats.human import (clustered_share_test, decisive_vote_test, items_needed, krippendorff_alpha,
+                           paired_difference_test, recognition_test, study_power, workers_needed)
+from ..steps import step
+from .figures import plt, save_figure
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 EXPERIMENT1_COLUMNS = [
@@ -44,29 +48,22 @@ EXPERIMENT2_COLUMNS = [
 PER_CLASS_COLUMNS = ["round", "weights_remaining", "class", "n_answers", "n_correct", "n_dont_know", "accuracy"]
 
 
-def _as_run(run: rd.RunDir | Config) -> rd.RunDir:
-    return run if isinstance(run, rd.RunDir) else rd.RunDir(run)
-
-
 # ---------------------------------------------------------------- pages
 
 def _environment():
-    import jinja2
-
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def _common(run: rd.RunDir) -> dict:
+def _common(run: RunDir) -> dict:
     h = run.cfg.human_study
     names = class_names(run)
     return {"field": ANSWER_FIELD, "dont_know": DONT_KNOW, "size": h.display_size or run.cfg.img_size,
             "top_percent": f"{100 * h.top_fraction:g}", "classes": [(n, display_name(n)) for n in names]}
 
 
-def write_task_pages(run: rd.RunDir | Config, log=print) -> list[Path]:
+def write_task_pages(run: RunDir, log=print) -> list[Path]:
     """The two Mechanical Turk layouts and the preview page of the last export."""
-    run = _as_run(run)
     env, common = _environment(), _common(run)
     written = []
     for experiment in (1, 2):
@@ -151,14 +148,14 @@ def _join(results: pd.DataFrame, key: pd.DataFrame, experiment: int, batch: pd.D
         if mismatch.any():
             row = joined.loc[mismatch].iloc[0]
             raise UserError(f"task {row['item_id']} in '{row['file']}' showed other images than this export's batch "
-                            f"file ({EXPORT} was rerun since?); analyse it against the export it was made from")
+                            f"file ({export_label()} was rerun since?); analyse it against the export it was made from")
     return joined
 
 
 # ---------------------------------------------------------------- the analysis
 
 def _holm(p_values: pd.Series) -> np.ndarray:
-    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.multitest import multipletests  # lazy: statsmodels (0.3 s), only the analysis needs it
 
     values = p_values.to_numpy(dtype=float)
     out = np.full(len(values), np.nan)
@@ -253,11 +250,9 @@ def experiment2_tables(answers: pd.DataFrame, names: list[str]) -> tuple[pd.Data
     return table, per_class[PER_CLASS_COLUMNS]
 
 
-@rd.locked("human_study")
-def analyse(run: rd.RunDir | Config, paths: list[str | Path], draw: bool = True, log=print) -> dict[str, pd.DataFrame]:
+def analyse(run: RunDir, paths: list[str | Path], draw: bool = True, log=print) -> dict[str, pd.DataFrame]:
     """Analyse Mechanical Turk result files of the last export (either experiment, or both, in any files):
     writes ``human_study/analysis/{experiment1, experiment2, experiment2_per_class}.csv`` and figures."""
-    run = _as_run(run)
     results = read_results(paths, log)
     batch1, key1 = read_export(run, 1)
     batch2, key2 = read_export(run, 2)
@@ -298,8 +293,6 @@ def _stars(p: float) -> str:
 def preference_figure(table: pd.DataFrame, path: Path | None = None):
     """Experiment 1: for each comparison, the shares of answers for the denser round, "equal" and the
     sparser round, with the p-value of the decisive votes."""
-    from .figures import _save, plt
-
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.7 * len(table)))
     labels = [f"round {int(r.round_a)} ({100 * r.weights_a:.3g} %)\nvs round {int(r.round_b)} ({100 * r.weights_b:.3g} %)"
               for r in table.itertuples()]
@@ -323,14 +316,12 @@ def preference_figure(table: pd.DataFrame, path: Path | None = None):
     ax.set_title("Which explanation is more reasonable? (share of the decisive votes vs 1/2, t-test clustered by "
                  "task and worker)", fontsize=9)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncol=3, fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def recognition_figure(table: pd.DataFrame, path: Path | None = None):
     """Experiment 2: accuracy per round (95 % interval clustered by image and worker), the share of "don't
     know", and the stars of the paired test against the reference round."""
-    from .figures import _save, plt
-
     fig, ax = plt.subplots(figsize=(6, 3.6))
     x = np.arange(len(table))
     acc = table["accuracy"].to_numpy(dtype=float)
@@ -348,7 +339,7 @@ def recognition_figure(table: pd.DataFrame, path: Path | None = None):
     ax.set_title("Class recognised from the top of the map (vs the dense round, paired by image,\n"
                  "clustered by image and worker)", fontsize=9)
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 
@@ -367,14 +358,11 @@ def parse_accuracy(text: str, rounds: list[int]) -> float | dict[int, float]:
     return dict(zip(rounds, values))
 
 
-def simulate_and_plan(run: rd.RunDir | Config, *, preference: float, equal_share: float, agreement: float,
+def simulate_and_plan(run: RunDir, *, preference: float, equal_share: float, agreement: float,
                       accuracy: str, dont_know: float, workers: int = 0, seed: int | None = None,
                       log=print) -> dict[int, str]:
     """``main_human_study.py simulate``: result files drawn from the last export, then the power of one
     comparison of experiment 1 with this export's items and how many workers or items 80 % power needs."""
-    from ..stats.human import items_needed, study_power, workers_needed
-
-    run = _as_run(run)
     key = read_export(run, 2)[1]
     rounds = sorted(set(key["round"].tolist()))
     workers = workers or run.cfg.human_study.workers_per_item
@@ -397,3 +385,48 @@ def print_tables(tables: dict[str, pd.DataFrame], log=print) -> None:
     for name, table in tables.items():
         if name != "experiment2_per_class":
             log(f"\n{name}:\n{table.to_string(index=False, float_format=lambda v: f'{v:.4g}')}")
+
+
+# ---------------------------------------------------------------- the step (main_human_study.py)
+
+def _arguments(parser) -> None:
+    parser.add_argument("command", choices=["export", "analyse", "simulate"], help="what to do")
+    parser.add_argument("results", nargs="*", help="analyse: Mechanical Turk result files (.csv)")
+    parser.add_argument("--preference", type=float, default=0.6,
+                        help="simulate: share of decisive votes for the sparser round")
+    parser.add_argument("--equal-share", type=float, default=0.2, help="simulate: share of 'equal' answers")
+    parser.add_argument("--agreement", type=float, default=0.3, help="simulate: Krippendorff's alpha of the answers")
+    parser.add_argument("--accuracy", default="0.85",
+                        help="simulate: experiment 2 accuracy, one value or one per round (0.86,0.86,0.81)")
+    parser.add_argument("--dont-know", type=float, default=0.05, help="simulate: share of \"don't know\" answers")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="simulate: answers per task (default human_study.workers_per_item)")
+    parser.add_argument("--seed", type=int, default=None, help="simulate: seed of the draws (default: the config's seed)")
+
+
+@step(STEP, script="main_human_study.py", title="the human study of explanations: stimuli and Mechanical Turk files "
+      "(export), the analysis of the answers (analyse), a simulator and the power of the design (simulate)",
+      folder="human_study", needs=("pruning",), rounds="chosen", draws=True, arguments=_arguments,
+      writes=("human_study/stimuli/*.png", "human_study/stimuli.csv", "human_study/experiment{1,2}_batch.csv",
+              "human_study/experiment{1,2}_key.csv", "human_study/experiment{1,2}_layout.html",
+              "human_study/preview.html", "human_study/export.json", "human_study/fingerprints.json",
+              "config.human_study.yaml", "human_study/analysis/*.csv", "human_study/analysis/*.png",
+              "human_study/simulated/experiment{1,2}_results.csv"))
+def human_study(run: RunDir, command: str, device, rounds: list[int] | None = None, force: bool = False,
+                results: list[str] = (), preference: float = 0.6, equal_share: float = 0.2, agreement: float = 0.3,
+                accuracy: str = "0.85", dont_know: float = 0.05, workers: int = 0, seed: int | None = None, log=print):
+    """``export``: the stimuli, batch files and answer keys of the chosen rounds (None: the rounds nearest to
+    human_study.weights_remaining), then the task pages; ``analyse``: the ``results`` files of that export;
+    ``simulate``: result files drawn with a chosen preference and agreement, and the power of the design."""
+    if command == "export":
+        summary = export_stimuli(run, device, rounds, force=force, log=log)
+        write_task_pages(run, log=log)
+        return summary
+    if command == "analyse":
+        if not results:
+            raise UserError("analyse needs the result files: python main_human_study.py analyse RESULTS.csv [...]")
+        tables = analyse(run, list(results), log=log)
+        print_tables(tables, log=log)
+        return tables
+    return simulate_and_plan(run, preference=preference, equal_share=equal_share, agreement=agreement,
+                             accuracy=accuracy, dont_know=dont_know, workers=workers, seed=seed, log=log)

@@ -1,116 +1,125 @@
-"""Every figure of a run, drawn from the files on disk (step 8 and the notebooks call these same functions)."""
+"""Every figure of a run, drawn from the files on disk (step 8 and the notebooks call these same functions),
+step 8 itself, the figures drawn after steps 6 and ROAR and after the replicates, and the comparison of runs
+trained with different losses."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from .. import rundir as rd
-from ..config import Config, roar_epochs
+from .. import steps
+from ..config import roar_epochs
 from ..errors import UserError
+from ..metrics import METRICS
+from ..rundir import RunDir
 from ..safe_io import load_npz, read_csv, save_csv, unreadable
+from ..steps import draws, step
 from . import figures as plots
-from .tables import (STEP4, STEP6, STEP7, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, heatmap_methods,
-                     null_bands_of, tcav_table)
+from .figures import safe_name
+from .tables import (COMPARED, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, aggregate_table, heatmap_methods,
+                     loss_comparison, null_bands_of, tcav_table)
 
 
-def plot_accuracy(cfg: Config, save: bool = True):
-    run = rd.RunDir(cfg)
-    return plots.accuracy_vs_weights(accuracy_runs(cfg), run.plot("accuracy_vs_weights") if save else None)
+def plot_accuracy(run: RunDir, save: bool = True):
+    return plots.accuracy_vs_weights(accuracy_runs(run), run.plot("accuracy_vs_weights") if save else None)
 
 
-def plot_tcav(cfg: Config, save: bool = True) -> list:
-    run, table = rd.RunDir(cfg), tcav_table(cfg)
+def plot_tcav(run: RunDir, save: bool = True) -> list:
+    table = tcav_table(run)
     figures = []
     for layer in sorted(table["layer"].unique()):
         for cls in sorted(table["class"].unique()):
-            name = f"tcav_{layer}_{_safe(cls)}"
+            name = f"tcav_{layer}_{safe_name(cls)}"
             figures.append(plots.tcav_vs_weights(table, cls, layer, run.plot(name) if save else None))
     return figures
 
 
-def plot_cav_accuracy(cfg: Config, save: bool = True):
-    run = rd.RunDir(cfg)
-    acc = read_csv(_need(run.cav_accuracy(), STEP4), ["round", "layer", "concept", "accuracy", "kind"], step=STEP4)
+def plot_cav_accuracy(run: RunDir, save: bool = True):
+    step4 = steps.label("cavs")
+    acc = read_csv(_need(run.cav_accuracy(), step4), ["round", "layer", "concept", "accuracy", "kind"], step=step4)
     return plots.cav_accuracy_vs_round(acc, run.plot("cav_accuracy") if save else None)
 
 
-def plot_heatmaps(cfg: Config, method: str = "gradcam", n_images: int | None = None, save: bool = True):
+def plot_heatmaps(run: RunDir, method: str = "gradcam", n_images: int | None = None, save: bool = True):
     """Grid for one method: rows are images, columns are rounds labelled with the weights remaining."""
-    run = rd.RunDir(cfg)
-    images = load_npz(_need(run.heatmap_images(), STEP6), keys=("ids", "labels", "images", "class_names"))
+    step6 = steps.label("heatmaps")
+    images = load_npz(_need(run.heatmap_images(), step6), keys=("ids", "labels", "images", "class_names"))
     count = len(images["ids"])
     if images["images"].ndim != 4 or len(images["images"]) != count or len(images["labels"]) != count:
         raise unreadable(run.heatmap_images(), f"{len(images['images'])} images for {count} ids")
-    n = n_images or cfg.heatmaps.grid_images
+    n = n_images or run.cfg.heatmaps.grid_images
     pick = _spread(count, n)
     maps, remaining = {}, {}
     for r in run.rounds():
         path = run.heatmap_file(r, method)
         if path.is_file():
-            stored = load_npz(path, keys=("maps", "weights_remaining"), step=STEP6)
+            stored = load_npz(path, keys=("maps", "weights_remaining"), step=step6)
             if stored["maps"].ndim != 3 or len(stored["maps"]) != count:
                 raise unreadable(path, f"maps of shape {list(stored['maps'].shape)} for the {count} images of "
-                                          f"{run.heatmap_images().name}", STEP6)
+                                       f"{run.heatmap_images().name}", step6)
             maps[r] = stored["maps"][pick].astype(np.float32)
             remaining[r] = float(stored["weights_remaining"])
     if not maps:
-        raise MissingInput(f"no heatmaps for method '{method}' in {run.root / 'heatmaps'}; run {STEP6} first")
+        raise MissingInput(f"no heatmaps for method '{method}' in {run.root / 'heatmaps'}; run {step6} first")
     titles = [str(images["class_names"][images["labels"][i]]) for i in pick]
     maps = {r: _unit(m) for r, m in maps.items()}
     return plots.heatmap_grid(images["images"][pick], maps, remaining, titles, method,
                               run.plot(f"heatmaps_{method}") if save else None)
 
 
-def plot_metrics(cfg: Config, save: bool = True) -> list:
-    from ..metrics import METRICS
+@draws("heatmaps", plots=False)  # step 8 redraws a grid only when a map file is newer than it (make_all_plots)
+def plot_heatmap_grids(run: RunDir, log=print) -> list:
+    """The round-by-round grid of every method in heatmaps.methods (drawn after step 6)."""
+    drawn = [plot_heatmaps(run, method) for method in run.cfg.heatmaps.methods]
+    log(f"grids in {run.plot('heatmaps_' + run.cfg.heatmaps.methods[0]).parent}")
+    return drawn
 
-    run = rd.RunDir(cfg)
-    frame = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
-    bands = null_bands_of(cfg)  # replicates that include this seed: the consistency figures get the null bands
+
+def plot_metrics(run: RunDir, save: bool = True) -> list:
+    step7 = steps.label("metrics")
+    frame = read_csv(_need(run.explanation_metrics(), step7), METRIC_COLUMNS, step=step7)
+    bands = null_bands_of(run)  # replicates that include this seed: the consistency figures get the null bands
     figures = []
     for metric in frame["metric"].unique():
         spec = METRICS.get(metric.split("@")[0])
         higher = None if spec is None else spec.higher_is_better
-        figures.append(plots.metric_vs_weights(frame, metric, higher, path=run.plot(f"metric_{_safe(metric)}") if save else None,
+        figures.append(plots.metric_vs_weights(frame, metric, higher,
+                                               path=run.plot(f"metric_{safe_name(metric)}") if save else None,
                                                null_bands=bands))
     return figures
 
 
-def plot_roar(cfg: Config, save: bool = True):
-    run = rd.RunDir(cfg)
-    frame = read_csv(_need(run.roar_results(), "main_roar.py"),
+@draws("roar")
+def plot_roar(run: RunDir, save: bool = True):
+    cfg, roar = run.cfg, steps.label("roar")
+    frame = read_csv(_need(run.roar_results(), roar),
                      ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "test_acc"],
-                     step="main_roar.py")
+                     step=roar)
     frame = frame[(frame["retrain"] == cfg.roar.retrain) & (frame["epochs"] == roar_epochs(cfg))]
     if frame.empty:
         raise MissingInput(f"'{run.roar_results()}' has no rows for roar.retrain={cfg.roar.retrain}, "
-                        f"{roar_epochs(cfg)} epochs; run main_roar.py with these settings first")
+                           f"{roar_epochs(cfg)} epochs; run {roar} with these settings first")
     return plots.roar_curves(frame, path=run.plot("roar") if save else None)
 
 
-@rd.locked("plots")
-def make_all_plots(cfg: Config, log=print) -> list[Path]:
+@step("plots", number=8, script="main_plots.py", title="every figure of the run from the files on disk",
+      folder="plots", rounds="none", draws=True, pipeline=True,
+      uses=("test", "cavs", "tcav", "heatmaps", "metrics", "roar", "ace", "occlusion_study", "sanity", "aggregate"),
+      writes=("plots/*.png",))
+def make_all_plots(run: RunDir, log=print) -> list[Path]:
     """Every figure whose inputs exist (the missing ones are named in the log; an unreadable input is an
-    error); returns the figure files of the run. Nothing at all to draw is a UserError."""
-    run = rd.RunDir(cfg)
+    error): accuracy, CAV accuracy, TCAV and the metrics, then the drawing of every step that has one
+    (:func:`lottery_xai.steps.draws`), and the grids of step 6 whose maps are newer; returns the figure files
+    of the run. Nothing at all to draw is a UserError."""
     if not run.root.is_dir():
-        raise UserError(f"run directory '{run.root}' not found; run step 1 (main_lth_pruning.py) first "
+        raise UserError(f"run directory '{run.root}' not found; run {steps.label('pruning')} first "
                         "(or check logs and experiment_name)")
     before = set(run.root.joinpath("plots").glob("*.png"))
-    jobs = [("accuracy", lambda: plot_accuracy(cfg)), ("CAV accuracy", lambda: plot_cav_accuracy(cfg)),
-            ("TCAV", lambda: plot_tcav(cfg)), ("explanation metrics", lambda: plot_metrics(cfg)),
-            ("ROAR", lambda: plot_roar(cfg))]
-    from .ace import plot_ace, plot_occlusion  # the optional studies' figures (their steps draw them too)
-    from .html import plot_sanity
-    def ace_job():
-        if not run.ace_concepts().is_file():
-            raise MissingInput(f"'{run.ace_concepts()}' is missing; run main_ace.py first")
-        plot_ace(cfg, log=log)
-    jobs += [("ACE", ace_job), ("occlusion study", lambda: plot_occlusion(cfg)),
-             ("sanity checks", lambda: plot_sanity(cfg))]
+    jobs = [("accuracy", lambda: plot_accuracy(run)), ("CAV accuracy", lambda: plot_cav_accuracy(run)),
+            ("TCAV", lambda: plot_tcav(run)), ("explanation metrics", lambda: plot_metrics(run))]
+    jobs += [(d.key, (lambda d=d: d.draw(run))) for d in steps.drawings() if d.plots]  # the studies' figures
     # step 6 draws the grids; redraw one only when a map file is newer than it
-    jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(cfg, m))) for m in heatmap_methods(cfg)
+    jobs += [(f"heatmaps {m}", (lambda m=m: plot_heatmaps(run, m))) for m in heatmap_methods(run)
              if not _up_to_date(run.plot(f"heatmaps_{m}"), [run.heatmap_file(r, m) for r in run.rounds()])]
     missing = []
     for label, job in jobs:
@@ -119,9 +128,10 @@ def make_all_plots(cfg: Config, log=print) -> list[Path]:
         except MissingInput as exc:
             missing.append(exc)
             log(f"skipped {label} plot: {exc}")
-    if len(missing) == len(jobs) and not heatmap_methods(cfg):
+    if len(missing) == len(jobs) and not heatmap_methods(run):
         raise UserError(f"nothing to draw for run {run.name}: {missing[0]}")
     written = sorted(set(run.root.joinpath("plots").glob("*.png")) | before)
+    log(f"step 8 done: {len(written)} figures in {run.root / 'plots'}")
     return written
 
 
@@ -142,16 +152,44 @@ def _unit(maps: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, maps / np.where(peak > 0, peak, 1), 0)
 
 
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
+# -- replicates and null bands (main_aggregate.py; step 8 draws a run's null bands through plot_metrics)
+@draws("aggregate", plots=False)
+def aggregate_plots(run: RunDir, seeds: list[int], log=print) -> list[Path]:
+    """The figures of the replicates: accuracy and every explanation metric as mean and interval over
+    seeds, the consistency metrics with the null bands, in the replicates folder's ``plots/``."""
+    drawn = [run.aggregate_plot(seeds, "accuracy_vs_weights")]
+    plots.accuracy_with_bands(aggregate_table(run, seeds, "accuracy"), drawn[0])
+    metrics, bands = aggregate_table(run, seeds, "metrics"), aggregate_table(run, seeds, "null_bands")
+    for metric in metrics["metric"].unique():
+        spec = METRICS.get(metric)
+        drawn.append(run.aggregate_plot(seeds, f"metric_{metric}"))
+        plots.metric_vs_weights(metrics, metric, None if spec is None else spec.higher_is_better, path=drawn[-1],
+                                null_bands=bands, value="mean")
+    log(f"{len(drawn)} figures of the replicates in {run.aggregate_dir(seeds) / 'plots'}")
+    return drawn
 
 
-def compare_losses(configs: dict, out_dir: Path, method: str = "gradcam", log=print):
+# -- runs trained with different losses (main_compare_losses.py)
+def _losses_option(parser) -> None:
+    parser.add_argument("--losses", default="cross_entropy,cgc", help="comma-separated train.loss values to compare")
+
+
+@step("compare_losses", script="main_compare_losses.py", title="compare runs trained with different losses "
+      "(cross-entropy and CGC): accuracy, transformation consistency, content heatmap, insertion AUC and "
+      "consistency with the dense map at every round", lock=False, rounds="none", across="losses", draws=True,
+      arguments=_losses_option, needs=("test", "metrics"),
+      writes=("{logs}/loss_comparison.csv", "{logs}/loss_comparison.png"))
+def compare_losses_step(run: RunDir, losses: str = "cross_entropy,cgc", log=print):
+    """The comparison of the runs of ``run``'s config trained with each of ``losses`` (comma-separated
+    ``train.loss`` values), in the logs folder (:func:`compare_losses`)."""
+    runs = {loss: run.sibling(**{"train.loss": loss}) for loss in losses.split(",") if loss}
+    return compare_losses(runs, Path(run.cfg.logs), log=log)
+
+
+def compare_losses(runs: dict[str, RunDir], out_dir: Path, method: str = "gradcam", log=print):
     """The table (``loss_comparison.csv``) and figure (``loss_comparison.png``) of runs trained with
-    different losses, in ``out_dir``; returns the table."""
-    from .tables import COMPARED, loss_comparison
-
-    table = loss_comparison(configs, method)
+    different losses (label -> run), in ``out_dir``; returns the table."""
+    table = loss_comparison(runs, method)
     out_dir = Path(out_dir)
     save_csv(out_dir / "loss_comparison.csv", table)
     plots.loss_comparison(table, COMPARED, out_dir / "loss_comparison.png")

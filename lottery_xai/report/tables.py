@@ -6,10 +6,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import rundir as rd
-from ..config import Config, load_config
+from .. import steps
 from ..errors import UserError
+from ..metrics import METRICS
+from ..pipeline.loading import load_data
+from ..rundir import RunDir
 from ..safe_io import read_csv
+from ..stats.inference import TEST_COLUMNS
 
 
 class MissingInput(UserError):
@@ -22,52 +25,50 @@ def _need(path: Path, step: str) -> Path:
     return path
 
 
-STEP2, STEP4, STEP5, STEP6, STEP7 = ("step 2 (main_lth_test.py)", "step 4 (main_lth_generate_cavs.py)",
-                                     "step 5 (main_lth_tcav.py)", "step 6 (main_heatmap_save.py)",
-                                     "step 7 (main_explanation_metrics.py)")
 METRIC_COLUMNS = ["round", "weights_remaining", "method", "metric", "value"]
 
 
-def open_run(config: str | Path | None = None, overrides: list[str] | str | None = None) -> Config:
-    """The config of a run, as a notebook opens it (``overrides`` as ``--set`` strings, or one space-separated string)."""
-    if isinstance(overrides, str):
-        overrides = overrides.split()
-    return load_config(config, overrides or [])
-
-
-def accuracy_runs(cfg: Config) -> dict[str, pd.DataFrame]:
+def accuracy_runs(run: RunDir) -> dict[str, pd.DataFrame]:
     """Test metrics of this run and of its controls (reinit, random pruning) when they exist on disk."""
-    run = rd.RunDir(cfg)
+    cfg, step2 = run.cfg, steps.label("test")
     candidates = {f"ticket (rewind {cfg.pruning.rewind})": run}
     if cfg.pruning.rewind != "reinit":
         candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
     if cfg.pruning.method != "random":
         candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
-    frames = {label: read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=STEP2)
+    frames = {label: read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=step2)
               for label, r in candidates.items() if r.test_metrics().is_file()}
     if not frames:
-        raise MissingInput(f"'{run.test_metrics()}' is missing; run {STEP2} first")
+        raise MissingInput(f"'{run.test_metrics()}' is missing; run {step2} first")
     return frames
 
 
-def tcav_table(cfg: Config) -> pd.DataFrame:
-    run = rd.RunDir(cfg)
+def tcav_table(run: RunDir) -> pd.DataFrame:
+    """Step 5's table (MissingInput when it has not run)."""
     columns = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "significant"]
-    return read_csv(_need(run.tcav_scores(), STEP5), columns, step=STEP5)
+    return read_csv(_need(run.tcav_scores(), steps.label("tcav")), columns, step=steps.label("tcav"))
 
 
-def heatmap_methods(cfg: Config) -> list[str]:
-    run = rd.RunDir(cfg)
-    return [m for m in cfg.heatmaps.methods if any(run.heatmap_file(r, m).is_file() for r in run.rounds())]
+def heatmap_methods(run: RunDir) -> list[str]:
+    """The methods of heatmaps.methods with maps on disk."""
+    return [m for m in run.cfg.heatmaps.methods if any(run.heatmap_file(r, m).is_file() for r in run.rounds())]
 
 
-def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "random") -> pd.DataFrame:
+def explanation_table(run: RunDir) -> pd.DataFrame:
+    """Step 7's table (MissingInput when it has not run)."""
+    return read_csv(_need(run.explanation_metrics(), steps.label("metrics")), METRIC_COLUMNS, step=steps.label("metrics"))
+
+
+def metric_tests(run: RunDir) -> pd.DataFrame | None:
+    """Step 7's paired tests (``metrics/tests.csv``), or None when absent."""
+    path = run.explanation_tests()
+    return read_csv(path, TEST_COLUMNS, step=steps.label("metrics")) if path.is_file() else None
+
+
+def method_vs_baseline(run: RunDir, method: str = "gradcam", baseline: str = "random") -> pd.DataFrame:
     """Step 7 at the dense and the sparsest round: ``method`` against ``baseline`` on every map metric,
     with whether the method does better (in the metric's own direction)."""
-    from ..metrics import METRICS
-
-    run = rd.RunDir(cfg)
-    frame = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+    frame = explanation_table(run)
     frame = frame[frame["method"].isin([method, baseline])]
     rows = []
     for r in (frame["round"].min(), frame["round"].max()):
@@ -84,17 +85,15 @@ def method_vs_baseline(cfg: Config, method: str = "gradcam", baseline: str = "ra
     return pd.DataFrame(rows)
 
 
-def tcav_ground_truth(cfg: Config, round_index: int = 0, layer: str | None = None) -> pd.DataFrame:
+def tcav_ground_truth(run: RunDir, round_index: int = 0, layer: str | None = None) -> pd.DataFrame:
     """On data whose class-defining attributes are known (the embedded synthetic set, MNIST even/odd):
     the share of (class, defining attribute) pairs whose TCAV is significant and above 0.5, against the
     share of (class, absent attribute) pairs that are. The first should be high, the second low. The
     ``protocol`` column names the TCAV protocol of the rows (step 5's ``protocol`` column)."""
-    from ..pipeline.rounds import load_data
-
-    _, info = load_data(cfg, ())
+    _, info = load_data(run.cfg, ())
     if info.defining_attributes is None:
-        raise UserError(f"dataset '{cfg.dataset}' has no known class-defining attributes")
-    table = tcav_table(cfg)
+        raise UserError(f"dataset '{run.cfg.dataset}' has no known class-defining attributes")
+    table = tcav_table(run)
     table = table[table["round"] == round_index]
     rows = []
     for lay, g in table.groupby("layer"):
@@ -118,14 +117,13 @@ COMPARED = {"transform_spearman": "transformation Spearman", "energy_in_box": "c
             "insertion_auc": "insertion AUC", "spearman": "Spearman with the dense map"}
 
 
-def loss_comparison(configs: dict[str, Config], method: str = "gradcam") -> pd.DataFrame:
+def loss_comparison(runs: dict[str, RunDir], method: str = "gradcam") -> pd.DataFrame:
     """One row per (loss, round): test accuracy and ``method``'s transformation consistency, content
     heatmap, insertion AUC and consistency with the dense map (steps 2 and 7 of each run)."""
-    rows = []
-    for label, cfg in configs.items():
-        run = rd.RunDir(cfg)
-        test = read_csv(_need(run.test_metrics(), STEP2), ["round", "weights_remaining", "test_acc"], step=STEP2)
-        metrics = read_csv(_need(run.explanation_metrics(), STEP7), METRIC_COLUMNS, step=STEP7)
+    rows, step2 = [], steps.label("test")
+    for label, run in runs.items():
+        test = read_csv(_need(run.test_metrics(), step2), ["round", "weights_remaining", "test_acc"], step=step2)
+        metrics = explanation_table(run)
         metrics = metrics[(metrics["method"] == method) & metrics["metric"].isin(list(COMPARED))]
         wide = metrics.pivot_table(index="round", columns="metric", values="value")
         for _, t in test.iterrows():
@@ -138,18 +136,18 @@ def loss_comparison(configs: dict[str, Config], method: str = "gradcam") -> pd.D
 
 
 # -- replicates and null bands (main_aggregate.py)
-def null_bands_of(cfg: Config) -> pd.DataFrame | None:
+def null_bands_of(run: RunDir) -> pd.DataFrame | None:
     """The ``null_bands.csv`` of the replicates folder that includes this run's seed (the one with most
     seeds, then the newest), or None when there is none (the figures are then drawn without bands)."""
-    folders = rd.RunDir(cfg).aggregates()
+    folders = run.aggregates()
     if not folders:
         return None
     return read_csv(folders[0] / "null_bands.csv", ["round", "weights_remaining", "method", "metric", "seed_mean"],
-                    step="main_aggregate.py --force")
+                    step=f"{steps.label('aggregate')} --force")
 
 
-def aggregate_table(cfg: Config, seeds: list[int], name: str) -> pd.DataFrame:
+def aggregate_table(run: RunDir, seeds: list[int], name: str) -> pd.DataFrame:
     """One table of the replicates (``accuracy``, ``tcav``, ``metrics``, ``null_bands``)."""
-    return read_csv(_need(rd.RunDir(cfg).aggregate_file(seeds, name), "main_aggregate.py"), (),
-                    step="main_aggregate.py --force")
+    return read_csv(_need(run.aggregate_file(seeds, name), steps.label("aggregate")), (),
+                    step=f"{steps.label('aggregate')} --force")
 # -- end replicates and null bands

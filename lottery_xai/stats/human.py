@@ -62,6 +62,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+import krippendorff
 import numpy as np
 from scipy import stats
 
@@ -235,8 +236,6 @@ def krippendorff_alpha(units, answers, categories=None) -> float:
     """Krippendorff's alpha for nominal answers given in long format (``units[i]`` got ``answers[i]``).
     Units with a single answer do not count (nothing to agree with). Undefined (nan) when fewer than
     two answers are pairable or when every pairable answer is the same value (no expected disagreement)."""
-    import krippendorff
-
     counts, categories = value_counts(units, answers, categories)
     pairable = counts[counts.sum(axis=1) >= 2]
     used = pairable.sum(axis=0) > 0

@@ -110,7 +110,7 @@ def wilcoxon_power(n: int, shift_sd: float, alpha: float = 0.05, n_sim: int = 20
 def adjust(p_values, method: str = "holm", alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Multiple-testing correction of ``p_values`` (NaN ones are left out and stay NaN / not significant):
     ``(p_adjusted, significant)`` from ``statsmodels.stats.multitest.multipletests(p, alpha, method)``."""
-    from statsmodels.stats.multitest import multipletests
+    from statsmodels.stats.multitest import multipletests  # lazy: statsmodels takes 0.3 s, only the tests need it
 
     p = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(p.shape, np.nan)

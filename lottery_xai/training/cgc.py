@@ -21,6 +21,7 @@ else is computed or drawn), so such a run equals the cross-entropy run bit for b
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -29,7 +30,7 @@ from ..config import TrainConfig
 from ..crops import resized_crop, sample_crop_boxes
 from ..errors import UserError
 from ..models import get_layer
-from .losses import labelled_cross_entropy
+from .losses import CrossEntropy, labelled_cross_entropy, register_loss
 
 MAP_VARIANTS = ("grad_x_activation", "gradcam")
 
@@ -52,8 +53,6 @@ def differentiable_maps(activation: torch.Tensor, logits: torch.Tensor, targets:
 def _global_batch(u: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Under torchrun: every process's u, concatenated in rank order (differentiable all_gather, so
     each process's gradient reaches every map), and this process's offset in it; else (u, 0)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return u, 0
     return _GatherRows.apply(u.contiguous()), dist.get_rank() * u.shape[0]  # DistributedSampler: equal batches
@@ -65,8 +64,6 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u):
-        import torch.distributed as dist
-
         parts = [torch.empty_like(u) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, u)
         ctx.rank, ctx.rows = dist.get_rank(), u.shape[0]
@@ -74,8 +71,6 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
-
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
         return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
@@ -169,3 +164,15 @@ class CGCLoss:
         if logits_train is not None:
             ce = ce + labelled_cross_entropy(logits_train, labels, ls)
         return ce + self.lam * consistency
+
+
+def _cgc(tc: TrainConfig, layer: str = "", contrastive: bool = True, **context):
+    if tc.cgc_lambda == 0:  # no consistency term: the cross-entropy run, exactly
+        return CrossEntropy(tc)
+    if not (tc.cgc_layer or layer):
+        raise UserError(f"train.loss={'cgc' if contrastive else 'gc_mse'} needs a layer: set train.cgc_layer")
+    return CGCLoss(tc, tc.cgc_layer or layer, contrastive=contrastive)
+
+
+register_loss("cgc", _cgc)
+register_loss("gc_mse", lambda tc, **context: _cgc(tc, contrastive=False, **context))

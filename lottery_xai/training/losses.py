@@ -1,7 +1,7 @@
 """Training losses, by name (``train.loss``). A loss is called once per training step with the batch's
 logits and labels, and may also use the images and the model the forward ran through (a loss on
 explanations, such as a Grad-CAM consistency term, needs both). Adding one: a class with that call
-and a ``register_loss`` line."""
+and a ``register_loss`` line in its module (the CGC losses register in :mod:`.cgc`)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..errors import UserError
 from ..names import unknown_name
 
 
@@ -51,16 +50,4 @@ def get_loss(name: str, tc: TrainConfig, **context):
     return LOSSES[name](tc, **context)
 
 
-def _cgc(tc: TrainConfig, layer: str = "", contrastive: bool = True, **context):
-    from .cgc import CGCLoss
-
-    if tc.cgc_lambda == 0:  # no consistency term: the cross-entropy run, exactly
-        return CrossEntropy(tc)
-    if not (tc.cgc_layer or layer):
-        raise UserError(f"train.loss={'cgc' if contrastive else 'gc_mse'} needs a layer: set train.cgc_layer")
-    return CGCLoss(tc, tc.cgc_layer or layer, contrastive=contrastive)
-
-
 register_loss("cross_entropy", CrossEntropy)
-register_loss("cgc", _cgc)
-register_loss("gc_mse", lambda tc, **context: _cgc(tc, contrastive=False, **context))

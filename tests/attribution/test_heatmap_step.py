@@ -9,7 +9,7 @@ from lottery_xai.config import load_config
 from lottery_xai.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lottery_xai.pipeline.heatmaps import heatmaps_step
 from lottery_xai.pipeline.prune import LotteryRun
-from lottery_xai.pipeline.rounds import load_round_model
+from lottery_xai.pipeline.loading import load_round_model
 
 from conftest import tiny_overrides
 
@@ -24,9 +24,9 @@ def step6(tiny_data, tmp_path_factory):
                                f"heatmaps.ig_steps={STEPS}", f"heatmaps.ig_max_steps={MAX_STEPS}",
                                f"heatmaps.ig_tolerance={TOLERANCE}")
     cfg = load_config(None, overrides)
-    LotteryRun(cfg, CPU, log=lambda *_: None).run_rounds([0])
+    LotteryRun(rd.RunDir(cfg), CPU, log=lambda *_: None).run_rounds([0])
     lines = []
-    heatmaps_step(cfg, CPU, [0], log=lines.append)
+    heatmaps_step(rd.RunDir(cfg), CPU, [0], log=lines.append)
     return cfg, lines
 
 
@@ -47,7 +47,7 @@ def test_completeness_is_captums_relative_convergence_delta_and_drives_the_doubl
     stored = np.load(run.heatmap_file(0, "integrated_gradients"))
     assert {"completeness", "completeness_delta", "output_difference", "ig_steps"} <= set(stored.files)
     images_file = np.load(run.heatmap_images())
-    model, _ = load_round_model(cfg, run, 0, None, CPU)
+    model, _ = load_round_model(run, 0, None, CPU)
     # The explained images as step 6 feeds them: the stored uint8 copies are for display only, so rebuild them.
     from lottery_xai.pipeline.heatmaps import heatmap_images
 
@@ -85,7 +85,7 @@ def test_minmax_normalisation_is_a_config_choice():
     from torch import nn
 
     from lottery_xai.attribution import gradcam
-    from lottery_xai.pipeline.rounds import configured_maps
+    from lottery_xai.pipeline.maps import configured_maps
 
     cfg = load_config(None, ["heatmaps.normalize=minmax", "heatmaps.layer=1", "heatmaps.batch_size=2"])
     torch.manual_seed(0)

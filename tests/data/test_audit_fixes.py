@@ -9,7 +9,7 @@ import pytest
 from lottery_xai.config import all_keys, load_config
 from lottery_xai.data.cub import prepare_cub
 from lottery_xai.errors import UserError
-from lottery_xai.pipeline.rounds import resolve_names
+from lottery_xai.pipeline.loading import resolve_names
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["001.Black_footed_Albatross", "036.Northern_Flicker", "047.American_Goldfinch"]

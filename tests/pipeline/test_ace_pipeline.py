@@ -21,7 +21,7 @@ from lottery_xai.pipeline.activations import activations_step
 from lottery_xai.pipeline.cavs import cavs_step
 from lottery_xai.pipeline.occlusion_study import occlusion_step
 from lottery_xai.pipeline.prune import LotteryRun
-from lottery_xai.pipeline.rounds import load_data
+from lottery_xai.pipeline.loading import load_data
 from lottery_xai.pipeline.tcav import tcav_step
 from lottery_xai.report import plot_ace, plot_occlusion
 
@@ -42,13 +42,13 @@ def ace_run(tiny_data, tmp_path_factory):
     logs = tmp_path_factory.mktemp("ace_logs")
     overrides = tiny_overrides(tiny_data, logs, *EXTRA)
     cfg = load_config(None, overrides)
-    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1, 2])
-    activations_step(cfg, CPU, ROUNDS, log=quiet)
-    cavs_step(cfg, ROUNDS, log=quiet)
-    table = ace_step(cfg, CPU, ROUNDS, log=quiet)
-    occlusion = occlusion_step(cfg, CPU, ROUNDS, log=quiet)
-    plot_ace(cfg, log=quiet)
-    plot_occlusion(cfg)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1, 2])
+    activations_step(rd.RunDir(cfg), CPU, ROUNDS, log=quiet)
+    cavs_step(rd.RunDir(cfg), ROUNDS, log=quiet)
+    table = ace_step(rd.RunDir(cfg), CPU, ROUNDS, log=quiet)
+    occlusion = occlusion_step(rd.RunDir(cfg), CPU, ROUNDS, log=quiet)
+    plot_ace(rd.RunDir(cfg), log=quiet)
+    plot_occlusion(rd.RunDir(cfg))
     return cfg, overrides, table, occlusion
 
 
@@ -127,7 +127,7 @@ def test_discovered_concepts_go_through_steps_4_and_5(ace_run):
     cfg, overrides, table, _ = ace_run
     name = str(table.loc[table["round"] == 0, "name"].iloc[0])
     with_ace = load_config(None, overrides + [f"concepts_for_tcav=[all,{name}]"])
-    cavs_step(with_ace, ROUNDS, log=quiet)
+    cavs_step(rd.RunDir(with_ace), ROUNDS, log=quiet)
     run = rd.RunDir(with_ace)
     for r in ROUNDS:
         stored = np.load(run.cav_file(r, "layer3"))
@@ -135,15 +135,15 @@ def test_discovered_concepts_go_through_steps_4_and_5(ace_run):
         assert concepts[-1] == name and concepts[:-1] == [c for c in concepts[:-1] if not c.startswith("ace:")]
         vectors = stored["cavs"][-1]
         assert np.allclose(np.linalg.norm(vectors[np.isfinite(vectors).all(1)], axis=1), 1, atol=1e-6)
-    scores = tcav_step(with_ace, CPU, ROUNDS, log=quiet)
+    scores = tcav_step(rd.RunDir(with_ace), CPU, ROUNDS, log=quiet)
     mine = scores[scores["concept"] == name]
     assert set(mine["round"]) == set(ROUNDS) and len(mine) == len(ROUNDS) * 4  # every class scores it
     stamp = run.cav_file(2, "layer3").stat().st_mtime_ns
-    cavs_step(with_ace, ROUNDS, log=quiet)  # complete: skipped
+    cavs_step(rd.RunDir(with_ace), ROUNDS, log=quiet)  # complete: skipped
     assert run.cav_file(2, "layer3").stat().st_mtime_ns == stamp
     wrong = load_config(None, overrides + ["concepts_for_tcav=[ace:Nobody:0]"])
     with pytest.raises(UserError, match="not among round 0's ACE concepts"):
-        cavs_step(wrong, ROUNDS, log=quiet)
+        cavs_step(rd.RunDir(wrong), ROUNDS, log=quiet)
 
 
 def test_notebook_05_executes_with_ace_outputs(ace_run, monkeypatch):
@@ -206,7 +206,7 @@ def test_strict_protocol_redoes_the_round_with_ours(ace_run, tmp_path):
     strict = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "ace.protocol=strict"])
     run = rd.RunDir(strict)
     acts_stamp = run.ace_patch_activations(0).stat().st_mtime_ns
-    table = ace_step(strict, CPU, [0], log=quiet)
+    table = ace_step(rd.RunDir(strict), CPU, [0], log=quiet)
     assert run.ace_patch_activations(0).stat().st_mtime_ns == acts_stamp
     cavs = np.load(run.ace_cavs(0))
     assert str(cavs["random_source"]) == "patches" and str(cavs["protocol"]) == "strict"

@@ -15,7 +15,7 @@ from lottery_xai.errors import UserError
 from lottery_xai.pipeline.aggregate import aggregate_step, parse_seeds, seed_runs
 from lottery_xai.pipeline.heatmaps import heatmaps_step
 from lottery_xai.pipeline.metrics import metrics_step
-from lottery_xai.pipeline.plots import aggregate_plots
+from lottery_xai.report import aggregate_plots
 from lottery_xai.pipeline.prune import LotteryRun
 from lottery_xai.pipeline.test import evaluate_rounds
 from lottery_xai.report import plot_metrics
@@ -30,11 +30,11 @@ quiet = lambda *_: None  # noqa: E731
 
 
 def _steps(cfg, rounds=(0, 1), explain=True):
-    LotteryRun(cfg, CPU, log=quiet).run_rounds(list(rounds))
-    evaluate_rounds(cfg, CPU, list(rounds), log=quiet)
-    heatmaps_step(cfg, CPU, list(rounds), log=quiet)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds(list(rounds))
+    evaluate_rounds(rd.RunDir(cfg), CPU, list(rounds), log=quiet)
+    heatmaps_step(rd.RunDir(cfg), CPU, list(rounds), log=quiet)
     if explain:
-        metrics_step(cfg, CPU, list(rounds), log=quiet)
+        metrics_step(rd.RunDir(cfg), CPU, list(rounds), log=quiet)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +74,13 @@ def test_per_image_values_and_intervals_of_step7(seeds_run):
     assert (tests["p_adjusted"] >= tests["p_value"] - 1e-15).all()
     # a rerun skips every round and leaves the tables as they are
     before = run.explanation_per_image().read_bytes(), run.explanation_metrics().read_bytes()
-    metrics_step(seeds_run, CPU, [0, 1], log=quiet)
+    metrics_step(rd.RunDir(seeds_run), CPU, [0, 1], log=quiet)
     assert (run.explanation_per_image().read_bytes(), run.explanation_metrics().read_bytes()) == before
 
 
 def test_aggregate_of_two_tiny_seeds(seeds_run):
-    tables = aggregate_step(seeds_run, [0, 1], log=quiet)
-    runs = seed_runs(seeds_run, [0, 1])
+    tables = aggregate_step(rd.RunDir(seeds_run), [0, 1], log=quiet)
+    runs = seed_runs(rd.RunDir(seeds_run), [0, 1])
     values = [read_csv(r.explanation_metrics()).set_index(["round", "method", "metric"])["value"] for r in runs.values()]
     metrics = tables["metrics"].set_index(["round", "method", "metric"])
     np.testing.assert_allclose(metrics["mean"], ((values[0] + values[1]) / 2).loc[metrics.index])
@@ -94,11 +94,11 @@ def test_aggregate_of_two_tiny_seeds(seeds_run):
     assert set(tables["accuracy"]["run"]) == {"ticket", "random"}
     # a rerun with unchanged inputs skips; the figures of the replicates and the null bands of step 8
     stamp = rd.RunDir(seeds_run).aggregate_record([0, 1]).stat().st_mtime_ns
-    aggregate_step(seeds_run, [0, 1], log=quiet)
+    aggregate_step(rd.RunDir(seeds_run), [0, 1], log=quiet)
     assert rd.RunDir(seeds_run).aggregate_record([0, 1]).stat().st_mtime_ns == stamp
-    assert all(p.is_file() for p in aggregate_plots(seeds_run, [0, 1], log=quiet))
+    assert all(p.is_file() for p in aggregate_plots(rd.RunDir(seeds_run), [0, 1], log=quiet))
     # step 8's metric figures of a seed in the replicates carry the null bands, the other figures none
-    figures = {fig.axes[0].get_title(): fig for fig in plot_metrics(seeds_run, save=False)}
+    figures = {fig.axes[0].get_title(): fig for fig in plot_metrics(rd.RunDir(seeds_run), save=False)}
     bands = {title for title, fig in figures.items()
              if "seed-to-seed band (gradcam)" in fig.axes[0].get_legend_handles_labels()[1]}
     assert bands == {"spearman", "top_iou", "ssim"} and len(figures) > len(bands)
@@ -130,7 +130,7 @@ def test_aggregate_by_hand_and_null_band_of_identical_dense_models(tmp_path):
     spearmans = {0: [1.0, 0.90], 1: [1.0, 0.99], 2: [1.0, 0.96]}
     for s in accs:
         _fake_seed(cfg, s, accs[s], spearmans[s], maps)  # every seed's dense model gives the same maps
-    tables = aggregate_step(cfg, [0, 1, 2], log=quiet)
+    tables = aggregate_step(rd.RunDir(cfg), [0, 1, 2], log=quiet)
     assert rd.RunDir(cfg).aggregate_dir([0, 1, 2]).name == "synthetic_cub_small_resnet_magnitude_global_p35_init_seeds0-1-2"
     acc = tables["accuracy"].set_index("round")
     t = stats.t.ppf(0.975, 2)
@@ -152,7 +152,7 @@ def test_aggregate_by_hand_and_null_band_of_identical_dense_models(tmp_path):
     assert spear.loc[0, "seed_n_pairs"] == 3
     assert bool(spear.loc[0, "within_seed_band"]) and not bool(spear.loc[1, "within_seed_band"])
     from lottery_xai.pipeline.aggregate import seed_band
-    band = seed_band(cfg, [0, 1, 2], ["gradcam"], log=quiet).set_index(["method", "metric"])
+    band = seed_band(rd.RunDir(cfg), [0, 1, 2], ["gradcam"], log=quiet).set_index(["method", "metric"])
     assert band.loc[("gradcam", "top_iou"), "seed_mean"] == pytest.approx(1.0)
     assert band.loc[("gradcam", "ssim"), "seed_mean"] == pytest.approx(1.0)
     assert band.loc[("tcav", "tcav_abs_diff"), "seed_mean"] == 0.0
@@ -166,6 +166,6 @@ def test_aggregate_user_errors(tmp_path):
         parse_seeds("0,x")
     cfg = load_config(None, [f"logs={tmp_path}"])
     with pytest.raises(UserError, match="run the seeds first"):
-        aggregate_step(cfg, [0, 1], log=quiet)
+        aggregate_step(rd.RunDir(cfg), [0, 1], log=quiet)
     with pytest.raises(UserError, match="experiment_name"):
-        seed_runs(load_config(None, [f"logs={tmp_path}", "experiment_name=x"]), [0, 1])
+        seed_runs(rd.RunDir(load_config(None, [f"logs={tmp_path}", "experiment_name=x"])), [0, 1])

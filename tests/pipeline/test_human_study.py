@@ -45,7 +45,7 @@ def folder_run(folder_data, tmp_path_factory):
     cfg = load_config(None, tiny_overrides(folder_data, logs, "dataset=folder", f"json_root={folder_data}/prepared",
                                            "train.epochs=4", "data.batch_size=16", "human_study.images_per_class=3",
                                            "human_study.display_size=48"))
-    prune_step(cfg, DEVICE, [0, 1, 2], **QUIET)
+    prune_step(rd.RunDir(cfg), DEVICE, [0, 1, 2], **QUIET)
     run = rd.RunDir(cfg)
     summary = export_stimuli(run, DEVICE, **QUIET)
     write_task_pages(run, **QUIET)
@@ -122,8 +122,8 @@ def test_step7_on_a_folder_dataset_skips_the_box_metrics_and_says_so(folder_run,
                               "heatmaps.images_per_class": 1, "metrics.transform_methods": [], "metrics.n_steps": 4,
                               "stats.n_bootstrap": 100})
     lines = []
-    heatmaps_step(cfg, DEVICE, [0, 1], **QUIET)
-    table = metrics_step(cfg, DEVICE, [0, 1], log=lines.append)
+    heatmaps_step(rd.RunDir(cfg), DEVICE, [0, 1], **QUIET)
+    table = metrics_step(rd.RunDir(cfg), DEVICE, [0, 1], log=lines.append)
     assert any("no object boxes" in str(line) for line in lines)
     metrics = set(table["metric"])
     assert {"deletion_auc", "insertion_auc", "spearman"} <= metrics

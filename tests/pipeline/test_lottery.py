@@ -16,7 +16,7 @@ from conftest import DEVICE, Interrupt, iteration_hook, tiny_cfg
 
 def test_rounds_prune_and_rewind(tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_data, tmp_path)
-    lr = LotteryRun(cfg, DEVICE, log=lambda *_: None)
+    lr = LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None)
     summary = lr.run_rounds([0, 1, 2])
     run = rd.RunDir(cfg)
     assert list(summary["round"]) == [0, 1, 2]
@@ -52,9 +52,9 @@ def test_rounds_prune_and_rewind(tiny_data, tmp_path):
 
 def test_reinit_control_has_same_masks_and_new_values(tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_data, tmp_path)
-    LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None).run_rounds([0, 1])
     control_cfg = tiny_cfg(tiny_data, tmp_path, "pruning.rewind=reinit")
-    control = LotteryRun(control_cfg, DEVICE, log=lambda *_: None)
+    control = LotteryRun(rd.RunDir(control_cfg), DEVICE, log=lambda *_: None)
     control.run_rounds([0, 1])
     ticket, reinit = rd.RunDir(cfg), rd.RunDir(control_cfg)
     assert ticket.root != reinit.root and ticket.root.parent == reinit.root.parent
@@ -82,7 +82,7 @@ def test_late_rewinding_restores_the_snapshot_and_trains_from_k_to_t(tiny_data, 
     steps, iterations = [], []
     hook = register_optimizer_step_pre_hook(lambda opt, *_: steps.append((opt.param_groups[0]["lr"], len(opt.state))))
     try:
-        lr = LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: iterations.append((r, it))),
+        lr = LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(lambda r, it, m: iterations.append((r, it))),
                         log=lambda *_: None)
         lr.run_rounds([0, 1])
     finally:
@@ -129,7 +129,7 @@ def _magnitude_mask(weights, previous, names, keep):
 def ticket_logs(tiny_data, tmp_path_factory):
     """Rounds 0-2 of the tiny default run (the ticket), shared by the tests below."""
     logs = tmp_path_factory.mktemp("ticket_logs")
-    LotteryRun(tiny_cfg(tiny_data, logs), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
+    LotteryRun(rd.RunDir(tiny_cfg(tiny_data, logs)), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
     return logs
 
 
@@ -166,10 +166,10 @@ def test_random_control_matches_the_tickets_layerwise_sparsity(tiny_data, ticket
     """pruning.method=random (random_sparsity matched): at every round each tensor keeps as many weights as
     the ticket keeps there, a seeded random subset of the control's own alive weights, not the largest."""
     with pytest.raises(UserError, match="pruning.method=magnitude"):  # no ticket beside it: a one-line error
-        LotteryRun(tiny_cfg(tiny_data, tmp_path, "pruning.method=random"), DEVICE, log=lambda *_: None).masks_for_round(1)
+        LotteryRun(rd.RunDir(tiny_cfg(tiny_data, tmp_path, "pruning.method=random")), DEVICE, log=lambda *_: None).masks_for_round(1)
     ticket_cfg = tiny_cfg(tiny_data, ticket_logs)
     control_cfg = tiny_cfg(tiny_data, ticket_logs, "pruning.method=random")
-    LotteryRun(control_cfg, DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
+    LotteryRun(rd.RunDir(control_cfg), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
     ticket, random = rd.RunDir(ticket_cfg), rd.RunDir(control_cfg)
     assert ticket.root != random.root and "_random_" in random.name
     for r in (1, 2):
@@ -187,7 +187,7 @@ def test_random_control_matches_the_tickets_layerwise_sparsity(tiny_data, ticket
                 top = _magnitude_mask(prev["state_dict"], previous, [n], int(mask.sum()))[n]
                 assert not torch.equal(mask, top), (r, n)
         # seeded: recomputing the masks from the files on disk gives the same draw
-        again = LotteryRun(control_cfg, DEVICE, log=lambda *_: None).masks_for_round(r)
+        again = LotteryRun(rd.RunDir(control_cfg), DEVICE, log=lambda *_: None).masks_for_round(r)
         assert all(torch.equal(again[n], c["masks"][n].bool()) for n in again)
     # a round made before the control matched the ticket (uniform random pruning) is not reused
     path = random.checkpoint(2)
@@ -195,7 +195,7 @@ def test_random_control_matches_the_tickets_layerwise_sparsity(tiny_data, ticket
     del old["random_sparsity"]
     save_torch(old, path)
     with pytest.raises(UserError, match="earlier version"):
-        LotteryRun(control_cfg, DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
+        LotteryRun(rd.RunDir(control_cfg), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
 
 
 def test_uniform_random_pruning_is_a_named_option_with_its_own_folder(tiny_data, tmp_path):
@@ -205,7 +205,7 @@ def test_uniform_random_pruning_is_a_named_option_with_its_own_folder(tiny_data,
     assert matched.root != uniform.root and "random-uniform" in uniform.name and "uniform" not in matched.name
     assert magnitude.root == rd.RunDir(tiny_cfg(tiny_data, tmp_path)).root  # the key only concerns method random
     # uniform: global random pruning at the schedule's fractions, without any ticket
-    lottery = LotteryRun(uniform.cfg, DEVICE, log=lambda *_: None)
+    lottery = LotteryRun(uniform, DEVICE, log=lambda *_: None)
     assert lottery.ticket_run is None
     lottery.run_rounds([0, 1])
     masks = load_torch(uniform.checkpoint(1))["masks"]
@@ -215,7 +215,7 @@ def test_uniform_random_pruning_is_a_named_option_with_its_own_folder(tiny_data,
 
 def test_killed_run_resumes_to_identical_checkpoints(tiny_data, tmp_path):
     straight = tiny_cfg(tiny_data, tmp_path / "a")
-    LotteryRun(straight, DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
+    LotteryRun(rd.RunDir(straight), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
 
     killed = tiny_cfg(tiny_data, tmp_path / "b")
 
@@ -224,11 +224,11 @@ def test_killed_run_resumes_to_identical_checkpoints(tiny_data, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        LotteryRun(killed, DEVICE, callbacks=iteration_hook(kill), log=lambda *_: None).run_rounds([0, 1, 2])
+        LotteryRun(rd.RunDir(killed), DEVICE, callbacks=iteration_hook(kill), log=lambda *_: None).run_rounds([0, 1, 2])
     run_b = rd.RunDir(killed)
     assert run_b.finished_rounds() == [0] and not run_b.checkpoint(1).exists()
     assert not list(run_b.round_dir(1).glob("*.tmp"))
-    LotteryRun(killed, DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
+    LotteryRun(rd.RunDir(killed), DEVICE, log=lambda *_: None).run_rounds([0, 1, 2])
 
     run_a = rd.RunDir(straight)
     for r in (0, 1, 2):

@@ -31,12 +31,12 @@ def tiny_run(tiny_data, tmp_path_factory):
     overrides = tiny_overrides(tiny_data, logs, *EXTRA)
     cfg = load_config(None, overrides)
     rounds = [0, 1, 2]
-    LotteryRun(cfg, CPU, log=quiet).run_rounds(rounds)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds(rounds)
     control = load_config(None, overrides + ["pruning.rewind=reinit"])
-    LotteryRun(control, CPU, log=quiet).run_rounds(rounds)
-    evaluate_rounds(control, CPU, rounds, log=quiet)
-    run_steps(cfg, rounds)
-    make_all_plots(cfg, log=quiet)
+    LotteryRun(rd.RunDir(control), CPU, log=quiet).run_rounds(rounds)
+    evaluate_rounds(rd.RunDir(control), CPU, rounds, log=quiet)
+    run_steps(rd.RunDir(cfg), rounds)
+    make_all_plots(rd.RunDir(cfg), log=quiet)
     return cfg, overrides
 
 
@@ -93,9 +93,9 @@ def test_steps_skip_complete_rounds(tiny_run):
     cfg, _ = tiny_run
     run = rd.RunDir(cfg)
     stamp = {p: p.stat().st_mtime_ns for p in [run.checkpoint(1), run.cav_file(1, "layer3"), run.heatmap_file(1, "gradcam")]}
-    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1, 2])
-    cavs_step(cfg, [0, 1, 2], log=quiet)
-    heatmaps_step(cfg, CPU, [0, 1, 2], log=quiet)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1, 2])
+    cavs_step(rd.RunDir(cfg), [0, 1, 2], log=quiet)
+    heatmaps_step(rd.RunDir(cfg), CPU, [0, 1, 2], log=quiet)
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
     assert not list(run.root.rglob("*.tmp"))
 
@@ -114,7 +114,8 @@ def test_loss_comparison_table_and_figure(tiny_run, tmp_path):
     from lottery_xai.report import compare_losses
 
     cfg, _ = tiny_run
-    table = compare_losses({"cross_entropy": cfg, "again": cfg}, tmp_path, log=lambda *_: None)
+    run = rd.RunDir(cfg)
+    table = compare_losses({"cross_entropy": run, "again": run}, tmp_path, log=lambda *_: None)
     assert list(table.columns) == ["loss", "round", "weights_remaining", "test_acc", "transform_spearman",
                                    "energy_in_box", "insertion_auc", "spearman"]
     assert len(table) == 2 * 3 and table["test_acc"].notna().all()
@@ -136,16 +137,16 @@ def test_a_new_image_selection_remakes_the_maps_and_step7_follows_its_inputs(tin
     run = rd.RunDir(copy)
     table = run.explanation_metrics()
     before = table.stat().st_mtime_ns
-    metrics_step(copy, CPU, [0, 1, 2], log=quiet)  # same inputs: nothing is measured again
+    metrics_step(rd.RunDir(copy), CPU, [0, 1, 2], log=quiet)  # same inputs: nothing is measured again
     assert table.stat().st_mtime_ns == before
     fewer = load_config(None, overrides + [f"logs={tmp_path / 'logs'}", "heatmaps.images_per_class=1"])
     with pytest.raises(UserError, match="images_per_class=1 select 4: run step 6"):
-        metrics_step(fewer, CPU, [0, 1], log=quiet)
-    heatmaps_step(fewer, CPU, [0, 1], log=quiet)
+        metrics_step(rd.RunDir(fewer), CPU, [0, 1], log=quiet)
+    heatmaps_step(rd.RunDir(fewer), CPU, [0, 1], log=quiet)
     assert len(np.load(run.heatmap_images())["ids"]) == 4
     assert np.load(run.heatmap_file(1, "gradcam"))["maps"].shape[0] == 4
     assert not run.heatmap_file(2, "gradcam").is_file()  # of the old images: deleted, step 6 makes it when asked
-    metrics_step(fewer, CPU, [0, 1], log=quiet)
+    metrics_step(rd.RunDir(fewer), CPU, [0, 1], log=quiet)
     measured = pd.read_csv(table)
     assert set(measured.loc[measured["method"] == "gradcam", "n_images"]) >= {4}
     assert (measured.loc[(measured["round"] <= 1) & (measured["method"] == "gradcam"), "n_images"] == 4).all()

@@ -40,8 +40,8 @@ def base_run(tiny_data, tmp_path_factory):
     logs = tmp_path_factory.mktemp("reliability") / "logs"
     cfg = load_config(None, tiny_overrides(tiny_data, logs, *EXTRA))
     rounds = [0, 1]
-    LotteryRun(cfg, CPU, log=quiet).run_rounds(rounds)
-    run_steps(cfg, rounds, last=6)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds(rounds)
+    run_steps(rd.RunDir(cfg), rounds, last=6)
     return logs, rd.RunDir(cfg).name
 
 

@@ -24,7 +24,7 @@ def _kill_in_last_epoch(steps_per_epoch):
 
 
 def _steps_per_epoch(cfg):
-    lr = LotteryRun(cfg, DEVICE, log=lambda *_: None)
+    lr = LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None)
     n = len(lr.datasets["train"])
     return -(-n // cfg.data.batch_size)
 
@@ -42,7 +42,7 @@ def _same_round(run_a, run_b, r):
 @pytest.fixture
 def straight(tiny_data, tmp_path):
     cfg = _cfg(tiny_data, tmp_path / "straight")
-    LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None).run_rounds([0, 1])
     return cfg
 
 
@@ -50,14 +50,14 @@ def test_round_resumes_at_its_last_epoch_bit_identical(tiny_data, tmp_path, stra
     cfg = _cfg(tiny_data, tmp_path / "killed")
     per_epoch = _steps_per_epoch(cfg)
     with pytest.raises(Interrupt):
-        LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
+        LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     run = rd.RunDir(cfg)
     saved = load_torch(run.resume_state(1))
     assert saved["epoch"] == EPOCHS - 1 and len(saved["history"]) == EPOCHS - 1
     assert not run.checkpoint(1).exists() and not run.resume_state(0).exists()  # round 0 finished: its state is gone
 
     steps, lines = [], []
-    LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lines.append).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lines.append).run_rounds([0, 1])
     # only the last epoch was trained again, and its iterations continue the count
     assert [it for r, it in steps if r == 1] == list(range((EPOCHS - 1) * per_epoch + 1, EPOCHS * per_epoch + 1))
     assert any(f"resuming after epoch {EPOCHS - 1} of {EPOCHS}" in line for line in lines)
@@ -70,7 +70,7 @@ def test_a_foreign_or_unreadable_resume_state_is_ignored(tiny_data, tmp_path, st
     cfg = _cfg(tiny_data, tmp_path / "killed")
     per_epoch = _steps_per_epoch(cfg)
     with pytest.raises(Interrupt):
-        LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
+        LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     run = rd.RunDir(cfg)
     path = run.resume_state(1)
     if spoil == "other settings":  # e.g. saved before step 1 was redone with other settings or another init
@@ -79,7 +79,7 @@ def test_a_foreign_or_unreadable_resume_state_is_ignored(tiny_data, tmp_path, st
     else:
         path.write_bytes(path.read_bytes()[:100])
     steps, lines = [], []
-    LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lines.append).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lines.append).run_rounds([0, 1])
     assert [it for r, it in steps if r == 1] == list(range(1, EPOCHS * per_epoch + 1))  # the whole round again
     assert any("starting the round from its first epoch" in line for line in lines)
     _same_round(rd.RunDir(straight), run, 1)
@@ -90,9 +90,9 @@ def test_force_ignores_a_resume_state(tiny_data, tmp_path, straight):
     cfg = _cfg(tiny_data, tmp_path / "killed")
     per_epoch = _steps_per_epoch(cfg)
     with pytest.raises(Interrupt):
-        LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
+        LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     steps = []
-    LotteryRun(cfg, DEVICE, force=True, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))),
+    LotteryRun(rd.RunDir(cfg), DEVICE, force=True, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))),
                log=lambda *_: None).run_rounds([0, 1])
     assert [it for r, it in steps if r == 1] == list(range(1, EPOCHS * per_epoch + 1))
     _same_round(rd.RunDir(straight), rd.RunDir(cfg), 1)
@@ -103,16 +103,16 @@ def test_a_late_rewound_round_resumes_bit_identical(tiny_data, tmp_path):
     it resumes after epoch 2 with the schedule where it was and ends as the uninterrupted run."""
     extra = ("pruning.rewind=epoch:1",)
     straight = tiny_cfg(tiny_data, tmp_path / "straight", f"train.epochs={EPOCHS}", "prune_iterations=1", *extra)
-    LotteryRun(straight, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(straight), DEVICE, log=lambda *_: None).run_rounds([0, 1])
     cfg = tiny_cfg(tiny_data, tmp_path / "killed", f"train.epochs={EPOCHS}", "prune_iterations=1", *extra)
     per_epoch = _steps_per_epoch(cfg)
     with pytest.raises(Interrupt):
-        LotteryRun(cfg, DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
+        LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(_kill_in_last_epoch(per_epoch)), log=lambda *_: None).run_rounds([0, 1])
     run = rd.RunDir(cfg)
     saved = load_torch(run.resume_state(1))
     assert saved["epoch"] == EPOCHS - 1 and [h["epoch"] for h in saved["history"]] == list(range(2, EPOCHS))
     steps = []
-    LotteryRun(cfg, DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lambda *_: None).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(cfg), DEVICE, callbacks=iteration_hook(lambda r, it, m: steps.append((r, it))), log=lambda *_: None).run_rounds([0, 1])
     assert [it for r, it in steps if r == 1] == list(range((EPOCHS - 1) * per_epoch + 1, EPOCHS * per_epoch + 1))
     _same_round(rd.RunDir(straight), run, 1)
     assert load_torch(run.checkpoint(1))["epochs"] == EPOCHS - 1  # T - K epochs trained

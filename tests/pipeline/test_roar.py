@@ -82,8 +82,8 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
     overrides = tiny_overrides(tiny_data, tmp_path, "prune_iterations=1", "train.epochs=1", "roar.percents=[0,50]",
                                "roar.methods=[gradcam]", "heatmaps.batch_size=16")
     cfg = load_config(None, overrides)
-    LotteryRun(cfg, CPU, log=quiet).run_rounds([0, 1])
-    table = roar_step(cfg, CPU, [0, 1], log=quiet)
+    LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1])
+    table = roar_step(rd.RunDir(cfg), CPU, [0, 1], log=quiet)
     run = rd.RunDir(cfg)
     assert list(table.columns) == ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed",
                                    "test_acc", "best_val_acc", "n_test", "train_seconds"]
@@ -98,21 +98,21 @@ def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
     assert not run.plot("roar").exists()  # the step computes only; main_roar.py (or step 8) draws
     from lottery_xai.report import plot_roar
 
-    plot_roar(run.cfg)
+    plot_roar(run)
     assert run.plot("roar").is_file()
     assert len(pd.read_csv(run.roar_results())) == len(table)
     # a rerun resumes: nothing left to train, same table
-    again = roar_step(cfg, CPU, [0, 1], log=quiet)
+    again = roar_step(rd.RunDir(cfg), CPU, [0, 1], log=quiet)
     assert again["train_seconds"].tolist() == table["train_seconds"].tolist()
     # the ticket variant adds its own rows (same run directory) and starts from the round's mask on the initial weights
     ticket = replace(cfg, **{"roar.retrain": "ticket"})
     ckpt = load_torch(run.checkpoint(1, "best"))
-    model, masks = fresh_model(ticket, run, ckpt, 4, 0)
+    model, masks = fresh_model(rd.RunDir(ticket), ckpt, 4, 0)
     init = load_torch(run.init_state())["state_dict"]
     for name, mask in masks.items():
         weight = dict(model.named_parameters())[name]
         assert (weight[~mask] == 0).all() and torch.equal(weight[mask], init[name][mask])
-    both = roar_step(ticket, CPU, [1], log=quiet)
+    both = roar_step(rd.RunDir(ticket), CPU, [1], log=quiet)
     assert len(both) == len(table) + 4 and set(both["retrain"]) == {"dense", "ticket"}
 
 

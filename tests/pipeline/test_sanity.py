@@ -10,7 +10,7 @@ from torch import nn
 from lottery_xai import rundir as rd
 from lottery_xai.config import configured_rounds, load_config
 from lottery_xai.errors import UserError
-from lottery_xai.pipeline.rounds import configured_maps
+from lottery_xai.pipeline.maps import configured_maps
 from lottery_xai.pipeline.sanity import (CHANGES, CONTROL, NO_CHANGE, cascade, cascade_blocks, image_subset, independent,
                                          randomisation_test, sanity_rounds, sanity_step, stage_seed, verdict,
                                          verdict_stage)
@@ -283,21 +283,21 @@ def test_the_step_needs_step_6_and_known_methods(sanity_run, tmp_path):
     bare = load_config(None, sanity_run + [f"logs={tmp_path}"])
     shutil.copytree(rd.RunDir(cfg).pruning_dir, rd.RunDir(bare).pruning_dir)  # step 1 only
     with pytest.raises(UserError, match=r"run step 6 \(main_heatmap_save.py\) first"):
-        sanity_step(bare, CPU, log=quiet)
+        sanity_step(rd.RunDir(bare), CPU, log=quiet)
     with pytest.raises(UserError, match="sanity.methods.*gradcamm"):
-        sanity_step(load_config(None, sanity_run + ["sanity.methods=[gradcamm]"]), CPU, log=quiet)
+        sanity_step(rd.RunDir(load_config(None, sanity_run + ["sanity.methods=[gradcamm]"])), CPU, log=quiet)
 
 
 def test_other_settings_recompute_the_units(sanity_run):
     base = sanity_run + ["sanity.methods=[random]", "sanity.rounds=[0]"]
     cfg = load_config(None, base)
     run = rd.RunDir(cfg)
-    sanity_step(cfg, CPU, log=quiet)
+    sanity_step(rd.RunDir(cfg), CPU, log=quiet)
     stamp = run.sanity_maps(0, "random").stat().st_mtime_ns
-    sanity_step(load_config(None, base + ["heatmaps.grid_images=2"]), CPU, log=quiet)  # a figure setting: skipped
+    sanity_step(rd.RunDir(load_config(None, base + ["heatmaps.grid_images=2"])), CPU, log=quiet)  # a figure setting: skipped
     assert run.sanity_maps(0, "random").stat().st_mtime_ns == stamp
     lines = []
-    sanity_step(load_config(None, base + ["sanity.n_images=3"]), CPU, log=lines.append)
+    sanity_step(rd.RunDir(load_config(None, base + ["sanity.n_images=3"])), CPU, log=lines.append)
     assert run.sanity_maps(0, "random").stat().st_mtime_ns != stamp and "recomputing 1 randomisation" in lines[0]
     assert len(load_npz(run.sanity_maps(0, "random"))["ids"]) == 3
     per_image = pd.read_csv(run.sanity_per_image())
@@ -306,9 +306,9 @@ def test_other_settings_recompute_the_units(sanity_run):
     old = pd.read_csv(run.sanity_verdicts()).drop(columns=["randomization", "stage", "block"])
     old.to_csv(run.sanity_verdicts(), index=False)
     lines = []
-    table = sanity_step(load_config(None, base + ["sanity.n_images=3"]), CPU, log=lines.append)
+    table = sanity_step(rd.RunDir(load_config(None, base + ["sanity.n_images=3"])), CPU, log=lines.append)
     assert "older format" in lines[0] and list(table["randomization"]) == ["cascading"]
-    sanity_step(cfg, CPU, log=quiet)  # back to the settings of the other tests
+    sanity_step(rd.RunDir(cfg), CPU, log=quiet)  # back to the settings of the other tests
 
 
 @pytest.mark.parametrize("override, key", [("sanity.measures=[spearman,foo]", "sanity.measures"),

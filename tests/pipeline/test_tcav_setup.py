@@ -86,8 +86,8 @@ def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, t
     strict = load_config(None, overrides + ["tcav.protocol=strict"])
     run = rd.RunDir(cfg)
     assert rd.RunDir(strict).root == run.root
-    LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0])
-    run_steps(cfg, [0], last=5)
+    LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None).run_rounds([0])
+    run_steps(rd.RunDir(cfg), [0], last=5)
     table = pd.read_csv(run.tcav_scores())
     assert list(table.columns)[-1] == "protocol" and set(table["protocol"]) == {"reference"}
     cav_file = run.cav_file(0, "layer3")
@@ -97,17 +97,17 @@ def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, t
     assert run.fingerprints("tcav")["round_00/layer3"] == run.round_fingerprint(0)  # step 7 and ACE compare this
 
     with pytest.raises(UserError, match="other CAV settings"):
-        tcav_step(strict, DEVICE, [0], log=lambda *_: None)  # CAVs of the reference protocol, strict step 5
+        tcav_step(rd.RunDir(strict), DEVICE, [0], log=lambda *_: None)  # CAVs of the reference protocol, strict step 5
     logged, before = [], cav_file.stat().st_mtime_ns
-    cavs_step(strict, [0], log=logged.append)
-    tcav_step(strict, DEVICE, [0], log=logged.append)
+    cavs_step(rd.RunDir(strict), [0], log=logged.append)
+    tcav_step(rd.RunDir(strict), DEVICE, [0], log=logged.append)
     assert cav_file.stat().st_mtime_ns != before and len(np.load(cav_file)["random_cavs"]) == 3
     assert any("made with other settings (negatives 'random' -> 'rest'" in line for line in logged)
     assert any(line.startswith("round 0: tcav/round_00/layer3 was made with other settings") for line in logged)
     assert set(pd.read_csv(run.tcav_scores())["protocol"]) == {"strict"}
     logged = []
-    cavs_step(strict, [0], log=logged.append)
-    tcav_step(strict, DEVICE, [0], log=logged.append)
+    cavs_step(rd.RunDir(strict), [0], log=logged.append)
+    tcav_step(rd.RunDir(strict), DEVICE, [0], log=logged.append)
     assert not [line for line in logged if "recomputing" in line]  # same settings: nothing recomputed
 
     # a table (and fingerprints) from before the protocols, with a row of a round this call does not redo
@@ -118,13 +118,13 @@ def test_a_protocol_change_recomputes_steps_4_and_5_and_is_recorded(tiny_data, t
     del prints["round_00/layer3#settings"]
     write_text(run.fingerprints_file("tcav"), json.dumps(prints))
     logged = []
-    tcav_step(strict, DEVICE, [0], log=logged.append)
+    tcav_step(rd.RunDir(strict), DEVICE, [0], log=logged.append)
     assert any("no recorded settings" in line for line in logged)
     table = pd.read_csv(run.tcav_scores())
     assert table.set_index("round")["protocol"].to_dict() == {0: "strict", 7: "strict"}
     # a key that departs from the protocol is named in the column
     welch = load_config(None, overrides + ["tcav.test=welch"])
-    cavs_step(welch, [0], log=lambda *_: None)
-    tcav_step(welch, DEVICE, [0], log=lambda *_: None)
+    cavs_step(rd.RunDir(welch), [0], log=lambda *_: None)
+    tcav_step(rd.RunDir(welch), DEVICE, [0], log=lambda *_: None)
     table = pd.read_csv(run.tcav_scores())
     assert set(table.loc[table["round"] == 0, "protocol"]) == {"reference (tcav.test=welch)"}

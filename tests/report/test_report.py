@@ -50,9 +50,9 @@ class Page(HTMLParser):
 @pytest.fixture(scope="module")
 def reported(sanity_run):
     cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "human_study.url_prefix=<b>x</b>"])
-    sanity_step(cfg, torch.device("cpu"), log=quiet)
-    plot_sanity(cfg)
-    return cfg, build_report(cfg, log=quiet)
+    sanity_step(rd.RunDir(cfg), torch.device("cpu"), log=quiet)
+    plot_sanity(rd.RunDir(cfg))
+    return cfg, build_report(rd.RunDir(cfg), log=quiet)
 
 
 def test_the_report_holds_every_section_and_nothing_external(reported):
@@ -93,8 +93,8 @@ def test_the_report_holds_every_section_and_nothing_external(reported):
 def test_a_rerun_skips_an_up_to_date_report(reported):
     cfg, path = reported
     stamp = path.stat().st_mtime_ns
-    assert build_report(cfg, log=quiet) == path and path.stat().st_mtime_ns == stamp
-    build_report(cfg, force=True, log=quiet)
+    assert build_report(rd.RunDir(cfg), log=quiet) == path and path.stat().st_mtime_ns == stamp
+    build_report(rd.RunDir(cfg), force=True, log=quiet)
     assert path.stat().st_mtime_ns != stamp
     assert not list(path.parent.glob(".*.tmp"))
 
@@ -114,7 +114,7 @@ def test_missing_parts_are_notes(reported, tmp_path):
                  "Sanity checks not computed: run main_sanity_checks.py"):
         assert note in plain
     with pytest.raises(Exception, match="main_lth_pruning.py"):
-        build_report(load_config(None, [f"logs={tmp_path / 'none'}"]), log=quiet)
+        build_report(rd.RunDir(load_config(None, [f"logs={tmp_path / 'none'}"])), log=quiet)
 
 
 def test_the_replicates_null_bands_reach_the_table_and_the_verdict(reported, tmp_path):
@@ -168,15 +168,15 @@ def test_the_report_opens_in_a_browser_with_its_figures(reported, tmp_path):
 
 def test_a_method_whose_maps_ignore_the_weights_is_flagged(reported, monkeypatch):
     from lottery_xai.pipeline.sanity import NO_CHANGE
-    from lottery_xai.report import html
+    from lottery_xai.report import verdicts as report_verdicts
 
     cfg, _ = reported
     run = rd.RunDir(cfg)
-    verdicts, summary = html.sanity_tables(run)
+    verdicts, summary = report_verdicts.sanity_tables(run)
     fake = verdicts.copy()
     fake.loc[(fake["method"] == "gradcam") & (fake["round"] == 2), ["similarity", "verdict"]] = [0.93, NO_CHANGE]
-    monkeypatch.setattr(html, "sanity_tables", lambda _: (fake, summary))
-    items = {item["method"]: item for item in html.method_verdicts(run, None)}
+    monkeypatch.setattr(report_verdicts, "sanity_tables", lambda _: (fake, summary))
+    items = {item["method"]: item for item in report_verdicts.method_verdicts(run, None)}
     assert items["gradcam"]["cls"] == "bad" and items["random"]["cls"] == ""
     assert "sanity check FAILED at round 2: its maps do not change" in items["gradcam"]["text"]
     assert "0.93 at round 2" in items["gradcam"]["text"]

@@ -186,7 +186,7 @@ def test_lambda_zero_trains_as_plain_cross_entropy():
 def test_a_cgc_run_trains_every_round_and_resumes_after_a_kill(tiny_data, tmp_path):
     extra = ("prune_iterations=1", "train.loss=cgc", "train.epochs=3")
     straight = tiny_cfg(tiny_data, tmp_path / "a", *extra)
-    summary = LotteryRun(straight, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    summary = LotteryRun(rd.RunDir(straight), DEVICE, log=lambda *_: None).run_rounds([0, 1])
     assert list(summary["round"]) == [0, 1] and summary["best_val_acc"].notna().all()
     killed = tiny_cfg(tiny_data, tmp_path / "b", *extra)
 
@@ -195,9 +195,9 @@ def test_a_cgc_run_trains_every_round_and_resumes_after_a_kill(tiny_data, tmp_pa
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        LotteryRun(killed, DEVICE, callbacks=iteration_hook(kill), log=lambda *_: None).run_rounds([0, 1])
+        LotteryRun(rd.RunDir(killed), DEVICE, callbacks=iteration_hook(kill), log=lambda *_: None).run_rounds([0, 1])
     assert rd.RunDir(killed).resume_state(1).is_file()
-    LotteryRun(killed, DEVICE, log=lambda *_: None).run_rounds([0, 1])
+    LotteryRun(rd.RunDir(killed), DEVICE, log=lambda *_: None).run_rounds([0, 1])
     _same_checkpoints(rd.RunDir(straight), rd.RunDir(killed), [0, 1])
 
 
@@ -236,7 +236,7 @@ def test_negatives_span_every_process_under_torchrun(tmp_path):
 
 
 def test_unlabelled_images_reach_only_the_label_free_terms(tiny_data, tmp_path):
-    from lottery_xai.loaders import IGNORED_LABEL, HideLabels
+    from lottery_xai.data.loaders import IGNORED_LABEL, HideLabels
     from lottery_xai.training.losses import labelled_cross_entropy
 
     items = [{"image": torch.zeros(1), "label": torch.tensor(i % 3)} for i in range(10)]
@@ -254,7 +254,7 @@ def test_unlabelled_images_reach_only_the_label_free_terms(tiny_data, tmp_path):
     assert float(none.detach()) == 0.0 and not grad.any()
     # a CGC run with half of the training images unlabelled trains, in its own run folder
     cfg = tiny_cfg(tiny_data, tmp_path, "prune_iterations=0", "train.loss=cgc", "train.unlabeled_fraction=0.5")
-    summary = LotteryRun(cfg, DEVICE, log=lambda *_: None).run_rounds([0])
+    summary = LotteryRun(rd.RunDir(cfg), DEVICE, log=lambda *_: None).run_rounds([0])
     assert "unlabeled0.5" in rd.RunDir(cfg).name and summary["best_val_acc"].notna().all()
 
 
@@ -303,8 +303,8 @@ def test_the_total_is_the_cross_entropies_and_the_weighted_term(monkeypatch, two
 
 
 def test_step_1_gives_cgc_the_evaluation_view_beside_the_training_view(tiny_data, tmp_path):
-    from lottery_xai.loaders import WithOriginalView
-    from lottery_xai.pipeline.rounds import load_data
+    from lottery_xai.data.loaders import WithOriginalView
+    from lottery_xai.pipeline.loading import load_data
 
     cfg = tiny_cfg(tiny_data, tmp_path, "train.loss=ce")
     assert cfg.train.loss == "cross_entropy"  # the short name is the same run

@@ -77,7 +77,7 @@ def test_an_early_stopped_round_records_the_epochs_it_trained(tiny_data, tmp_pat
     # a gain of 100 % never counts after the first epoch: patience 1 ends the round after epoch 2 of 6
     cfg = load_config(None, tiny_overrides(tiny_data, tmp_path, "train.epochs=6", "train.early_stopping=true",
                                            "train.early_stopping_gain=1.0", "train.early_stopping_patience=1"))
-    LotteryRun(cfg, torch.device("cpu"), log=lambda *_: None).run_rounds([0])
+    LotteryRun(rd.RunDir(cfg), torch.device("cpu"), log=lambda *_: None).run_rounds([0])
     ckpt = torch.load(rd.RunDir(cfg).checkpoint(0, "last"), weights_only=False)
     assert ckpt["epochs"] == 2 and ckpt["max_epochs"] == 6
     assert len(pd.read_csv(rd.RunDir(cfg).round_log(0))) == 2
