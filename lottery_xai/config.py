@@ -45,10 +45,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(10, "epochs of training in every round (epochs_per_round)", minimum=1)
-    optimizer: str = opt("sgd", "optimizer", choices=["sgd", "adam"])
+    optimizer: str = opt("sgd", "optimizer: sgd (momentum, weight decay added to the gradient), adam (torch.optim.Adam, the same L2 term) or adamw (torch.optim.AdamW: decoupled weight decay, Loshchilov & Hutter 2019, as vision transformers are trained); masks hold under each", choices=["sgd", "adam", "adamw"])
     lr: float = opt(0.05, "learning rate at the start of every round", minimum=0.0)
     momentum: float = opt(0.9, "SGD momentum", minimum=0.0, maximum=1.0)
-    weight_decay: float = opt(5e-4, "L2 weight decay", minimum=0.0)
+    weight_decay: float = opt(5e-4, "weight decay (L2 for sgd and adam, decoupled for adamw: each step multiplies the weights by 1 - lr * weight_decay)", minimum=0.0)
     lr_schedule: str = opt("cosine", "learning-rate schedule within a round", choices=["none", "step", "cosine"])
     lr_step_epochs: int = opt(30, "step schedule: epochs between decays", minimum=1)
     lr_gamma: float = opt(0.1, "step schedule: decay factor", minimum=0.0, maximum=1.0)

@@ -52,6 +52,8 @@ def make_optimizer(model: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    if tc.optimizer == "adamw":  # decoupled decay on every parameter (torch's default; timm's recipes exempt 1-D ones)
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
