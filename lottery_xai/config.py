@@ -423,7 +423,7 @@ def _unknown(key: str) -> UserError:
     if key in REMOVED_KEYS:
         return UserError(f"config key '{key}' is no longer read by the pipeline ({REMOVED_KEYS[key]}); "
                          "delete it from the config")
-    return unknown_name(f"unknown config key '{key}'", key, all_keys(), n=1, otherwise="see the README's key table")
+    return unknown_name(f"unknown config key '{key}'", key, all_keys(), n=1, otherwise="see doc/configuration.md")
 
 
 def _coerce(key: str, value: Any, ftype, default: Any) -> Any:

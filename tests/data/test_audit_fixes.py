@@ -172,6 +172,6 @@ def test_an_old_config_with_a_removed_key_is_told_where_it_went(tmp_path, key, f
         load_config(None, [f"data.{key}=3"])
 
 
-def test_readme_limits_the_integrated_gradients_completeness_claim_to_trained_networks():
-    text = " ".join((REPO / "README.md").read_text().split())
+def test_the_docs_limit_the_integrated_gradients_completeness_claim_to_trained_networks():
+    text = " ".join((REPO / "doc" / "methods.md").read_text().split())
     assert "complete to < 1 % on trained networks; on a randomly initialised network the completeness gap can be larger" in text
