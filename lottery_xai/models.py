@@ -10,6 +10,7 @@ from torch import nn
 
 from .errors import UserError
 from .names import unknown_name
+from .timm_backbones import resolve_layer_name
 
 
 class BasicBlock(nn.Module):
@@ -124,9 +125,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, img_size:
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule at a dotted name (``layer3``, ``features.28``), with close matches on a typo."""
+    """The submodule at a dotted name (``layer3``, ``features.28``; negative indices count from the end of a
+    container, ``blocks.-1.norm1``), with close matches on a typo."""
     try:
-        return model.get_submodule(name)
+        return model.get_submodule(resolve_layer_name(model, name))
     except AttributeError:
         names = [n for n, _ in model.named_modules() if n]
         raise unknown_name(f"layer '{name}' does not exist in this model", name, names, cutoff=0.6,

@@ -187,6 +187,20 @@ def resolve_layer_name(model: nn.Module, name: str) -> str:
     return ".".join(out)
 
 
+def default_cam_layer(model: nn.Module) -> str | None:
+    """The CAM layer of :data:`FAMILIES` for a built timm ViT / DeiT or Swin (its own name, indices resolved),
+    None for any other model (and without timm)."""
+    try:
+        from timm.models.swin_transformer import SwinTransformer
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return None
+    for cls, family in ((VisionTransformer, "vit"), (SwinTransformer, "swin")):
+        if isinstance(model, cls):
+            return resolve_layer_name(model, FAMILIES[family].cam_layer)
+    return None
+
+
 def grid_side(n_tokens: int) -> int | None:
     """The side of a square grid of ``n_tokens`` tokens, None when it is not a square."""
     side = math.isqrt(n_tokens)

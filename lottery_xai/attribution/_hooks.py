@@ -3,6 +3,11 @@
 The layer capture itself is :class:`lottery_xai.activations.LayerCapture` (also used by TCAV and
 the activation step): it runs the network up to the layer without building a graph and records
 only layer -> logits, so `torch.autograd.grad` to the layer never touches the parameters below it.
+
+Vision transformers: a token layer's output ([N, T, D] for ViT / DeiT, [N, h, w, C] for Swin) becomes a map
+[N, D, h, w] through :func:`as_grid` (pytorch-grad-cam's ``reshape_transform``, :func:`lottery_xai.tokens.to_grid`),
+applied alike to the activation and to its gradient; the CAM methods then work on it as on a CNN's map. A CNN's
+outputs are not changed.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from torch import nn
 from lottery_xai.errors import UserError
 from lottery_xai.activations import forward_with_capture  # the one layer capture
 from lottery_xai.models import require_eval
+from lottery_xai.timm_backbones import default_cam_layer
+from lottery_xai.tokens import to_grid, token_layout
 
 TargetsLike = torch.Tensor | Sequence[int] | int | None
 
@@ -44,12 +51,23 @@ def layer_gradient(
     return activation, grad, logits, targets
 
 
+def as_grid(model: nn.Module, tensor: torch.Tensor, layer: str = "") -> torch.Tensor:
+    """A layer's output (or its gradient) as a map [N, C, h, w]: a transformer's tokens reshaped to the patch grid
+    as pytorch-grad-cam's ``reshape_transform`` does (the class and distillation tokens dropped), anything of a
+    CNN unchanged (:func:`lottery_xai.tokens.to_grid`)."""
+    return to_grid(tensor, token_layout(model), layer)
+
+
 def find_default_layer(model: nn.Module, images: torch.Tensor) -> str:
     """Name of the last module (in execution order) that outputs a spatial map (4-D, more than 1 pixel).
 
     Costs one extra forward of a single image; for torchvision ResNets it returns `layer4`.
-    Modules that run more than once (shared activations) are skipped.
+    Modules that run more than once (shared activations) are skipped. A timm ViT / DeiT or Swin gets
+    pytorch-grad-cam's layer instead (the last block's ``norm1``, see :mod:`lottery_xai.timm_backbones`).
     """
+    family_layer = default_cam_layer(model)
+    if family_layer is not None:
+        return family_layer
     order: list[str] = []
     calls: dict[str, int] = {}
     handles = []

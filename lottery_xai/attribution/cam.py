@@ -3,6 +3,10 @@
 One skeleton (`_layer_cam`) does the capture, the partial backward, the ReLU and the
 upsampling; each gradient method only says how to combine the activation A and its gradient.
 Score-CAM weighs the channels by forward passes instead of gradients.
+
+On a vision transformer's token layer, A and its gradient are first reshaped to the patch grid
+[N, D, h, w] (`as_grid`, pytorch-grad-cam's ``reshape_transform``); the maps are then at the
+token grid's resolution before upsampling (pytorch-grad-cam, tutorials/vision_transformers.md).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from torch import nn
 
 from lottery_xai.attribution._hooks import (
     TargetsLike,
+    as_grid,
     check_eval,
     check_images,
     find_default_layer,
@@ -37,6 +42,7 @@ def _layer_cam(
     check_eval(model)
     layer = layer if layer is not None else find_default_layer(model, images)
     activation, grad, _, _ = layer_gradient(model, images, layer, targets)
+    activation, grad = as_grid(model, activation, layer), as_grid(model, grad, layer)
     with torch.no_grad():
         maps = torch.relu(combine(activation.float(), grad.float()))
         if upsample:
@@ -124,7 +130,7 @@ def grad_x_activation_map(
     """
     check_images(images)
     activation, grad, logits, _ = layer_gradient(model, images, layer, targets, create_graph=create_graph)
-    maps = torch.relu(_grad_x_activation_combine(activation, grad))
+    maps = torch.relu(_grad_x_activation_combine(as_grid(model, activation, layer), as_grid(model, grad, layer)))
     return maps, logits
 
 
@@ -150,7 +156,7 @@ def score_cam(
     layer = layer if layer is not None else find_default_layer(model, images)
     images = images.detach()
     activation, logits = forward_with_capture(model, images, layer)
-    activation, logits = activation.detach().float(), logits.detach()
+    activation, logits = as_grid(model, activation.detach(), layer).float(), logits.detach()
     targets = resolve_targets(targets, logits)
     n, channels = activation.shape[:2]
     scores = torch.zeros(n * channels, device=images.device)

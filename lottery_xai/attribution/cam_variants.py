@@ -26,6 +26,7 @@ from torch import nn
 
 from lottery_xai.attribution._hooks import (
     TargetsLike,
+    as_grid,
     check_eval,
     check_images,
     find_default_layer,
@@ -104,7 +105,7 @@ def eigencam(model: nn.Module, images: torch.Tensor, targets: TargetsLike = None
     check_images(images)
     check_eval(model)
     layer = layer if layer is not None else find_default_layer(model, images)
-    activation = layer_activations(model, layer, images.detach())
+    activation = as_grid(model, layer_activations(model, layer, images.detach()), layer)
     if not isinstance(activation, torch.Tensor) or activation.dim() != 4:
         raise UserError(f"EigenCAM needs a layer with a spatial output [N, K, h, w]; {layer!r} gives "
                         f"{tuple(getattr(activation, 'shape', ()))}")
