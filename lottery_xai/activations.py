@@ -1,4 +1,8 @@
-"""Bottleneck activations: a forward stopped at the layer, flattening, and streaming to `.npy` memory maps."""
+"""Bottleneck activations: a forward stopped at the layer, flattening, and streaming to `.npy` memory maps.
+
+A vision transformer's token layer is first reduced to its token features (``token_features``: the class token,
+the mean over the patch tokens, or the patch grid, :func:`lottery_xai.tokens.token_features`); a CNN's maps are
+flattened as they are."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +22,7 @@ from tqdm.auto import tqdm
 from .errors import UserError
 from .models import get_layer
 from .safe_io import atomic_path
+from .tokens import resolve_mode, token_features as reduce_tokens, token_layout
 
 FLATTENINGS = ("flatten", "avg_pool", "max_pool")
 _DTYPES = {"float32": (np.float32, torch.float32), "float16": (np.float16, torch.float16)}
@@ -260,6 +265,7 @@ def save_activations(
     device: str | torch.device | None = None,
     extra_paths: Mapping[str, str | os.PathLike] | None = None,
     progress: bool = True,
+    token_features: str = "auto",
 ) -> dict:
     """Stream the activations of every requested layer to `.npy` files in ONE pass over `loader`.
 
@@ -269,8 +275,12 @@ def save_activations(
     `extra_paths` may name files for ``labels``, ``concepts`` and ``ids``. Files are pre-sized memory
     maps at a temporary name, renamed into place only when complete. The model runs in eval mode
     (restored afterwards) on `device` (default: where the model is). Returns the shape of each file.
+    A transformer's token layers are reduced by ``token_features`` (cls | mean | grid | auto, see
+    :mod:`lottery_xai.tokens`) before ``flattening``; nothing changes for a CNN.
     """
     _check_flattening(flattening)
+    layout = token_layout(model)
+    resolve_mode(token_features, layout)  # an unknown mode fails before any work is done
     if dtype not in _DTYPES:
         raise UserError(f"activation dtype '{dtype}' is unknown; use float32 or float16")
     layers = list(dict.fromkeys(layers))
@@ -300,7 +310,8 @@ def save_activations(
                 if done + b > n_images:
                     raise UserError(f"the loader yields more than n_images={n_images} images; pass the split's size")
                 acts = _run_captured(model, images, store, layers)
-                flat = [flatten_activations(acts[n], flattening).to(torch_dtype) for n in layers]
+                flat = [flatten_activations(reduce_tokens(acts[n], layout, token_features, n), flattening).to(torch_dtype)
+                        for n in layers]
                 widths = [f.shape[1] for f in flat]
                 block = torch.cat(flat, dim=1).cpu().numpy()  # one device->cpu transfer per batch
                 if not writers:

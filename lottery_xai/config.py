@@ -362,6 +362,7 @@ class Config:
     concepts_for_tcav: list = opt(["all"], "the labelled concepts step 4 fits CAVs for and step 5 scores, or [all]; names ace:CLASS:K (or ace:all) add concepts ACE discovered")
     bb_layers_for_concepts: list = opt(["layer3"], "the concept layers (dotted module names): step 3 stores their activations, step 4 fits CAVs and step 5 takes gradients there; ACE uses the first unless ace.layer is set")
     cav_flattening_type: str = opt("avg_pool", "how a layer's activation map becomes a vector", choices=["flatten", "avg_pool", "max_pool"])
+    token_features: str = opt("auto", "vision transformers: what a token layer's output becomes for activations, CAVs, TCAV and ACE: cls (the class token), mean (the mean over the patch tokens), grid (the patch tokens as a map [D, h, w], then cav_flattening_type), auto (cls where the model has a class token, ViT / DeiT, else mean, Swin); a CNN's layers are not affected", choices=["auto", "cls", "mean", "grid"])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)

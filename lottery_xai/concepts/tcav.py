@@ -21,6 +21,11 @@ tcav/model.py, tcav/utils.py, tcav/utils_plot.py, as released in tcav 0.2.2), an
   sum_hw g_hw . v = HW * (mean_hw g) . v. The spatial mean of the gradient therefore has the derivative's sign,
   which is all the TCAV score counts. ``max_pool`` has no such derivative (it only sees the arg-max position), so it
   is refused.
+- Vision transformers: at a token layer the gradient is reduced as the activations were (``token_features``,
+  :func:`lottery_xai.tokens.token_features`): the class token's gradient for ``cls`` (exactly the gradient with
+  respect to the feature), the mean of the patch tokens' gradients for ``mean`` (moving the mean by eps * v moves
+  every patch token by eps * v: T times that mean, . v, is the derivative, of the same sign), the patch grid for
+  ``grid`` (then the flattening above).
 - Significance. Paper 3.5: "we perform a two-sided t-test of the TCAV scores based on these multiple samples. If we
   can reject the null hypothesis of a TCAV score of 0.5 [...] Note that we also perform a Bonferroni correction for
   our hypotheses (at p < alpha/m with m = 2)". tensorflow/tcav (utils.py ``print_results`` line 219 and
@@ -52,6 +57,7 @@ from tqdm.auto import tqdm
 from ..activations import eval_mode, forward_with_capture, model_device
 from ..errors import UserError
 from ..models import get_layer
+from ..tokens import resolve_mode, token_features as reduce_tokens, token_layout
 from .cav import select_concepts
 
 TCAV_FLATTENINGS = ("flatten", "avg_pool")
@@ -76,6 +82,7 @@ def layer_gradients(
     targets: torch.Tensor | int,
     flattening: str = "flatten",
     gradient: str = "logit",
+    token_features: str = "auto",
 ) -> torch.Tensor:
     """d z_target / d A at `layer` for each image, [N, D] reshaped the way the CAVs were fitted.
 
@@ -83,9 +90,12 @@ def layer_gradients(
     a positive directional derivative still means towards the class). One forward and one
     ``torch.autograd.grad`` of the summed per-image targets (each image gets its own gradient). The part
     of the network before the layer runs without autograd; no parameter gradient is computed and
-    parameters need not require grad. The model is used in its current mode.
+    parameters need not require grad. The model is used in its current mode. A transformer's token gradient
+    is reduced by ``token_features`` as :func:`lottery_xai.activations.save_activations` reduces the tokens.
     """
     _check_flattening(flattening)
+    layout = token_layout(model)
+    resolve_mode(token_features, layout)
     if gradient not in GRADIENTS:
         raise UserError(f"TCAV gradient '{gradient}' is unknown; use one of {', '.join(GRADIENTS)}")
     n = images.shape[0]
@@ -101,6 +111,7 @@ def layer_gradients(
     else:  # minus the summed per-image losses: each image's gradient is minus that of its own loss
         selected = -F.cross_entropy(logits.float(), targets, reduction="sum")
     (grad,) = torch.autograd.grad(selected, activation)
+    grad = reduce_tokens(grad, layout, token_features, layer)
     if flattening == "avg_pool" and grad.dim() > 2:
         return grad.mean(dim=tuple(range(2, grad.dim())))
     return grad.reshape(n, -1)
@@ -117,6 +128,7 @@ def gradients_by_class(
     max_images: int | None = None,
     progress: bool = False,
     gradient: str = "logit",
+    token_features: str = "auto",
 ) -> dict[int, np.ndarray]:
     """One pass over a loader of dict batches (``image``, ``label``): each image of a requested class gets
     the gradient of its own class logit (or minus that of its loss, ``gradient="loss"``). Returns
@@ -142,7 +154,8 @@ def gradients_by_class(
                 continue
             images = batch["image"][keep].to(device, non_blocking=True)
             kept_labels = labels[keep]
-            grads = layer_gradients(model, layer, images, kept_labels.to(device), flattening, gradient)
+            grads = layer_gradients(model, layer, images, kept_labels.to(device), flattening, gradient,
+                                    token_features)
             for c in kept_labels.unique().tolist():  # rows picked by a CPU-built index: no device sync
                 rows = torch.nonzero(kept_labels == c).flatten().to(device, non_blocking=True)
                 collected[c].append(grads.index_select(0, rows))
@@ -169,6 +182,7 @@ def class_gradients(
     device: str | torch.device | None = None,
     max_images: int | None = None,
     gradient: str = "logit",
+    token_features: str = "auto",
 ) -> np.ndarray:
     """Gradients of class `class_index`'s logit (or minus its loss) at `layer` for all of the class's images.
 
@@ -181,9 +195,10 @@ def class_gradients(
         batches = [{"image": chunk, "label": torch.full((len(chunk),), class_index)}
                    for chunk in images.split(batch_size)]
         return gradients_by_class(model, layer, batches, [class_index], flattening=flattening, device=device,
-                                  gradient=gradient)[class_index]
+                                  gradient=gradient, token_features=token_features)[class_index]
     return gradients_by_class(model, layer, loader_or_images, [class_index], flattening=flattening,
-                              device=device, max_images=max_images, gradient=gradient)[class_index]
+                              device=device, max_images=max_images, gradient=gradient,
+                              token_features=token_features)[class_index]
 
 
 def tcav_scores(grads, cavs) -> np.ndarray:

@@ -52,6 +52,7 @@ from ..rundir import RunDir, round_name
 from ..safe_io import load_npy, load_npz, read_csv, save_csv, save_npz, upsert_table
 from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
+from ..tokens import token_features as token_features_of, token_layout
 from .loading import load_data, load_round_model, new_model, resolve_names, start_step
 
 PREFIX = "ace:"
@@ -87,17 +88,23 @@ def patch_settings(cfg: Config) -> str:
 def activation_settings(cfg: Config) -> str:
     """What a round's patch activations depend on besides its checkpoint (not the clustering or the test:
     a change of ace.protocol reuses them)."""
-    return _digest({"patches": patch_settings(cfg), "fill": cfg.ace.fill, "layer": ace_layer(cfg)})
+    values = {"patches": patch_settings(cfg), "fill": cfg.ace.fill, "layer": ace_layer(cfg)}
+    if cfg.token_features != "auto":  # absent at its default, so the digests of existing runs are unchanged
+        values["token_features"] = cfg.token_features
+    return _digest(values)
 
 
 def round_settings(cfg: Config) -> str:
     """What a round's discovery depends on besides its checkpoint."""
     a, p = cfg.ace, ace_protocol(cfg)
-    return _digest({"patches": patch_settings(cfg), "fill": a.fill, "layer": ace_layer(cfg), "k": a.n_clusters,
-                    "min": a.min_patches, "max": a.max_patches, "rules": list(a.cluster_rules),
-                    "n_random": a.n_random, "protocol": dataclasses.asdict(p),
-                    "cav": [cfg.cav.C, cfg.cav.linear_alpha, cfg.cav.test_fraction],
-                    "tcav": [list(cfg.tcav.splits), cfg.tcav.max_images_per_class]})
+    values = {"patches": patch_settings(cfg), "fill": a.fill, "layer": ace_layer(cfg), "k": a.n_clusters,
+              "min": a.min_patches, "max": a.max_patches, "rules": list(a.cluster_rules),
+              "n_random": a.n_random, "protocol": dataclasses.asdict(p),
+              "cav": [cfg.cav.C, cfg.cav.linear_alpha, cfg.cav.test_fraction],
+              "tcav": [list(cfg.tcav.splits), cfg.tcav.max_images_per_class]}
+    if cfg.token_features != "auto":  # as in activation_settings
+        values["token_features"] = cfg.token_features
+    return _digest(values)
 
 
 def _check_setup(cfg: Config) -> None:
@@ -179,17 +186,19 @@ def _normalise(images: torch.Tensor, info) -> torch.Tensor:
 
 @torch.no_grad()
 def stream_patch_activations(model, layer: str, index: dict, info, path, *, fill: float, batch_size: int,
-                             device: torch.device) -> tuple:
+                             device: torch.device, token_features: str = "auto") -> tuple:
     """Spatially averaged activations [n_patches, D] of every patch at ``layer``, written batch by batch
     into a pre-sized ``.npy`` memory map (renamed into place when complete). Patches are made per batch,
-    so memory holds one batch, whatever the number of patches."""
+    so memory holds one batch, whatever the number of patches. A transformer's tokens are first reduced by
+    ``token_features`` (:func:`lottery_xai.tokens.token_features`), as step 3 reduces them."""
+    layout = token_layout(model)
     n = len(index["patch_image"])
     writer = None
     try:
         for start in tqdm(range(0, n, batch_size), desc="ACE patch activations", unit="batch", leave=False):
             rows = np.arange(start, min(start + batch_size, n))
             patches = _normalise(patches_of(index, rows, fill), info).to(device)
-            acts = layer_activations(model, layer, patches)
+            acts = token_features_of(layer_activations(model, layer, patches), layout, token_features, layer)
             pooled = (acts.mean(dim=tuple(range(2, acts.dim()))) if acts.dim() > 2 else acts).float().cpu().numpy()
             if writer is None:
                 writer = StreamWriter(path, n, (pooled.shape[1],), np.float32)
@@ -298,13 +307,15 @@ def discover_round(run: RunDir, r: int, index: dict, info, classes: list[str], l
     unit, acts_value = f"{round_name(r)}/activations", f"{fp}:{activation_settings(cfg)}"
     if not (acts_path.is_file() and run.fingerprints("ace").get(unit) == acts_value):
         stream_patch_activations(model, layer, index, info, acts_path, fill=cfg.ace.fill,
-                                 batch_size=cfg.data.eval_batch_size, device=device)
+                                 batch_size=cfg.data.eval_batch_size, device=device,
+                                 token_features=cfg.token_features)
         run.record_fingerprint("ace", unit, acts_value)
     acts = load_npy(acts_path, label("ace"), mmap=True, ndim=2, rows=len(index["patch_image"]))
     class_ids = [info.class_names.index(c) for c in classes]
     n_discovery = {c: int((index["image_class"] == c).sum()) for c in class_ids}
     grads = gradients_by_class(model, layer, loader, class_ids, flattening="avg_pool", device=device,
-                               max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
+                               max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient,
+                               token_features=cfg.token_features)
     n_patches = len(index["patch_image"])
     assignment = np.full(n_patches, -1, dtype=np.int64)
     distance = np.full(n_patches, np.nan, dtype=np.float32)

@@ -46,6 +46,7 @@ def activations_step(run: RunDir, device: torch.device, rounds: list[int], force
             model, _ = load_round_model(run, r, info.num_classes, device)
             loader = make_loader(dataset, cfg, device, train=False)
             save_activations(model, layers, loader, outs, flattening=cfg.cav_flattening_type, n_images=len(dataset),
-                             dtype=cfg.activations.dtype, device=device, extra_paths=extra)
+                             dtype=cfg.activations.dtype, device=device, extra_paths=extra,
+                             token_features=cfg.token_features)
             run.record_fingerprint("activations", unit, fp)
     log(f"step 3 done: activations of {len(rounds)} rounds in {run.root / 'activations'}")

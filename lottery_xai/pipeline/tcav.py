@@ -101,7 +101,8 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
             cav_result = load_cavs(cav_path, step4)
             grads = gradients_by_class(model, layer, loader, list(class_index.values()),
                                        flattening=cfg.cav_flattening_type, device=device,
-                                       max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient)
+                                       max_images=cfg.tcav.max_images_per_class or None, gradient=protocol.gradient,
+                                       token_features=cfg.token_features)
             widths = {int(np.shape(g)[-1]) for g in grads.values() if len(g)}
             if widths and widths != {int(np.shape(cav_result["cavs"])[-1])}:
                 raise unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
