@@ -45,6 +45,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .errors import UserError
+
 STRUCTURE_VERSION = 1
 NORMS = ("l1", "l2")
 SCORES = ("filters", "group")
@@ -59,10 +61,8 @@ Structure = dict
 
 def _tp():
     try:
-        import torch_pruning
+        import torch_pruning  # lazy: torch-pruning takes seconds to import and is needed only by pruning.structure: channels
     except ImportError:  # pragma: no cover - torch-pruning is a dependency
-        from .errors import UserError
-
         raise UserError("pruning.structure: channels needs torch-pruning (pip install torch-pruning)") from None
     return torch_pruning
 

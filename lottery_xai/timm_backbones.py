@@ -27,14 +27,18 @@ gradient at the last block's output is 0 on every patch token; swinT_example.py:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+import torch
 import yaml
 from torch import nn
 
 from .errors import UserError
 from .names import unknown_name
+from .weights import check_fit, read_state_dict
 
 PREFIX = "timm:"
 
@@ -62,7 +66,7 @@ def is_timm(model_arch: str) -> bool:
 
 def timm_name(model_arch: str) -> str:
     """``timm:vit_small_patch16_224`` -> ``vit_small_patch16_224``, checked against timm's registry."""
-    import timm
+    import timm  # lazy: timm takes seconds to import and only timm: backbones need it
 
     name = model_arch[len(PREFIX):]
     if not timm.is_model(name):
@@ -73,7 +77,7 @@ def timm_name(model_arch: str) -> str:
 
 def family_of(name: str) -> str | None:
     """The family of a timm model name (None for a family without a table entry here)."""
-    import timm
+    import timm  # lazy: timm takes seconds to import and only timm: backbones need it
 
     module = timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
     return _MODULES.get(module)
@@ -83,7 +87,7 @@ def family_layers(model_arch: str) -> tuple[str, str, str]:
     """(CAM layer, concept layer, classifier) of a ``timm:<name>`` backbone. A family without a table entry
     gets its classifier from timm's pretrained config and no default CAM or concept layer (set
     ``heatmaps.layer`` and ``bb_layers_for_concepts``)."""
-    import timm
+    import timm  # lazy: timm takes seconds to import and only timm: backbones need it
 
     name = timm_name(model_arch)
     family = family_of(name)
@@ -129,7 +133,7 @@ def create_kwargs(name: str, num_classes: int, model_args: Sequence[str] | dict 
 def create(name: str, kwargs: dict, img_size: int, **more) -> nn.Module:
     """``timm.create_model(name, **kwargs, **more)`` with ``img_size`` where the model takes it: always for
     the families of :data:`FAMILIES` that do, tried first (and dropped on timm's TypeError) for another family."""
-    import timm
+    import timm  # lazy: timm takes seconds to import and only timm: backbones need it
 
     family = family_of(name)
     try:
@@ -144,11 +148,49 @@ def create(name: str, kwargs: dict, img_size: int, **more) -> nn.Module:
         raise UserError(f"model_arch 'timm:{name}' with model_args {kwargs}: {exc}") from None
 
 
+def _timm_filter(name: str):
+    """The ``checkpoint_filter_fn`` of the timm module that defines the model's class, or None."""
+    import timm  # lazy: timm takes seconds to import and only timm: backbones need it
+
+    module = sys.modules.get(timm.models.model_entrypoint(name).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def load_timm_file(name: str, kwargs: dict, img_size: int, path, model_arch: str) -> nn.Module:
+    """A timm model with weights from a local file through timm's file overlay, keys and shapes checked first
+    (after the model module's checkpoint filter). The classifier comes from the file when it has the run's
+    number of classes; otherwise timm drops it and the head stays fresh."""
+    path = Path(path).expanduser()
+    state = read_state_dict(path)
+    rng = torch.get_rng_state()
+    probe = create(name, kwargs, img_size, pretrained=False)  # the model the file must fit
+    torch.set_rng_state(rng)  # the model built below starts from the same draws as without a file (its fresh head)
+    classifier = probe.pretrained_cfg.get("classifier") or "head"  # a name, or several (DeiT's head, head_dist)
+    filtered = dict(state)
+    fn = _timm_filter(name)
+    if fn is not None:
+        try:
+            filtered = fn(dict(state), probe)
+        except (KeyError, RuntimeError, ValueError, AssertionError, IndexError):
+            filtered = dict(state)  # a filter that cannot read this file: the check below names what differs
+    head_fits = check_fit(filtered, probe, classifier, path, model_arch)
+    # timm keeps the file's classifier when the overlay's num_classes is the run's, and drops it otherwise
+    file_classes = kwargs["num_classes"] if head_fits else -1  # -1: never a run's number of classes
+    del probe
+    try:
+        return create(name, kwargs, img_size, pretrained=True,
+                      pretrained_cfg_overlay=dict(file=str(path), num_classes=file_classes))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise UserError(f"pretrained: file '{path}' does not fit model_arch '{model_arch}': "
+                        f"{' '.join(s.strip() for s in first[:3])[:300]}") from None
+
+
 def build_timm(model_arch: str, num_classes: int, pretrained=False, img_size: int = 224,
                model_args: Sequence[str] | dict = ()) -> nn.Module:
     """A ``timm:<name>`` model with a fresh head for ``num_classes`` (initial weights from the global torch RNG:
     seed it first). ``pretrained``: False, or the path of a local weights file (timm's file overlay; keys and
-    shapes checked first, see :func:`lottery_xai.weights.load_timm_file`). ``pretrained: true`` is refused:
+    shapes checked first, see :func:`load_timm_file`). ``pretrained: true`` is refused:
     timm would download, and nothing is fetched at run time."""
     name = timm_name(model_arch)
     kwargs = create_kwargs(name, num_classes, model_args)
@@ -157,8 +199,6 @@ def build_timm(model_arch: str, num_classes: int, pretrained=False, img_size: in
                         "fetched at run time; set pretrained to the path of a local weights file "
                         "(.pth, .pt, .bin or .safetensors), or to false")
     if pretrained:
-        from .weights import load_timm_file
-
         return load_timm_file(name, kwargs, img_size, pretrained, model_arch)
     return create(name, kwargs, img_size, pretrained=False)
 

@@ -10,7 +10,7 @@ for the classifier (``Architecture.classifier``): when its shape differs from th
 classes against the dataset's K) or it is absent, the model keeps its fresh head for the dataset's classes.
 Anything else that does not fit is one line naming the keys and shapes (:func:`check_fit`).
 
-timm backbones (:func:`load_timm_file`) are loaded by timm itself, through its local-file overlay
+timm backbones (:func:`lottery_xai.timm_backbones.load_timm_file`) are loaded by timm itself, through its local-file overlay
 (``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=...))``), so
 timm's checkpoint filter applies (a ViT's position embeddings resampled to the run's ``img_size``, older
 layouts converted); the keys and shapes are checked first, after the same filter
@@ -18,7 +18,6 @@ layouts converted); the keys and shapes are checked first, after the same filter
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -114,44 +113,4 @@ def load_local_weights(model: nn.Module, path, classifier: str | None, model_arc
     merged = {k: (state[k] if (k not in head or head_fits) else own[k]) for k in own}
     model.load_state_dict(merged, strict=True)
     return model
-
-
-def _timm_filter(name: str):
-    """The ``checkpoint_filter_fn`` of the timm module that defines the model's class, or None."""
-    import timm
-
-    module = sys.modules.get(timm.models.model_entrypoint(name).__module__)
-    return getattr(module, "checkpoint_filter_fn", None)
-
-
-def load_timm_file(name: str, kwargs: dict, img_size: int, path, model_arch: str) -> nn.Module:
-    """A timm model with weights from a local file through timm's file overlay, keys and shapes checked first
-    (after the model module's checkpoint filter). The classifier comes from the file when it has the run's
-    number of classes; otherwise timm drops it and the head stays fresh."""
-    from .timm_backbones import create
-
-    path = Path(path).expanduser()
-    state = read_state_dict(path)
-    rng = torch.get_rng_state()
-    probe = create(name, kwargs, img_size, pretrained=False)  # the model the file must fit
-    torch.set_rng_state(rng)  # the model built below starts from the same draws as without a file (its fresh head)
-    classifier = probe.pretrained_cfg.get("classifier") or "head"  # a name, or several (DeiT's head, head_dist)
-    filtered = dict(state)
-    fn = _timm_filter(name)
-    if fn is not None:
-        try:
-            filtered = fn(dict(state), probe)
-        except (KeyError, RuntimeError, ValueError, AssertionError, IndexError):
-            filtered = dict(state)  # a filter that cannot read this file: the check below names what differs
-    head_fits = check_fit(filtered, probe, classifier, path, model_arch)
-    # timm keeps the file's classifier when the overlay's num_classes is the run's, and drops it otherwise
-    file_classes = kwargs["num_classes"] if head_fits else -1  # -1: never a run's number of classes
-    del probe
-    try:
-        return create(name, kwargs, img_size, pretrained=True,
-                      pretrained_cfg_overlay=dict(file=str(path), num_classes=file_classes))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise UserError(f"pretrained: file '{path}' does not fit model_arch '{model_arch}': "
-                        f"{' '.join(s.strip() for s in first[:3])[:300]}") from None
 

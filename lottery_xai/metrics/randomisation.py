@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -138,8 +139,6 @@ def parameter_randomisation_score(per_image, method: str, round: int | None = No
     mean over the stages); `measure` 'spearman_abs' (default: Quantus's ``abs=True`` with Spearman) or any
     measure the sanity step recorded (``sanity.measures``). Returns a DataFrame with columns round,
     image_id, value (lower is better: the maps changed with the weights)."""
-    import pandas as pd
-
     if stage not in MPRT_STAGES:
         raise UserError(f"stage must be one of {', '.join(MPRT_STAGES)}, got {stage!r}")
     rows = per_image[(per_image["method"] == method) & (per_image["randomization"] == randomization)

@@ -27,6 +27,8 @@ fingerprint (checkpoint + ACE settings) is recorded; a rerun skips it.
 Discovered concepts for steps 4 and 5: ``concepts_for_tcav: [..., ace:<class>:<k>]`` names concept k of
 the class as discovered at the dense round 0 (``ace:all``: every significant one); step 4 refits its
 CAVs at every round from that round's activations of the same patches (:func:`discovered_concept_cavs`).
+This module declares them as the concept source ``ace`` (:mod:`lottery_xai.pipeline.concept_sources`):
+steps 4 and 5 find it there and do not import this module.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from ..safe_io import load_npy, load_npz, read_csv, save_csv, save_npz, upsert_t
 from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from ..tokens import token_features as token_features_of, token_layout
+from .concept_sources import ConceptSource, register_source
 from .loading import load_data, load_round_model, new_model, resolve_names, start_step
 
 PREFIX = "ace:"
@@ -580,12 +583,6 @@ def ace_step(run: RunDir, device: torch.device, rounds: list[int], force: bool =
 
 # ---------------------------------------------------------------- discovered concepts in steps 4 and 5
 
-def split_concept_names(names: list[str]) -> tuple[list[str], list[str]]:
-    """concepts_for_tcav as (labelled names, ``ace:`` names); an ``ace:`` name is kept as written."""
-    labelled = [n for n in names if not str(n).startswith(PREFIX)]
-    return labelled, [n for n in names if str(n).startswith(PREFIX)]
-
-
 def resolve_discovered(run: RunDir, names: list[str]) -> list[tuple[str, int, int]]:
     """(name, class index, dense concept id) of each ``ace:<class>:<k>`` (``ace:all``: every significant
     concept of the dense round), checked against ``ace/concepts.csv``."""
@@ -642,42 +639,16 @@ def discovered_concept_cavs(run: RunDir, r: int, layer: str, names: list[str], n
             "accuracy": np.stack(accuracy) if accuracy else None}
 
 
-def discovered_names(run: RunDir, names: list[str]) -> list[str]:
-    """The ``ace:`` names of concepts_for_tcav resolved to concept names (``ace:all`` expanded); [] for none."""
+def _discovered_names(run: RunDir, info, names: list[str], asking: str) -> list[str]:
+    """The concept source's ``resolve``: the ``ace:`` names of concepts_for_tcav as concept names (``ace:all``
+    expanded), checked against round 0's concepts."""
+    if names and run.cfg.cav_flattening_type != "avg_pool":
+        raise UserError("discovered (ace:) concepts in concepts_for_tcav need cav_flattening_type avg_pool, the "
+                        "activations ACE clusters")
     return [n for n, _, _ in resolve_discovered(run, names)] if names else []
 
 
-def lacks_discovered(run: RunDir, path, names: list[str]) -> bool:
-    """Step 4: whether the CAV file ``path`` misses one of the discovered concepts ``names`` asks for."""
-    if not names or not path.is_file():
-        return False
-    from ..concepts.cav import load_cavs  # lazy: scikit-learn (1 s)
-
-    return not set(discovered_names(run, names)) <= set(load_cavs(path, label("cavs"))["concepts"])
-
-
-def add_discovered_cavs(run: RunDir, r: int, layer: str, names: list[str], result: dict, seed: int) -> dict:
-    """Step 4: ``result`` (a ``fit_all_cavs`` dict) with the CAVs of the discovered concepts ``names`` at
-    ``layer`` appended after the labelled ones (nothing at another layer than ACE's). Step 5 scores them
-    like labelled concepts, against the step's random CAVs."""
-    if not names:
-        return result
-    if run.cfg.cav_flattening_type != "avg_pool":
-        raise UserError("discovered (ace:) concepts in concepts_for_tcav need cav_flattening_type avg_pool, the "
-                        "activations ACE clusters")
-    extra = discovered_concept_cavs(run, r, layer, names, run.cfg.cav.n_random, seed)
-    if not extra["concepts"]:
-        return result
-    out = dict(result)
-    out["concepts"] = list(result["concepts"]) + list(extra["concepts"])
-    d = extra["cavs"].shape[-1]
-    cavs = np.asarray(result["cavs"]).reshape(len(result["concepts"]), run.cfg.cav.n_random, d)
-    accuracy = np.asarray(result["accuracy"]).reshape(len(result["concepts"]), run.cfg.cav.n_random)
-    out["cavs"] = np.concatenate([cavs, extra["cavs"]])
-    out["accuracy"] = np.concatenate([accuracy, extra["accuracy"]])
-    return out
-
-
-def concepts_at(cfg: Config, layer: str, concepts: list[str]) -> list[str]:
-    """Step 5: the concepts scored at ``layer``: the labelled ones everywhere, discovered ones at ACE's layer."""
-    return [c for c in concepts if not str(c).startswith(PREFIX) or layer == ace_layer(cfg)]
+register_source(ConceptSource("ace", "concepts ACE discovered at the dense round (ace:<class>:<k>, ace:all), at "
+                              "ACE's layer; their CAVs refitted every round from the round's activations of the "
+                              "same patches", prefix=PREFIX, made_by="ace", resolve=_discovered_names,
+                              layers=lambda cfg: [ace_layer(cfg)], fit=discovered_concept_cavs))

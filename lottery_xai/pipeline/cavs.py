@@ -16,12 +16,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..config import Config, cav_protocol
-from ..data import require_annotations
 from ..rundir import RunDir, round_name
 from ..safe_io import load_npy, read_csv, unreadable, upsert_table
 from ..seeds import SeedPurpose, derived_seed
-from ..steps import get, label, step
-from .ace import add_discovered_cavs, lacks_discovered, split_concept_names
+from ..steps import label, step
+from .concept_sources import select_concepts, with_sources_cavs
 from .loading import load_data, resolve_names, start_step
 
 CAV_ACCURACY_COLUMNS = ["round", "layer", "concept", "run", "accuracy", "kind"]
@@ -90,23 +89,27 @@ def _activation_width(run: RunDir, r: int, layer: str) -> int | None:
     return load_npy(path, label("activations"), mmap=True, ndim=2).shape[1] if path.is_file() else None
 
 
+def _lacks_concepts(path, concepts: list[str]) -> bool:
+    """Whether the CAV file ``path`` misses one of ``concepts`` (another source's concepts, asked for since it was
+    made; the attributes fitted are part of the recorded settings)."""
+    from ..concepts.cav import load_cavs  # lazy: scikit-learn (1 s), only the steps that use CAVs
+
+    return bool(concepts) and not set(concepts) <= set(load_cavs(path, label("cavs"))["concepts"])
+
+
 @step("cavs", number=4, script="main_lth_generate_cavs.py", title="concept and random CAVs of every round and layer",
       folder="cavs", needs=("pruning", "activations"), uses=("ace",), per_round=True, pipeline=True,
       writes=("cavs/round_XX/{layer}.npz", "cavs/cav_accuracy.csv", "cavs/fingerprints.json", "config.cavs.yaml"))
 def cavs_step(run: RunDir, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
-    """Concept and random CAVs for every round and layer, and the held-out accuracy of each (with ``ace:``
-    names in concepts_for_tcav, the CAVs of ACE's discovered concepts too: ``uses`` ace)."""
+    """Concept and random CAVs for every round and layer, and the held-out accuracy of each (with the names of
+    another concept source in concepts_for_tcav, e.g. ``ace:``, the CAVs of its concepts too: ``uses`` ace)."""
     from ..concepts.cav import fit_all_cavs, load_cavs, save_cavs  # lazy: scikit-learn (1 s), only the steps that fit
 
     rounds = start_step(run, "cavs", rounds, log)
     cfg = run.cfg
     _, info = load_data(cfg, ())
-    # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), appended to the labelled ones
-    labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
-    if labelled:  # a folder dataset has no labelled concepts (ACE's discovered ones work): say so in one line
-        this = get("cavs")
-        require_annotations(cfg.dataset, "concepts", f"step {this.number} ({this.script}, concepts_for_tcav)")
-    concepts = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
+    selection = select_concepts(run, info, "cavs")  # the dataset's attributes and the other sources' concepts
+    concepts = selection.attributes
     columns = [info.concept_names.index(c) for c in concepts]
     table = read_csv(run.cav_accuracy(), CAV_ACCURACY_COLUMNS, missing_ok=True)
     protocol, settings = cav_protocol(cfg), cav_settings(cfg, concepts)
@@ -117,7 +120,7 @@ def cavs_step(run: RunDir, rounds: list[int], force: bool = False, log=print) ->
             unit = f"{round_name(r)}/{layer}"
             if force or not path.is_file() or not run.up_to_date("cavs", unit, fp, log) \
                     or not settings_current(run, "cavs", unit, fp, settings, log) \
-                    or lacks_discovered(run, path, discovered):
+                    or _lacks_concepts(path, [n for _, names in selection.fitted_apart(cfg, layer) for n in names]):
                 acts, labels = _stacked(run, r, layer, info)
                 result = fit_all_cavs(acts, labels[:, columns], concepts, n_random=cfg.cav.n_random,
                                       negatives=protocol.negatives, classifier=protocol.classifier,
@@ -125,8 +128,7 @@ def cavs_step(run: RunDir, rounds: list[int], force: bool = False, log=print) ->
                                       seed=derived_seed(cfg.seed, SeedPurpose.CAV, r), n_jobs=cfg.cav.n_jobs,
                                       test_fraction=cfg.cav.test_fraction, C=cfg.cav.C,
                                       max_per_set=cfg.cav.max_per_set or None)
-                result = add_discovered_cavs(run, r, layer, discovered, result,  # ACE hook
-                                             derived_seed(cfg.seed, SeedPurpose.CAV, r, 1))
+                result = with_sources_cavs(run, r, layer, selection, result, derived_seed(cfg.seed, SeedPurpose.CAV, r, 1))
                 result["settings"] = json.dumps(settings, sort_keys=True)
                 save_cavs(path, result)
                 run.record_fingerprint("cavs", unit, fp)

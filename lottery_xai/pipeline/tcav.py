@@ -22,9 +22,9 @@ from ..errors import UserError
 from ..rundir import RunDir, round_name
 from ..safe_io import read_csv, save_csv, unreadable, upsert_table
 from ..steps import label, step
-from .ace import concepts_at, discovered_names, split_concept_names
 from .activations import warn_linear_tail
 from .cavs import cav_settings, settings_current, settings_value
+from .concept_sources import select_concepts
 from .loading import load_data, load_round_model, resolve_names, start_step
 
 # the columns every tcav_scores.csv has (readers require these, so that older tables stay readable) ...
@@ -61,10 +61,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
     datasets, info = load_data(cfg, cfg.tcav.splits, augment=False)
     warn_linear_tail(cfg, info.num_classes, log)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
-    # ACE hook: ace:<class>:<k> names are discovered concepts (main_ace.py), scored like the labelled ones
-    labelled, discovered = split_concept_names(cfg.concepts_for_tcav)
-    labelled = resolve_names(labelled, info.concept_names, "concept", "concepts_for_tcav") if labelled else []
-    concepts = labelled + discovered_names(run, discovered)
+    selection = select_concepts(run, info, "tcav")  # every source's concepts are scored alike
     class_index = {name: info.class_names.index(name) for name in classes}
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
     protocol = cav_protocol(cfg)
@@ -84,7 +81,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
         fp = run.round_fingerprint(r)
         todo = [layer for layer in cfg.bb_layers_for_concepts
                 if force or table[(table["round"] == r) & (table["layer"] == layer)].empty
-                or not set(concepts_at(cfg, layer, concepts))
+                or not set(selection.at(cfg, layer))
                 <= set(table.loc[(table["round"] == r) & (table["layer"] == layer), "concept"])
                 or not run.up_to_date("tcav", f"{round_name(r)}/{layer}", fp, log)
                 or not settings_current(run, "tcav", f"{round_name(r)}/{layer}", fp, settings(r, layer), log)]
@@ -95,7 +92,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
         for layer in todo:
             cav_path = run.require(run.cav_file(r, layer), step4)
             run.require_up_to_date("cavs", f"{round_name(r)}/{layer}", fp, step4)
-            if not settings_current(run, "cavs", f"{round_name(r)}/{layer}", fp, cav_settings(cfg, labelled)):
+            if not settings_current(run, "cavs", f"{round_name(r)}/{layer}", fp, cav_settings(cfg, selection.attributes)):
                 raise UserError(f"the CAVs of round {r} at {layer} in '{run.root}' were made with other CAV settings "
                                 f"(tcav.protocol, cav.*) or before the protocols; rerun {step4} with this config first")
             cav_result = load_cavs(cav_path, step4)
@@ -108,7 +105,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
                 raise unreadable(cav_path, f"CAVs of {np.shape(cav_result['cavs'])[-1]} values, the layer {layer} "
                                            f"of this model gives {widths.pop()}", step4)
             scores = run_tcav({name: grads[k] for name, k in class_index.items()}, cav_result,
-                              concepts_at(cfg, layer, concepts),
+                              selection.at(cfg, layer),
                               alpha=cfg.tcav.alpha, test=protocol.test, correction=protocol.correction)
             scores["protocol"] = protocol.label
             scores.insert(0, "layer", layer)
