@@ -53,23 +53,37 @@ def run_step(key: str, description: str | None = None, argv=None) -> None:
 
 
 def _run_step(key: str, description: str | None, argv) -> None:
-    from .pipeline.maps import check_methods  # the attribution registry: the data scripts use this module without it
-
-    declared = steps.get(key)
-    options = vars(parser(declared, description).parse_args(argv))
+    options = vars(parser(steps.get(key), description).parse_args(argv))
     overrides = list(options.pop("overrides"))
     if options["device"]:
         overrides.append(f"device={options['device']}")
-    cfg = load_config(options.pop("config"), overrides)
+    config, rounds = options.pop("config"), options.pop("rounds")
+    options.pop("device")
+    execute(key, config, overrides, rounds, **options)
+
+
+def execute(key: str, config: str | None, overrides: list[str], rounds: str | list[int] | None = None, *,
+            draw: bool = True, **options) -> None:
+    """Run step ``key`` as its command line does (``main_*.py --config config --set overrides --rounds
+    rounds``, plus the step's own ``options`` and ``force``): load the config, open the run, pick the rounds
+    (``rounds``, else the step's default), call the step, then draw its figures (unless ``draw`` is False).
+    The launcher (:mod:`lottery_xai.launch`) runs every task through it."""
+    from .pipeline.maps import check_methods  # the attribution registry: the data scripts use this module without it
+
+    declared = steps.get(key)
+    cfg = load_config(config, overrides)
     check_methods(cfg)
-    rounds = select_rounds(options["rounds"], cfg) if options["rounds"] else None  # a wrong --rounds is an error
+    if isinstance(rounds, str) or rounds is None:  # a wrong --rounds is an error
+        rounds = select_rounds(rounds, cfg) if rounds else None
+    else:
+        rounds = select_rounds(",".join(map(str, rounds)), cfg)
     if "rounds" in declared.parameters:
         options["rounds"] = rounds if rounds is not None else declared.default_rounds(cfg)
     if "device" in declared.parameters:
         options["device"] = resolve_device(cfg.device)
     run = RunDir(cfg)
     steps.call(declared, run, **options)
-    drawing = steps.drawing(key) if declared.figures else None
+    drawing = steps.drawing(key) if declared.figures and draw else None
     if drawing is not None:  # the step computes; its figures are drawn here (and again by step 8)
         drawing.draw(run, **steps.accepted(drawing.draw, {k: v for k, v in options.items()
                                                            if k not in steps.COMMON_ARGUMENTS}))

@@ -22,6 +22,11 @@ Safety of a run directory shared by several processes and reruns:
   method) was made from; a unit counts as complete only when its files exist and its recorded
   fingerprint is the current one, so outputs made before step 1 was redone are recomputed, and a
   step refuses inputs (activations, CAVs, maps) made from another checkpoint.
+- Shards (the tasks of a cluster, :mod:`lottery_xai.launch`; see :mod:`lottery_xai.safe_io`): a task
+  that runs beside others of its step names a shard (``safe_io.sharded``); it then takes the lock
+  ``{step}.{shard}`` instead of the step's (and leaves the temporaries alone: other tasks write there),
+  and records its fingerprints, like its tables, in its own file ``.shards/fingerprints.json/<shard>.json``.
+  Reading the fingerprints sees every shard's; ``RunDir.merge_shards(step)`` folds them in.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from . import steps
 from .config import Config, dump_yaml, load_config, n_rounds, replace
 from .errors import UserError
 from .safe_io import atomic_dir, file_lock, fingerprint, read_json, write_text  # noqa: F401 - atomic_dir: data/synthetic.py imports it from here for now
+from .safe_io import current_shard, merge_shards, own_shard, shard_files
 
 
 def experiment_name(cfg: Config) -> str:
@@ -393,8 +399,10 @@ class RunDir:
 
         An exclusive non-blocking ``flock`` (released by the kernel when the holder dies: no stale lock);
         the file holds the holder's pid and host for the message. Re-entrant within a process; under
-        torchrun only rank 0 takes it. Once held, the step's leftover temporaries are removed."""
-        path = self.lock_file(step)
+        torchrun only rank 0 takes it. Once held, the step's leftover temporaries are removed and its
+        shards merged. A shard's task (``safe_io.sharded``) takes the lock of its shard, and does neither."""
+        shard = current_shard()
+        path = self.lock_file(step if shard is None else f"{step}.{shard}")
         key = (str(path), os.getpid())
         if not is_main_process() or key in _HELD or (step != "pruning" and not self.root.is_dir()):
             yield  # (a run that step 1 has not started has nothing to protect: the step stops on its inputs)
@@ -415,7 +423,9 @@ class RunDir:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
             _HELD.add(key)
-            self.remove_temporaries(step)
+            if shard is None:  # a shard's task runs beside others of the step: their temporaries and shards stay
+                self.remove_temporaries(step)
+                self.merge_shards(step)
             yield
         finally:
             _HELD.discard(key)
@@ -457,11 +467,33 @@ class RunDir:
     def fingerprints(self, step: str) -> dict:
         """``{unit: fingerprint}`` recorded by ``step`` (a unit: ``round_XX`` or ``round_XX/<split|layer|method>``)."""
         path = self.fingerprints_file(step)
-        return read_json(path) if path.is_file() else {}
+        data = read_json(path) if path.is_file() else {}
+        for shard in shard_files(path):  # the records of a cluster's tasks not merged yet
+            data.update(read_json(shard))
+        return data
+
+    def shards(self, step: str) -> list[Path]:
+        """The files of ``step`` that have shards (tables and its fingerprint record)."""
+        folder = self.root / steps.get(step).folder if steps.get(step).folder else None
+        if folder is None or not (folder / ".shards").is_dir():
+            return []
+        return sorted(folder / d.name for d in (folder / ".shards").iterdir() if d.is_dir())
+
+    def merge_shards(self, step: str) -> list[Path]:
+        """Fold the shards of ``step``'s tables and fingerprints into them (``safe_io.merge_shards``); returns
+        the files merged. Run when no task of the step writes any more (under its lock, or after its tasks)."""
+        return [path for path in self.shards(step) if merge_shards(path)]
 
     def record_fingerprint(self, step: str, unit: str, value: str) -> None:
-        """Record that ``unit``'s outputs of ``step`` are now complete and made from ``value``'s checkpoint(s)."""
+        """Record that ``unit``'s outputs of ``step`` are now complete and made from ``value``'s checkpoint(s)
+        (in a shard's task: in the shard's own record)."""
         path = self.fingerprints_file(step)
+        if current_shard() is not None:
+            own = own_shard(path)
+            data = read_json(own) if own.is_file() else {}
+            data[unit] = value
+            write_text(own, json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+            return
         with file_lock(path):
             data = self.fingerprints(step)
             data[unit] = value

@@ -10,6 +10,16 @@ a short lock of its own: the rows on disk are re-read, the rows being replaced d
 added, so two processes that split the rounds never lose each other's rows. :func:`fingerprint` is
 the start of the SHA-256 of a file's bytes (what a run records of the checkpoints its outputs were
 made from, see :mod:`lottery_xai.rundir`).
+
+Shards (the tasks of a cluster, :mod:`lottery_xai.launch`): ``flock`` is not reliable across the nodes of
+a cluster (Lustre, NFS), so a task that runs beside others of the same step (one round, one ROAR cell)
+names itself (:func:`sharded`, or the environment variable ``LOTTERY_XAI_SHARD``) and then never updates
+a shared table: :func:`upsert_table` writes its rows, with the keys, sort and ``replace`` of the update,
+into the task's own file ``.shards/<table name>/<shard>.json`` beside the table. :func:`read_csv` sees a
+table with its shards applied, and :func:`merge_shards` folds them into the table (then deletes them):
+the shards are applied in the order of their names, each as the update it records, so the table is the
+one a single process making the same updates in that order would have written, whatever order the
+tasks ran in. Without a shard name nothing changes: updates go to the table under its lock.
 """
 from __future__ import annotations
 
@@ -18,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -167,8 +178,16 @@ def load_npy(path: str | Path, step: str | None = None, mmap: bool = False, ndim
 
 
 def read_csv(path: str | Path, columns: list | tuple = (), step: str | None = None, missing_ok: bool = False):
-    """A results table; ``columns`` must be present. ``missing_ok``: an absent file is an empty table."""
+    """A results table; ``columns`` must be present. ``missing_ok``: an absent file is an empty table. A
+    table with shards (see the module docstring) is read with its shards applied."""
     path = Path(path)
+    found = shard_files(path)
+    if found:
+        return _with_shards(path, found, columns, step)
+    return _read_table(path, columns, step, missing_ok)
+
+
+def _read_table(path: Path, columns, step: str | None, missing_ok: bool):
     if missing_ok and not path.exists():
         return pd.DataFrame(columns=list(columns))
     _must_exist(path, step)
@@ -239,19 +258,154 @@ def upsert_table(path: str | Path, rows, keys: list[str], sort: list[str], colum
     rows another process added meanwhile (other rounds, other settings) are kept."""
     path, columns = Path(path), list(columns)
     rows = pd.DataFrame(rows, columns=columns) if not isinstance(rows, pd.DataFrame) else rows[columns]
+    if _SHARD is not None:
+        return _upsert_shard(path, rows, keys, sort, columns, replace)
     with file_lock(path):
-        old = read_csv(path, columns, missing_ok=True)
-        if len(old):
-            new_keys = set(rows[keys].itertuples(index=False, name=None))
-            drop = np.array([k in new_keys for k in old[keys].itertuples(index=False, name=None)], dtype=bool)
-            if replace:
-                drop |= np.logical_and.reduce([(old[c] == v).to_numpy(dtype=bool) for c, v in replace.items()])
-            old = old.loc[~drop, columns]
-        parts = [f for f in (old, rows) if len(f)]
-        table = pd.concat(parts, ignore_index=True) if len(parts) == 2 else (parts[0] if parts else rows)
-        table = table.sort_values(sort).reset_index(drop=True)
+        table = _upsert(read_csv(path, columns, missing_ok=True), rows, keys, sort, columns, replace)
         save_csv(path, table)
     return table
+
+
+def _upsert(old, rows, keys: list[str], sort: list[str], columns: list[str], replace: dict | None):
+    """``old`` without the rows that ``rows`` replace (same ``keys``, or matching ``replace``), plus ``rows``, sorted."""
+    if len(old):
+        new_keys = set(rows[keys].itertuples(index=False, name=None))
+        drop = np.array([k in new_keys for k in old[keys].itertuples(index=False, name=None)], dtype=bool)
+        if replace:
+            drop |= _matching(old, replace)
+        old = old.loc[~drop, columns]
+    parts = [f for f in (old, rows) if len(f)]
+    table = pd.concat(parts, ignore_index=True) if len(parts) == 2 else (parts[0] if parts else rows)
+    return table.sort_values(sort).reset_index(drop=True)
+
+
+def _matching(frame, replace: dict) -> np.ndarray:
+    return np.logical_and.reduce([(frame[c] == v).to_numpy(dtype=bool) for c, v in replace.items()])
+
+
+# ---------------------------------------------------------------- shards (see the module docstring)
+
+SHARD_ENV = "LOTTERY_XAI_SHARD"
+SHARD_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
+
+
+def _check_shard(name: str | None) -> str | None:
+    if name is not None and not SHARD_NAME.match(name):
+        raise ValueError(f"shard name {name!r} must be letters, digits and _ . + = - (a file name)")
+    return name or None
+
+
+_SHARD: str | None = _check_shard(os.environ.get(SHARD_ENV) or None)
+
+
+def current_shard() -> str | None:
+    """The name of this process's shard (None: updates go to the shared tables)."""
+    return _SHARD
+
+
+@contextmanager
+def sharded(name: str | None) -> Iterator[None]:
+    """Within the block, table updates and fingerprints go to the shard ``name`` (None: to the tables)."""
+    global _SHARD
+    old, _SHARD = _SHARD, _check_shard(name)
+    try:
+        yield
+    finally:
+        _SHARD = old
+
+
+def shard_dir(path: str | Path) -> Path:
+    """The folder of the shards of the file at ``path``: ``.shards/<its name>/`` beside it."""
+    path = Path(path)
+    return path.parent / ".shards" / path.name
+
+
+def shard_files(path: str | Path) -> list[Path]:
+    """The shards of the file at ``path``, in the order they are applied (by name)."""
+    folder = shard_dir(path)
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def own_shard(path: str | Path) -> Path:
+    """This process's shard of the file at ``path``."""
+    return shard_dir(path) / f"{_SHARD}.json"
+
+
+def _read_shard(path: Path) -> tuple[dict, "pd.DataFrame"]:
+    spec = read_json(path)
+    try:
+        exact = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+        rows = pd.read_csv(io.StringIO(spec["rows"]), keep_default_na=False, na_values=[""], **exact)
+        columns, keys, sort = list(spec["columns"]), list(spec["keys"]), list(spec["sort"])
+        replaces = [dict(r) for r in spec["replace"]]
+        rows = rows[columns] if len(rows.columns) else pd.DataFrame(columns=columns)
+    except Exception as exc:
+        raise unreadable(path, _reason(exc), "the task that wrote it (or delete it)") from None
+    return {"columns": columns, "keys": keys, "sort": sort, "replace": replaces}, rows
+
+
+def _upsert_shard(path: Path, rows, keys, sort, columns, replace):
+    """An update of ``path`` by a shard: into the shard's own file (one writer); returns the table as read."""
+    own = own_shard(path)
+    replaces, old = [], pd.DataFrame(columns=columns)
+    if own.is_file():
+        spec, old = _read_shard(own)
+        replaces = spec["replace"]
+    mine = _upsert(old, rows, keys, sort, columns, replace)
+    if replace:
+        replaces = [*replaces, dict(replace)]
+    record = {"columns": columns, "keys": list(keys), "sort": list(sort), "replace": replaces,
+              "rows": mine.to_csv(index=False)}
+    write_text(own, json.dumps(record, indent=1, default=_plain) + "\n")
+    return read_csv(path, columns)
+
+
+def _plain(value):
+    """numpy scalars in a ``replace`` mapping, as JSON numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _with_shards(path: Path, found: list[Path], columns, step: str | None):
+    """The table at ``path`` with its shards ``found`` applied in order."""
+    specs = [_read_shard(f) for f in found]
+    table = _read_table(path, specs[0][0]["columns"], step, missing_ok=True)
+    for spec, rows in specs:
+        for replace in spec["replace"]:  # every row a shard's rows came after: its replace drops from the table
+            if len(table):
+                table = table.loc[~_matching(table, replace)].reset_index(drop=True)
+        table = _upsert(table, rows, spec["keys"], spec["sort"], spec["columns"], None)
+    lacking = [c for c in columns if c not in table.columns]
+    if lacking:
+        raise unreadable(path, f"no column {', '.join(map(str, lacking))}", step)
+    return table
+
+
+def merge_shards(path: str | Path) -> bool:
+    """Fold the shards of the table or JSON record at ``path`` into it (in the order of their names), then
+    delete them; False when it has none. Run it when no task writes them any more (the launcher runs it
+    after the tasks of a step, in the next task)."""
+    path = Path(path)
+    with file_lock(path):
+        found = shard_files(path)
+        if not found:
+            return False
+        if path.suffix == ".json":  # a record of {unit: value}: the shards' entries over the file's
+            data = read_json(path) if path.is_file() else {}
+            for f in found:
+                data.update(read_json(f))
+            write_text(path, json.dumps(dict(sorted(data.items())), indent=1) + "\n")
+        else:
+            save_csv(path, _with_shards(path, found, (), None))
+        for f in found:
+            f.unlink()
+        for folder in (shard_dir(path), shard_dir(path).parent):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: other files' shards
+                pass
+    return True
 
 
 _FINGERPRINTS: dict[tuple, str] = {}

@@ -91,19 +91,10 @@ class LotteryRun:
 
     # ---------------------------------------------------------------- masks and rewinding
     def _mask_source(self) -> RunDir | None:
-        p = self.cfg.pruning
-        if p.rewind == "reinit" and p.reinit_masks_from != "self":
-            return self.run.sibling(**{"pruning.rewind": p.reinit_masks_from, "experiment_name": ""})
-        return None
+        return mask_source(self.run)
 
     def _ticket_source(self) -> RunDir | None:
-        """The random-pruning control's ticket (``pruning.method: random``, ``random_sparsity: matched``):
-        the magnitude run with the same settings otherwise, whose per-tensor alive counts it matches."""
-        p = self.cfg.pruning
-        if p.method != "random" or p.random_sparsity != "matched" or self.mask_run is not None:
-            return None
-        return self.run.sibling(**{"pruning.method": "magnitude", "pruning.random_sparsity": "matched",
-                                   "experiment_name": ""})
+        return ticket_source(self.run)
 
     def _ticket_counts(self, r: int) -> dict[str, int]:
         """Per-tensor alive counts of the ticket's round ``r`` (the random control's sparsity)."""
@@ -386,6 +377,28 @@ class LotteryRun:
                      f"{meta['train_seconds']:.0f}s")
         self.write_summary(list(rows.values()))
         return pd.DataFrame(sorted(rows.values(), key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
+
+
+def mask_source(run: RunDir) -> RunDir | None:
+    """The run whose masks the reinit control takes (``pruning.reinit_masks_from``), or None."""
+    p = run.cfg.pruning
+    if p.rewind == "reinit" and p.reinit_masks_from != "self":
+        return run.sibling(**{"pruning.rewind": p.reinit_masks_from, "experiment_name": ""})
+    return None
+
+
+def ticket_source(run: RunDir) -> RunDir | None:
+    """The random-pruning control's ticket (``pruning.method: random``, ``random_sparsity: matched``):
+    the magnitude run with the same settings otherwise, whose per-tensor alive counts it matches."""
+    p = run.cfg.pruning
+    if p.method != "random" or p.random_sparsity != "matched" or mask_source(run) is not None:
+        return None
+    return run.sibling(**{"pruning.method": "magnitude", "pruning.random_sparsity": "matched", "experiment_name": ""})
+
+
+def source_runs(run: RunDir) -> list[RunDir]:
+    """The runs whose step 1 this run's step 1 reads (the launcher runs it after theirs)."""
+    return [r for r in (mask_source(run), ticket_source(run)) if r is not None]
 
 
 @step("pruning", number=1, script="main_lth_pruning.py", title="train the dense network, then prune it round by round "

@@ -34,7 +34,7 @@ from ..metrics.faithfulness import pixel_rank
 from ..models import architecture
 from ..pruning import apply_masks, reset_batchnorm_stats
 from ..rundir import RunDir, round_name
-from ..safe_io import load_npy, load_torch, read_csv, save_npy, unreadable, upsert_table
+from ..safe_io import load_npy, load_torch, read_csv, save_npy, shard_files, unreadable, upsert_table
 from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from ..training.roar import RemovedBatches, rank_dtype, retrain
@@ -176,19 +176,56 @@ def fresh_model(run: RunDir, ckpt: dict, num_classes: int, seed_index: int):
     return model, masks
 
 
+def cell_name(method: str, percent: float, seed: int) -> str:
+    """One point of the ROAR grid as ``--cells`` names it: ``method:percent:seed`` (method ``*`` at 0 %: every method)."""
+    return f"{method}:{float(percent):g}:{seed}"
+
+
+def grid(cfg: Config) -> list[str]:
+    """Every cell of the ROAR grid of a round (the random baseline included; 0 % once per seed, for every method)."""
+    methods = _check(cfg)
+    percents = sorted({float(p) for p in cfg.roar.percents})
+    return [cell_name("*" if p == 0 else m, p, s) for s in range(cfg.roar.seeds) for p in percents
+            for m in (["*"] if p == 0 else methods)]
+
+
+def _cells_option(p) -> None:
+    p.add_argument("--cells", default=None, help="retrain only these points of the grid, comma-separated "
+                   "method:percent:seed (method * at 0 %%: every method); empty: only the images and ranks. The "
+                   "launcher gives every cell its own task (python -m lottery_xai.launch)")
+
+
+def _parse_cells(text: str | None) -> set[str] | None:
+    if text is None:
+        return None
+    cells = set()
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            cells.add(cell_name(parts[0], float(parts[1]), int(parts[2])))
+        except ValueError:
+            raise UserError(f"--cells expects method:percent:seed items, got '{item}'") from None
+    return cells
+
+
 @step("roar", script="main_roar.py", title="ROAR (remove and retrain): the pixels a round's maps rank highest are "
       "replaced by the training mean and the architecture is retrained", folder="roar", needs=("pruning",),
-      rounds="config:roar.rounds", per_round=True,
+      rounds="config:roar.rounds", per_round=True, arguments=_cells_option,
       writes=("roar/data/{split}_{images,labels,fill}.npy", "roar/round_XX/ranks_{method}_{split}.npy", "roar/roar.csv",
               "roar/fingerprints.json", "config.roar.yaml"),
       figures=("plots/roar.png",))
-def roar_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
-    """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``."""
+def roar_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print,
+              cells: str | None = None) -> pd.DataFrame:
+    """ROAR for every (round, method, percent, seed); resumes point by point from ``roar/roar.csv``. With
+    ``cells`` (``method:percent:seed``, comma-separated; see :func:`grid`) only those points are retrained."""
     methods = _check(run.cfg)
+    chosen = _parse_cells(cells)
     rounds = start_step(run, "roar", rounds, log)
     cfg = run.cfg
     data = prepare_images(run, device, log)
-    table = read_csv(run.roar_results(), COLUMNS) if run.roar_results().is_file() and not force else pd.DataFrame(columns=COLUMNS)
+    table = read_csv(run.roar_results(), COLUMNS, missing_ok=True) if not force else pd.DataFrame(columns=COLUMNS)
     tc = replace(cfg, **{"train.epochs": roar_epochs(cfg)}).train
     flip = cfg.data.augment and get_dataset(cfg.dataset).flips_allowed
     percents = sorted({float(p) for p in cfg.roar.percents})
@@ -205,7 +242,7 @@ def roar_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
         if not run.up_to_date("roar", f"{round_name(r)}/results", fp):
             # the round's points were retrained from another checkpoint's ranks or masks: drop them first,
             # then record the checkpoint, so that every row of the round left in the table is current
-            if run.roar_results().is_file():
+            if run.roar_results().is_file() or shard_files(run.roar_results()):
                 if (table["round"] == r).any():
                     log(f"round {r}: outputs stale (step 1 was redone), recomputing its ROAR points")
                 table = upsert_table(run.roar_results(), [], keys=KEYS, sort=SORT, columns=COLUMNS, replace={"round": r})
@@ -216,7 +253,8 @@ def roar_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
         for seed_index in range(cfg.roar.seeds):
             for percent in percents:
                 point = dict(r=r, percent=percent, seed=seed_index, retrain=cfg.roar.retrain, epochs=tc.epochs)
-                todo = [m for m in methods if force or not _matches(table, methods=[m], **point).any()]
+                todo = [m for m in methods if (chosen is None or cell_name("*" if percent == 0 else m, percent, seed_index)
+                                               in chosen) and (force or not _matches(table, methods=[m], **point).any())]
                 if not todo:
                     continue
                 # p = 0 removes nothing, whatever the method: train once and report it for each method
