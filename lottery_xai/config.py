@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,6 +243,7 @@ class AceConfig:
     sigma: float = opt(1.0, "SLIC Gaussian smoothing sigma", minimum=0.0)
     min_segment_fraction: float = opt(0.001, "segments of at most this share of the image are dropped", minimum=0.0, maximum=1.0)
     max_jaccard: float = opt(0.5, "a segment whose Jaccard overlap with a kept one (coarser resolution) exceeds this is dropped", minimum=0.0, maximum=1.0)
+    superpixels: str = opt("slic", "ACE's segments: slic (SLIC superpixels, as ACE) or patch_grid (vision transformers: each SLIC map snapped to the model's p x p input patches, so that every segment is whole tokens; img_size must be a multiple of p)", choices=["slic", "patch_grid"])
     fill: float = opt(117 / 255, "value (0-1, before normalisation) of the pixels outside a segment in its patch", minimum=0.0, maximum=1.0)
     layer: str = opt("", "layer whose spatially averaged activations are clustered (empty = the first of bb_layers_for_concepts)")
     n_clusters: int = opt(25, "k-means clusters per class (seeded)", minimum=1)
@@ -354,8 +356,9 @@ class Config:
     seed: int = opt(0, "seed of every random choice", minimum=0)
     device: str = opt("auto", "auto | cpu | cuda | cuda:N", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     img_size: int = opt(64, "input image side in pixels", minimum=8)
-    model_arch: str = opt("small_resnet", "backbone (see lottery_xai.models.ARCHITECTURES)")
-    pretrained: bool = opt(False, "start from torchvision's ImageNet weights (must be in the local torch cache)")
+    model_arch: str = opt("small_resnet", "backbone: small_resnet, torchvision's resnet18/34/50/101, vgg11_bn, vgg16_bn (lottery_xai.models.ARCHITECTURES), or any timm model as timm:<name> (e.g. timm:vit_small_patch16_224, timm:swin_tiny_patch4_window7_224; doc/models.md)")
+    pretrained: bool | str = opt(False, "false; true (torchvision's ImageNet weights, which must be in the local torch cache); or the path of a local weights file for any backbone (.pth, .pt, .bin, .safetensors; keys and shapes checked, the classifier kept fresh when its number of classes differs)")
+    model_args: list = opt([], "timm:<name> backbones: key=value arguments of timm.create_model, values read as YAML (e.g. [depth=2, embed_dim=64, num_heads=2]); empty for every other backbone")
     prune_iterations: int = opt(7, "pruning rounds after the dense round 0: the run has rounds 0..prune_iterations, and every step works on them", minimum=0)
     prune_percent: float = opt(20.0, "percent of the alive weights removed per round", minimum=0.0, maximum=100.0)
     labels_for_tcav: list = opt(["all"], "the classes studied, or [all]: TCAV scores them (step 5), step 6 explains heatmaps.images_per_class test images of each (so step 7 and the sanity checks measure those), ACE and the occlusion study take their train images")
@@ -447,6 +450,12 @@ def _coerce(key: str, value: Any, ftype, default: Any) -> Any:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    if typing.get_origin(ftype) in (typing.Union, types.UnionType) and set(typing.get_args(ftype)) == {bool, str}:
+        if isinstance(value, bool):  # pretrained: a flag or a file
+            return value
+        if isinstance(value, str) and value.strip():
+            return value
+        raise UserError(f"config key '{key}' must be true or false, or the path of a weights file, got {value!r}")
     if ftype is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # `labels_for_tcav: all` means [all]
@@ -598,6 +607,17 @@ def check_consistency(cfg: Config) -> None:
         raise UserError("config key 'pruning.reinit_masks_from' cannot be 'reinit'")
     if not cfg.bb_layers_for_concepts:
         raise UserError("config key 'bb_layers_for_concepts' needs at least one layer name")
+    if isinstance(cfg.pretrained, str):  # 'true' / 'false' written as strings mean the flags; a path is expanded
+        text = cfg.pretrained.strip()
+        flags = {"true": True, "false": False}
+        cfg.pretrained = flags[text.lower()] if text.lower() in flags else os.path.expanduser(text)
+    if cfg.model_args:
+        from .timm_backbones import is_timm, parse_model_args
+
+        if not is_timm(cfg.model_arch):
+            raise UserError(f"config key 'model_args' applies to timm:<name> backbones only; model_arch is "
+                            f"'{cfg.model_arch}': empty model_args")
+        parse_model_args(cfg.model_args)  # a malformed argument fails before any step starts
     shared = [s for s in cfg.tcav.splits if s in cfg.cav.splits]
     if shared:
         raise UserError(f"config keys 'cav.splits' and 'tcav.splits' share {', '.join(shared)}: TCAV would score "

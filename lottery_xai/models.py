@@ -1,4 +1,11 @@
-"""Backbone registry and layer lookup by dotted name."""
+"""Backbone registry and layer lookup by dotted name.
+
+``model_arch`` names a backbone of :data:`ARCHITECTURES` (ours and torchvision's) or any timm model as
+``timm:<name>`` (:mod:`lottery_xai.timm_backbones`: its head made for the dataset's classes, its CAM and concept
+layers by family, ``model_args`` passed to ``timm.create_model``). ``pretrained`` is false, true (torchvision's
+ImageNet weights from the local torch cache) or the path of a local weights file for any backbone
+(:mod:`lottery_xai.weights`: keys and shapes checked, the head kept fresh when it has another number of classes).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +17,8 @@ from torch import nn
 
 from .errors import UserError
 from .names import unknown_name
-from .timm_backbones import resolve_layer_name
+from .timm_backbones import build_timm, family_layers, is_timm, resolve_layer_name
+from .weights import load_local_weights, weights_path
 
 
 class BasicBlock(nn.Module):
@@ -113,15 +121,32 @@ def _small_resnet(num_classes: int, pretrained: bool, img_size: int) -> nn.Modul
 
 
 def architecture(name: str) -> Architecture:
+    """The registered architecture ``name``, or a ``timm:<name>`` backbone's (its layers by family)."""
+    if is_timm(name):
+        cam_layer, concept_layer, classifier = family_layers(name)
+        return Architecture(lambda k, pretrained, size: build_timm(name, k, pretrained, size), cam_layer,
+                            concept_layer, classifier)
     if name not in ARCHITECTURES:
         raise unknown_name(f"model_arch '{name}' is unknown (known: {', '.join(ARCHITECTURES)})", name, ARCHITECTURES,
                            n=1, cutoff=0.6)
     return ARCHITECTURES[name]
 
 
-def build_model(name: str, num_classes: int, pretrained: bool = False, img_size: int = 224) -> nn.Module:
-    """A fresh model; its initial weights come from the global torch RNG (seed it first)."""
-    return architecture(name).build(num_classes, pretrained, img_size)
+def build_model(name: str, num_classes: int, pretrained: bool | str = False, img_size: int = 224,
+                model_args=()) -> nn.Module:
+    """A fresh model; its initial weights come from the global torch RNG (seed it first). ``pretrained``: False,
+    True (torchvision's cached ImageNet weights) or a local weights file (any backbone); ``model_args``:
+    ``key=value`` strings for ``timm.create_model`` (timm backbones only)."""
+    if is_timm(name):
+        return build_timm(name, num_classes, weights_path(pretrained) or bool(pretrained), img_size, model_args)
+    if model_args:
+        raise UserError(f"config key 'model_args' applies to timm:<name> backbones only; model_arch is '{name}': "
+                        "empty model_args")
+    arch = architecture(name)
+    path = weights_path(pretrained)
+    if path is not None:
+        return load_local_weights(arch.build(num_classes, False, img_size), path, arch.classifier, name)
+    return arch.build(num_classes, bool(pretrained), img_size)
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:

@@ -31,6 +31,7 @@ Safety of a run directory shared by several processes and reruns:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,15 @@ from .config import Config, dump_yaml, load_config, n_rounds, replace
 from .errors import UserError
 from .safe_io import atomic_dir, file_lock, fingerprint, read_json, write_text  # noqa: F401 - atomic_dir: data/synthetic.py imports it from here for now
 from .safe_io import current_shard, merge_shards, own_shard, shard_files
+
+
+def _name_part(text: str, limit: int = 60) -> str:
+    """``text`` as part of a folder name: no spaces, brackets, quotes or '=' (``depths=[1, 1]`` -> ``depths1,1``);
+    longer than ``limit``: its start and a short hash of the whole."""
+    clean = re.sub(r"[^\w.,+-]", "", text.replace("=", ""))
+    if len(clean) <= limit:
+        return clean
+    return clean[:limit - 9] + "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def experiment_name(cfg: Config) -> str:
@@ -62,7 +72,11 @@ def experiment_name(cfg: Config) -> str:
     method = p.method
     if p.method == "random" and p.random_sparsity != "matched":  # issue 19: matched is the control's default
         method += "-" + p.random_sparsity
-    parts = [cfg.dataset, cfg.model_arch, method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
+    parts = [cfg.dataset, cfg.model_arch.replace(":", "-"), method, p.scope, schedule, rewind, f"seed{cfg.seed}"]
+    if cfg.model_args:  # timm:<name> with other arguments (depth, width, ...) is another network
+        parts.insert(2, _name_part("args-" + "-".join(cfg.model_args)))
+    if isinstance(cfg.pretrained, str):  # weights from a file: named by the file
+        parts.insert(2, _name_part("pretrained-" + Path(cfg.pretrained).stem))
     if cfg.train.loss != "cross_entropy":  # a network trained for consistent explanations is another run
         t = cfg.train
         loss = f"{t.loss}{t.cgc_lambda:g}"

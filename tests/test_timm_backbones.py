@@ -168,3 +168,44 @@ def test_our_round_checkpoint_is_a_weights_file(tmp_path):
     model = load_local_weights(build_model("small_resnet", 4, False, 32), path, "fc", "small_resnet")
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+# ---------------------------------------------------------------- the config keys: model_arch, model_args, pretrained
+
+def test_config_builds_timm_backbones_and_loads_weights_files(tmp_path):
+    """``model_arch: timm:<name>``, ``model_args`` and ``pretrained: <path>`` reach the model a step builds
+    (pipeline.loading.new_model); a round checkpoint's model is built without reading the file."""
+    from lottery_xai.config import load_config
+    from lottery_xai.models import architecture, build_model
+    from lottery_xai.pipeline.loading import new_model
+
+    source = _tiny_vit(classes=10, seed=1)
+    path = tmp_path / "vit_tiny.pth"
+    torch.save(source.state_dict(), path)
+    args = "model_args=[" + ",".join(TINY_VIT) + "]"
+    cfg = load_config(None, ["model_arch=timm:vit_small_patch16_224", args, f"pretrained={path}", "img_size=32"])
+    assert cfg.pretrained == str(path)
+    model = new_model(cfg, 3, seed=4)
+    assert torch.equal(model.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+    assert model.head.out_features == 3  # the file's 10-class head is not the run's: a fresh one
+    plain = new_model(cfg, 3, seed=4, pretrained=False)
+    assert torch.equal(plain.head.weight, model.head.weight)  # the same seeded head, with or without the file
+    assert not torch.equal(plain.blocks[0].mlp.fc1.weight, source.blocks[0].mlp.fc1.weight)
+    assert architecture(cfg.model_arch).classifier == "head" and architecture(cfg.model_arch).cam_layer == "blocks.-1.norm1"
+    # our own backbones read a weights file too (here a round checkpoint)
+    torch.manual_seed(0)
+    resnet = build_model("small_resnet", 4, False, 32)
+    torch.save({"state_dict": resnet.state_dict()}, tmp_path / "round.pt")
+    loaded = build_model("small_resnet", 4, str(tmp_path / "round.pt"), 32)
+    assert torch.equal(loaded.layer4.conv2.weight, resnet.layer4.conv2.weight)
+
+
+def test_config_errors_of_the_model_keys():
+    from lottery_xai.config import load_config
+
+    with pytest.raises(UserError, match="timm:<name> backbones only"):
+        load_config(None, ["model_args=[depth=1]"])
+    with pytest.raises(UserError, match="cannot set 'num_classes'"):
+        load_config(None, ["model_arch=timm:vit_small_patch16_224", "model_args=[num_classes=3]"])
+    assert load_config(None, ["pretrained=false"]).pretrained is False
+    assert load_config(None, ["pretrained=true"]).pretrained is True

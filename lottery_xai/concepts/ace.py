@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from ..crops import resized_crop
 from ..errors import UserError
+from .patch_grid import snap_to_patches
 
 # ACE's rules (amiratag/ACE ace.py, ConceptDiscovery.discover_concepts), for a cluster with more than
 # min_imgs patches (``len(label_idxs) > self.min_imgs``): n_images = len(concept_image_numbers), the
@@ -77,8 +78,12 @@ def discovery_indices(labels: np.ndarray, classes: Sequence[int], per_class: int
 # ---------------------------------------------------------------- superpixels and patches
 
 def segment_image(image: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), *, compactness: float = 20.0,
-                  sigma: float = 1.0, min_fraction: float = 0.001, max_jaccard: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+                  sigma: float = 1.0, min_fraction: float = 0.001, max_jaccard: float = 0.5,
+                  patch: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """SLIC superpixels of one RGB image [H, W, 3] (floats in [0, 1]) at every resolution.
+
+    ``patch`` > 0 (a transformer's patch side, ``ace.superpixels: patch_grid``): each label map is snapped to
+    the token grid first (:func:`lottery_xai.concepts.patch_grid.snap_to_patches`), then filtered as below.
 
     Returns (label maps [R, H, W] int16, kept [S, 2] as (resolution, label)): a segment is kept when it
     covers more than ``min_fraction`` of the image and its Jaccard overlap with every segment kept at an
@@ -90,6 +95,8 @@ def segment_image(image: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), *
     h, w = image.shape[:2]
     maps = np.stack([slic(image, n_segments=int(n), compactness=compactness, sigma=sigma, start_label=0,
                           channel_axis=-1) for n in n_segments]).astype(np.int16)
+    if patch:
+        maps = np.stack([snap_to_patches(m, patch) for m in maps])
     kept_masks = np.zeros((0, h * w), dtype=np.float32)
     kept = []
     for res, labels in enumerate(maps):

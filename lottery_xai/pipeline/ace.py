@@ -80,12 +80,15 @@ def _digest(values: dict) -> str:
 
 
 def patch_settings(cfg: Config) -> str:
-    """What the patch index depends on (not the model)."""
+    """What the patch index depends on (not the model's weights; its patch size under patch_grid)."""
     a = cfg.ace
-    return _digest({"images": a.images_per_class, "segments": list(a.n_segments), "compactness": a.compactness,
-                    "sigma": a.sigma, "min": a.min_segment_fraction, "jaccard": a.max_jaccard,
-                    "classes": list(cfg.labels_for_tcav), "size": cfg.img_size, "seed": cfg.seed,
-                    "data": [cfg.dataset, cfg.data_root, cfg.json_root]})
+    values = {"images": a.images_per_class, "segments": list(a.n_segments), "compactness": a.compactness,
+              "sigma": a.sigma, "min": a.min_segment_fraction, "jaccard": a.max_jaccard,
+              "classes": list(cfg.labels_for_tcav), "size": cfg.img_size, "seed": cfg.seed,
+              "data": [cfg.dataset, cfg.data_root, cfg.json_root]}
+    if a.superpixels != "slic":  # absent at the default, so the digests of existing runs are unchanged
+        values["superpixels"] = [a.superpixels, cfg.model_arch, list(cfg.model_args)]
+    return _digest(values)
 
 
 def activation_settings(cfg: Config) -> str:
@@ -121,9 +124,10 @@ def _check_setup(cfg: Config) -> None:
 
 # ---------------------------------------------------------------- the patch index (once per run)
 
-def build_patch_index(run: RunDir, train, info, classes: list[str], log=print) -> dict:
+def build_patch_index(run: RunDir, train, info, classes: list[str], log=print, patch: int = 0) -> dict:
     """The discovery images and their patches (``ace/patches.npz``), made once and reused while the
-    settings they depend on are unchanged."""
+    settings they depend on are unchanged. ``patch`` > 0: SLIC maps snapped to the p x p token grid
+    (``ace.superpixels: patch_grid``)."""
     # lazy: lottery_xai.concepts imports scikit-learn (1 s)
     from ..concepts.ace import discovery_indices, patch_locations, segment_image, segment_masks
 
@@ -146,7 +150,8 @@ def build_patch_index(run: RunDir, train, info, classes: list[str], log=print) -
     for i in tqdm(range(len(items)), desc="ACE superpixels", unit="image"):
         label_maps, kept = segment_image(images[i].permute(1, 2, 0).numpy(), cfg.ace.n_segments,
                                          compactness=cfg.ace.compactness, sigma=cfg.ace.sigma,
-                                         min_fraction=cfg.ace.min_segment_fraction, max_jaccard=cfg.ace.max_jaccard)
+                                         min_fraction=cfg.ace.min_segment_fraction, max_jaccard=cfg.ace.max_jaccard,
+                                         patch=patch)
         masks = torch.from_numpy(segment_masks(label_maps, kept))
         in_box, part = patch_locations(masks, boxes[i].expand(len(kept), 4), parts[i].expand(len(kept), *parts.shape[1:]))
         maps.append(label_maps)
@@ -553,14 +558,18 @@ def _drop_older_table(run: RunDir, log) -> None:
       figures=("plots/ace_*.png",))
 def ace_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False, log=print) -> pd.DataFrame:
     """Discover concepts at every requested round; returns the concept table (``ace/concepts.csv``)."""
+    from ..concepts.patch_grid import model_patch_size  # lazy: lottery_xai.concepts imports scikit-learn (1 s)
+
     _check_setup(run.cfg)
     rounds = start_step(run, "ace", rounds, log)
     cfg = run.cfg
     datasets, info = load_data(cfg, ("train", *cfg.tcav.splits), augment=False)
     classes = resolve_names(cfg.labels_for_tcav, info.class_names, "class", "labels_for_tcav")
     layer = ace_layer(cfg)
-    get_layer(new_model(cfg, info.num_classes, cfg.seed), layer)  # a typo in ace.layer fails before any work
-    index = build_patch_index(run, datasets["train"], info, classes, log)
+    shape = new_model(cfg, info.num_classes, cfg.seed, pretrained=False)
+    get_layer(shape, layer)  # a typo in ace.layer fails before any work
+    patch = model_patch_size(shape) if cfg.ace.superpixels == "patch_grid" else 0
+    index = build_patch_index(run, datasets["train"], info, classes, log, patch=patch)
     loader = make_loader(ConcatDataset([datasets[s] for s in cfg.tcav.splits]), cfg, device, train=False)
     settings = round_settings(cfg)
     _drop_older_table(run, log)

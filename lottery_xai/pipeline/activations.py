@@ -15,7 +15,7 @@ from .loading import load_data, load_round_model, new_model, start_step
 
 def warn_linear_tail(cfg: Config, num_classes: int, log=print) -> list[str]:
     """Warn about every configured concept layer after which only pooling and linear layers run."""
-    model = new_model(cfg, num_classes, cfg.seed)
+    model = new_model(cfg, num_classes, cfg.seed, pretrained=False)  # its layers only
     tails = [layer for layer in cfg.bb_layers_for_concepts if linear_after(model, layer, cfg.img_size)]
     for layer in tails:
         log(f"warning: only pooling and linear layers follow '{layer}', so the class-logit gradient there is the "

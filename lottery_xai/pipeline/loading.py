@@ -46,11 +46,14 @@ def load_data(cfg: Config, splits=("train", "val", "test"), augment: bool | None
                           augment_train=cfg.data.augment if augment is None else augment, seed=cfg.seed)
 
 
-def new_model(cfg: Config, num_classes: int, seed: int) -> torch.nn.Module:
-    """A freshly initialised model; the initial weights depend only on ``seed``."""
+def new_model(cfg: Config, num_classes: int, seed: int, pretrained: bool = True) -> torch.nn.Module:
+    """A freshly initialised model (``model_arch``, ``model_args``, and the ``pretrained`` weights unless
+    ``pretrained=False``: for a model whose every weight a checkpoint replaces); the initial weights depend
+    only on ``seed``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(cfg.model_arch, num_classes, cfg.pretrained, cfg.img_size)
+        return build_model(cfg.model_arch, num_classes, cfg.pretrained if pretrained else False, cfg.img_size,
+                           cfg.model_args)
 
 
 def model_masks_template(cfg: Config, model: torch.nn.Module) -> list[str]:
@@ -70,7 +73,7 @@ def load_round_model(run: RunDir, r: int, num_classes: int | None, device, which
         if getattr(classifier, "ndim", 0) != 2:
             raise foreign_checkpoint(path, f"no {cfg.model_arch} classifier in it")
         num_classes = int(classifier.shape[0])
-    model = new_model(cfg, num_classes, cfg.seed)
+    model = new_model(cfg, num_classes, cfg.seed, pretrained=False)  # the checkpoint replaces every weight
     model.load_state_dict(check_state(model, ckpt["state_dict"], path))
     return model.to(device).eval(), ckpt
 

@@ -43,3 +43,14 @@ def test_patch_size_of_a_timm_vit():
     assert model_patch_size(vit) == 8
     with pytest.raises(UserError, match="patch embedding"):
         model_patch_size(object())
+
+
+def test_ace_segments_snapped_to_the_patch_grid_are_whole_tokens():
+    from lottery_xai.concepts.ace import segment_image, segment_masks
+
+    image = np.random.default_rng(1).random((32, 32, 3))
+    maps, kept = segment_image(image, [6, 12], patch=8, min_fraction=0.0, max_jaccard=1.0)
+    masks = segment_masks(maps, kept).reshape(-1, 4, 8, 4, 8)
+    assert len(masks) > 0 and (masks == masks[:, :, :1, :, :1]).all()
+    plain, _ = segment_image(image, [6, 12])
+    assert np.array_equal(np.stack([snap_to_patches(m, 8) for m in plain]), maps)  # SLIC first, then snapped
