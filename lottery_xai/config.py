@@ -612,7 +612,7 @@ def check_consistency(cfg: Config) -> None:
         flags = {"true": True, "false": False}
         cfg.pretrained = flags[text.lower()] if text.lower() in flags else os.path.expanduser(text)
     if cfg.model_args:
-        from .timm_backbones import is_timm, parse_model_args
+        from .timm_backbones import is_timm, parse_model_args  # lazy: it imports torch, which a config does not need
 
         if not is_timm(cfg.model_arch):
             raise UserError(f"config key 'model_args' applies to timm:<name> backbones only; model_arch is "
