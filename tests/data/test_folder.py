@@ -125,17 +125,17 @@ def test_the_generator_writes_the_folder_layout(folder_data):
 
 
 def test_step_4_says_in_one_line_that_a_folder_dataset_has_no_concepts(folder_data, tmp_path):
-    from lottery_xai.config import load_config
     from lottery_xai.pipeline.cavs import cavs_step
     from lottery_xai.pipeline.prune import prune_step
+    from lottery_xai.rundir import open_run
 
     folder = folder_data / "folder"
-    cfg = load_config(None, ["dataset=folder", f"data_root={folder}", f"json_root={folder}/prepared",
+    run = open_run(None, ["dataset=folder", f"data_root={folder}", f"json_root={folder}/prepared",
                              f"logs={tmp_path}", "img_size=32", "train.epochs=1", "prune_iterations=0",
                              "data.batch_size=8", "device=cpu"])
-    prune_step(cfg, torch.device("cpu"), [0], log=lambda *_: None)  # training works on folder data
+    prune_step(run, torch.device("cpu"), [0], log=lambda *_: None)  # training works on folder data
     with pytest.raises(UserError) as error:
-        cavs_step(cfg, [0], log=lambda *_: None)
+        cavs_step(run, [0], log=lambda *_: None)
     assert str(error.value).startswith("step 4 (main_lth_generate_cavs.py, concepts_for_tcav) needs concepts, and "
                                        "dataset 'folder' has none")
     assert "\n" not in str(error.value)
