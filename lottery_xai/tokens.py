@@ -22,6 +22,7 @@ vectors), a :class:`TokenLayout` for timm's VisionTransformer (and subclasses) a
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +54,14 @@ def token_layout(model: nn.Module) -> TokenLayout | None:
     own = getattr(model, "token_layout", None)
     if isinstance(own, TokenLayout):
         return own
-    try:
-        from timm.models.swin_transformer import SwinTransformer
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # without timm only a hand-built model (its token_layout attribute) is a transformer
-        return None
-    if isinstance(model, VisionTransformer):
+    # A timm transformer exists only where its module was imported: look the classes up in sys.modules, so that
+    # a CNN (or a process without timm) never pays timm's import (a second or more per step process)
+    vit = sys.modules.get("timm.models.vision_transformer")
+    if vit is not None and isinstance(model, vit.VisionTransformer):
         prefix = int(getattr(model, "num_prefix_tokens", 0))
         return TokenLayout(prefix=prefix, class_token=getattr(model, "cls_token", None) is not None)
-    if isinstance(model, SwinTransformer):
+    swin = sys.modules.get("timm.models.swin_transformer")
+    if swin is not None and isinstance(model, swin.SwinTransformer):
         return TokenLayout(prefix=0, class_token=False, channels_last=True)
     return None
 

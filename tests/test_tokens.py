@@ -79,3 +79,17 @@ def test_token_layout_of_timm_models():
     assert token_layout(swin) == SWIN
     assert token_layout(timm.create_model("convnext_tiny", depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))) is None
     assert token_layout(torch.nn.Linear(2, 2)) is None
+
+
+def test_a_cnns_layout_does_not_import_timm():
+    """A timm transformer exists only where timm was imported: a CNN's steps never pay timm's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from lottery_xai.models import build_model; from lottery_xai.attribution import gradcam; "
+            "from lottery_xai.tokens import token_layout; m = build_model('small_resnet', 3, False, 32).eval(); "
+            "gradcam(m, torch.randn(2, 3, 32, 32), layer='layer3'); "
+            "print(token_layout(m), 'timm' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["None", "False"]
