@@ -66,6 +66,7 @@ class TrainConfig:
     early_stopping: bool = opt(False, "stop a round's training when the validation accuracy has not gained early_stopping_gain (relative) over the best counted epoch for early_stopping_patience epochs; train.epochs is then the most; the best weights are kept")
     early_stopping_gain: float = opt(0.01, "early stopping: relative gain over the best counted validation accuracy that counts as an improvement (0.01 = 1 %)", minimum=0.0)
     early_stopping_patience: int = opt(10, "early stopping: epochs in a row without an improvement that end the round", minimum=1)
+    eval_every: int = opt(0, "also validate every this many iterations inside an epoch (0 = at epoch ends only); the early-stopping iteration each round records (minimum validation loss, as the Lottery Ticket paper plots it; its configs here validate every 100 iterations) is read from these points and the epoch ends; training is unchanged", minimum=0)
 
 
 @dataclass
@@ -80,11 +81,15 @@ class PruningConfig:
     prune_bn: bool = opt(False, "also prune BatchNorm weights (gamma), as the CUB study did")
     layers: str = opt("all", "prunable weights: conv and linear layers (all), or conv layers only (conv: every linear layer, VGG's three included, is kept whole, as the thesis did)", choices=["all", "conv"])
     reinit_masks_from: str = opt("init", "reinit control: take masks from the run with this rewind value (same settings otherwise), or 'self'", pattern=r"^(self|init|finetune|epoch:\d+|iter:\d+)$")
+    structure: str = opt("unstructured", "what a round removes: single weights held at 0 by masks in the dense shapes (unstructured, the LTH's), or whole channels (conv filters, hidden units of linear layers) through torch-pruning's dependency graph, the network rebuilt smaller from the initial weights of the kept channels, which every later step loads (channels: a real speed-up; each channel group keeps the round's fraction of its original channels, pruning.scope and prune_fc_rate do not apply: the classifier's outputs are the classes)", choices=["unstructured", "channels"])
+    channel_norm: str = opt("l1", "structure channels: a filter's importance is its L1 norm (Li et al. 2017, 'Pruning filters for efficient ConvNets') or its L2 norm", choices=["l1", "l2"])
+    channel_score: str = opt("filters", "structure channels: rank a channel by the norm of the filters that write it (filters, Li et al. 2017; the mean over the layers a residual addition joins) or by torch-pruning's GroupMagnitudeImportance over every coupled parameter (group, DepGraph)", choices=["filters", "group"])
+    prune_conv_rate: float = opt(1.0, "conv layers are pruned at this multiple of prune_percent (the Lottery Ticket paper's Conv-6: 0.75, conv 15 % when fc layers lose 20 %); iterative schedule only", minimum=0.0)
 
 
 @dataclass
 class TestConfig:
-    checkpoint: str = opt("best", "which checkpoint of a round later steps use: best validation accuracy or last epoch", choices=["best", "last"])
+    checkpoint: str = opt("best", "which checkpoint of a round later steps use: best validation accuracy, last epoch, or early_stop: the weights at the iteration of minimum validation loss (the Lottery Ticket paper's test accuracy 'at early stopping'; step 1 then also writes round_XX/early_stop.pt, validating every train.eval_every iterations)", choices=["best", "last", "early_stop"])
 
 
 @dataclass
@@ -350,7 +355,7 @@ class StatsConfig:
 class Config:
     experiment_name: str = opt("", "run folder name under logs (empty = built from the settings that change results)")
     logs: str = opt("results", "root folder of all run directories")
-    dataset: str = opt("synthetic_cub", "dataset", choices=["synthetic_cub", "cub", "mnist_eo", "folder"])
+    dataset: str = opt("synthetic_cub", "dataset (mnist_eo: even/odd with the digits as concepts; mnist: the ten digits, no concepts; both from the same prepared splits)", choices=["synthetic_cub", "cub", "mnist_eo", "mnist", "folder"])
     data_root: str = opt("data/synthetic_cub", "folder holding the dataset files")
     json_root: str = opt("data/synthetic_cub/prepared", "folder holding the prepared split and concept JSON files")
     seed: int = opt(0, "seed of every random choice", minimum=0)
@@ -666,6 +671,13 @@ def check_values(cfg: Config) -> None:
     if cfg.prune_percent >= 100:
         raise UserError(f"config key 'prune_percent' is {cfg.prune_percent:g}; it must be below 100 "
                         "(100 % would remove every remaining weight in the first pruned round)")
+    if cfg.prune_percent * cfg.pruning.prune_conv_rate >= 100:
+        raise UserError(f"config keys 'prune_percent' ({cfg.prune_percent:g}) and 'pruning.prune_conv_rate' "
+                        f"({cfg.pruning.prune_conv_rate:g}) prune conv layers by {cfg.prune_percent * cfg.pruning.prune_conv_rate:g} % "
+                        "per round; it must be below 100")
+    if cfg.pruning.structure == "channels" and cfg.pruning.prune_bn:
+        raise UserError("config key 'pruning.prune_bn' is for unstructured pruning; with pruning.structure: channels "
+                        "a BatchNorm's channels go with the conv channels they normalise (set pruning.prune_bn: false)")
     if cfg.cav.n_jobs == 0 or cfg.cav.n_jobs < -1:
         raise UserError(f"config key 'cav.n_jobs' is {cfg.cav.n_jobs}; use -1 (all cores) or a positive number of processes")
     for key, value in (("train.lr", cfg.train.lr), ("cav.C", cfg.cav.C), ("cav.linear_alpha", cfg.cav.linear_alpha)):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .lth_models import LTH_ARCHITECTURES
 from .names import unknown_name
 from .timm_backbones import build_timm, family_layers, is_timm, resolve_layer_name
 from .weights import load_local_weights, weights_path
@@ -112,6 +113,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vgg11_bn": Architecture(_torchvision("vgg11_bn", "VGG11_BN_Weights", "classifier"), "features.27", "features.27", "classifier.6"),
     "vgg16_bn": Architecture(_torchvision("vgg16_bn", "VGG16_BN_Weights", "classifier"), "features.42", "features.42", "classifier.6"),
 }
+# The Lottery Ticket paper's LeNet-300-100 and Conv-2/4/6 (lth_models.py), Glorot-initialised, no pretrained weights
+ARCHITECTURES.update({name: Architecture(build, cam, concept, classifier)
+                      for name, (build, cam, concept, classifier) in LTH_ARCHITECTURES.items()})
 
 
 def _small_resnet(num_classes: int, pretrained: bool, img_size: int) -> nn.Module:

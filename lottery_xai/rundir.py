@@ -91,6 +91,12 @@ def experiment_name(cfg: Config) -> str:
         parts.insert(-1, f"{p.layers}only")
     if cfg.train.early_stopping:
         parts.insert(-1, f"es{cfg.train.early_stopping_gain:g}-{cfg.train.early_stopping_patience}")
+    # issue 23: channel pruning and a conv rate of its own change results (absent at their defaults)
+    if p.structure != "unstructured":
+        parts.insert(-1, p.structure + ("-l2" if p.channel_norm != "l1" else "") +
+                     ("-group" if p.channel_score != "filters" else ""))
+    if p.prune_conv_rate != 1.0 and p.schedule == "iterative":
+        parts.insert(-1, f"conv{p.prune_conv_rate:g}")
     return "_".join(parts)
 
 
@@ -166,7 +172,9 @@ class RunDir:
         return self.pruning_dir / round_name(r)
 
     def checkpoint(self, r: int, which: str = "last") -> Path:
-        return self.round_dir(r) / ("checkpoint.pt" if which == "last" else "best.pt")
+        """Round ``r``'s final weights (``last``), its best-validation ones (``best``) or those at the minimum
+        validation loss (``early_stop``, written when ``test.checkpoint`` is early_stop)."""
+        return self.round_dir(r) / {"last": "checkpoint.pt", "early_stop": "early_stop.pt"}.get(which, "best.pt")
 
     def resume_state(self, r: int) -> Path:
         """Everything needed to continue round ``r`` after its last finished epoch (deleted once the round is complete)."""
@@ -175,8 +183,16 @@ class RunDir:
     def round_log(self, r: int) -> Path:
         return self.round_dir(r) / "epochs.csv"
 
+    def round_validation(self, r: int) -> Path:
+        """Every validation point of round ``r`` (epoch ends and every ``train.eval_every`` iterations)."""
+        return self.round_dir(r) / "validation.csv"
+
     def pruning_summary(self) -> Path:
         return self.pruning_dir / "summary.csv"
+
+    def early_stopping(self) -> Path:
+        """Per round: the iteration of minimum validation loss, its loss and accuracy (the LTH paper's Figure 3)."""
+        return self.pruning_dir / "early_stopping.csv"
 
     def finished_rounds(self) -> list[int]:
         return [r for r in self.rounds() if self.checkpoint(r).is_file()]
@@ -473,7 +489,17 @@ class RunDir:
     # -- fingerprints: which checkpoint each output was made from
     def round_fingerprint(self, r: int) -> str:
         """The fingerprint of the checkpoint of round ``r`` that later steps load (``test.checkpoint``)."""
-        return fingerprint(self.checkpoint(r, self.cfg.test.checkpoint))
+        return fingerprint(self.loaded_checkpoint(r))
+
+    def loaded_checkpoint(self, r: int, which: str | None = None) -> Path:
+        """The checkpoint of round ``r`` that later steps load (``which``, default ``test.checkpoint``); a
+        UserError when step 1 has not written it."""
+        which = which or self.cfg.test.checkpoint
+        path = self.checkpoint(r, which)
+        if which == "early_stop" and not path.is_file() and self.checkpoint(r).is_file():
+            raise UserError(f"round {r} of '{self.root}' has no {path.name}: step 1 trained it while test.checkpoint "
+                            "was not early_stop; redo step 1 with --force, or set test.checkpoint to best or last")
+        return self.require(path, steps.label("pruning"))
 
     def fingerprints_file(self, step: str) -> Path:
         return self.root / steps.get(step).folder / "fingerprints.json"

@@ -252,6 +252,11 @@ def restructure(model: nn.Module, current: Structure, target: Structure, DG=None
     return model
 
 
+def unpruned(structure: Structure) -> Structure:
+    """The structure of the full network ``structure`` was made from (every channel of every group kept)."""
+    return {**structure, "groups": {r: {**g, "kept": list(range(g["size"]))} for r, g in structure["groups"].items()}}
+
+
 def build_structured(make_full: Callable[[], nn.Module], structure: Structure, state: dict | None = None,
                      full_state: dict | None = None) -> nn.Module:
     """A network of ``structure``: a fresh full model from ``make_full()``, with ``full_state`` (the full
@@ -260,8 +265,7 @@ def build_structured(make_full: Callable[[], nn.Module], structure: Structure, s
     model = make_full()
     if full_state is not None:
         model.load_state_dict(full_state)
-    full = {**structure, "groups": {r: {**g, "kept": list(range(g["size"]))} for r, g in structure["groups"].items()}}
-    restructure(model, full, structure)
+    restructure(model, unpruned(structure), structure)
     if state is not None:
         model.load_state_dict(state)
     return model

@@ -1,4 +1,4 @@
-"""Prepare MNIST even/odd: splits.json and source.json.
+"""Prepare MNIST (datasets mnist_eo, even/odd, and mnist, the ten digits): splits.json and source.json.
 
     python scripts_data/download_mnist_E_O.py --data_root DIR --json_root DIR [--source auto|idx|sklearn --seed 0 --val-fraction 0.1]
 
@@ -29,7 +29,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     summary = prepare_mnist_eo(args.data_root, args.json_root, source=args.source, seed=args.seed,
                                val_fraction=args.val_fraction)
-    return (f"MNIST even/odd prepared from {summary['source']}: train/val/test "
+    return (f"MNIST (datasets mnist and mnist_eo) prepared from {summary['source']}: train/val/test "
             f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and source.json in {args.json_root}")
 
 

@@ -66,6 +66,11 @@ def _build_mnist_split(data_root: Path, json_root: Path, split: str, transform, 
     return MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed)
 
 
+def _build_mnist_digit_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
+                             cache: bool | None, seed: int):
+    return MNISTEvenOddDataset(data_root, json_root, split, transform, seed=seed, label="digit")
+
+
 def _build_folder_split(data_root: Path, json_root: Path, split: str, transform, *, train: bool, img_size: int,
                         cache: bool | None, seed: int):
     load_size = math.ceil(1.5 * img_size) if train else int(img_size)  # as CUB: more for random crops
@@ -92,6 +97,11 @@ def _describe_mnist(data_root: Path, json_root: Path, fix: str) -> tuple:
     class_concepts = np.array([[int(d % 2 == k) for d in range(10)] for k in range(2)], dtype=np.uint8)
     defining = {c: [n for d, n in enumerate(concept_names) if d % 2 == k] for k, c in enumerate(class_names)}
     return class_names, concept_names, part_names, class_concepts, defining
+
+
+def _describe_mnist_digits(data_root: Path, json_root: Path, fix: str) -> tuple:
+    class_names = list(MNIST_CONCEPT_NAMES)  # the digits' names are the classes
+    return class_names, [], [], np.zeros((len(class_names), 0), dtype=np.uint8), None
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,12 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (
     # (scale 0.8-1) so that the digit survives.
     DatasetSpec("mnist_eo", _build_mnist_split, _describe_mnist, HALF_MEAN, HALF_STD, has_boxes=True,
                 has_parts=False, has_concepts=True, flips_allowed=False, needed_files=("splits.json", "source.json"),
+                cub_layout=False, prep_command="python scripts_data/download_mnist_E_O.py --data_root {data_root} "
+                                               "--json_root {json_root}", train_scale=(0.8, 1.0)),
+    # MNIST's ten digits (the Lottery Ticket paper's LeNet task), from the same prepared splits as mnist_eo:
+    # the IDX files when present, scikit-learn's 8x8 digits upsampled otherwise; no concepts
+    DatasetSpec("mnist", _build_mnist_digit_split, _describe_mnist_digits, HALF_MEAN, HALF_STD, has_boxes=True,
+                has_parts=False, has_concepts=False, flips_allowed=False, needed_files=("splits.json", "source.json"),
                 cub_layout=False, prep_command="python scripts_data/download_mnist_E_O.py --data_root {data_root} "
                                                "--json_root {json_root}", train_scale=(0.8, 1.0)),
     # ImageFolder trees (Imagenette): no boxes, parts or concepts (lottery_xai.data.folder)
@@ -189,7 +205,7 @@ def build_transform(train: bool, img_size: int, mean, std, name: str = "cub"):
 
 def build_datasets(name: str, data_root, json_root, img_size: int, splits=SPLITS, augment_train: bool = True,
                    seed: int = 0, cache: bool | None = None):
-    """Datasets of the prepared dataset `name` (`synthetic_cub`, `cub` or `mnist_eo`) for the given splits.
+    """Datasets of the prepared dataset `name` (`synthetic_cub`, `cub`, `mnist_eo`, `mnist` or `folder`) for the given splits.
 
     Returns ({split: Dataset}, DatasetInfo). The train split gets augmentation
     when `augment_train`; the others get the eval transform. `seed` fixes the

@@ -1,4 +1,6 @@
-"""MNIST even/odd: class = parity of the digit, concepts = the ten digit identities (one-hot).
+"""MNIST even/odd (``mnist_eo``): class = parity of the digit, concepts = the ten digit identities (one-hot);
+and MNIST itself (``mnist``): class = the digit, no concepts (the Lottery Ticket paper's LeNet task). Both
+read the same prepared splits.
 
 Two sources: the standard MNIST IDX files in data_root (the real 10k test set
 is the test split: never the training set twice), or, offline, scikit-learn's
@@ -174,10 +176,14 @@ def digit_boxes(images: np.ndarray) -> np.ndarray:
 class MNISTEvenOddDataset(torch.utils.data.Dataset):
     """One split of MNIST even/odd; items are dicts (see `lottery_xai.data`), images as 3-channel RGB.
 
-    bbox = the digit's nonzero extent; parts is an empty [0, 3] tensor.
+    bbox = the digit's nonzero extent; parts is an empty [0, 3] tensor. ``label='digit'``: the class is
+    the digit itself (ten classes, the dataset ``mnist``) and ``concepts`` is empty ([0]).
     """
 
-    def __init__(self, data_root, json_root, split: str, transform, seed: int = 0):
+    def __init__(self, data_root, json_root, split: str, transform, seed: int = 0, label: str = "parity"):
+        if label not in ("parity", "digit"):
+            raise ValueError(f"label must be parity or digit, got {label!r}")
+        self.label = label
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         json_root = Path(json_root)
@@ -204,6 +210,9 @@ class MNISTEvenOddDataset(torch.utils.data.Dataset):
         self.transform, self.seed, self.epoch = transform, seed, None
         self.class_names, self.concept_names, self.part_names = list(CLASS_NAMES), list(CONCEPT_NAMES), []
         self._concepts = torch.eye(len(CONCEPT_NAMES), dtype=torch.float32)
+        if label == "digit":
+            self.class_names, self.concept_names = list(CONCEPT_NAMES), []
+            self._concepts = torch.zeros((len(CONCEPT_NAMES), 0), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -217,7 +226,7 @@ class MNISTEvenOddDataset(torch.utils.data.Dataset):
         parts = torch.zeros((0, 3), dtype=torch.float32)
         image, box, parts = apply_transform(self.transform, image, self.boxes[index], parts, self.seed, self.epoch, index)
         digit = int(self.digits[index])
-        return {"image": image, "label": torch.tensor(digit % 2, dtype=torch.int64),
+        return {"image": image, "label": torch.tensor(digit if self.label == "digit" else digit % 2, dtype=torch.int64),
                 "concepts": self._concepts[digit].clone(), "bbox": box, "parts": parts,
                 "id": torch.tensor(int(self.ids[index]), dtype=torch.int64),
                 "index": torch.tensor(index, dtype=torch.int64)}

@@ -6,6 +6,7 @@ import re
 
 import torch
 
+from .. import structured
 from ..config import SPLIT_NAMES, Config
 from ..data import build_datasets
 from ..errors import UserError
@@ -60,20 +61,45 @@ def model_masks_template(cfg: Config, model: torch.nn.Module) -> list[str]:
     return prunable_names(model, cfg.pruning.prune_bn, conv_only=cfg.pruning.layers == "conv")
 
 
+def input_shape(cfg: Config) -> tuple[int, int, int, int]:
+    """The shape of one network input (what torch-pruning's dependency graph is traced with)."""
+    return (1, 3, int(cfg.img_size), int(cfg.img_size))
+
+
+def full_structure(cfg: Config, model: torch.nn.Module) -> structured.Structure:
+    """``pruning.structure: channels``: the channel groups of the configured network ``model`` (a fresh full
+    one), every channel kept (round 0). ``pruning.layers: conv`` keeps the groups written by conv layers."""
+    return structured.full_structure(model, input_shape(cfg), classifier=architecture(cfg.model_arch).classifier,
+                                     conv_only=cfg.pruning.layers == "conv")
+
+
+def restructured(model: torch.nn.Module, structure, path=None) -> torch.nn.Module:
+    """``model``, a fresh full network, rebuilt in place to ``structure`` (a channel-pruned round's record in its
+    checkpoint; ``None``: an unstructured round, ``model`` unchanged). Its weights are those of the kept channels."""
+    if structure is None:
+        return model
+    try:
+        structured.check_structure(structure)
+        return structured.restructure(model, structured.unpruned(structure), structure)
+    except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        raise foreign_checkpoint(path, f"its channel structure does not fit this model: {exc}") from None
+
+
 def load_round_model(run: RunDir, r: int, num_classes: int | None, device, which: str | None = None):
     """The model of round ``r`` (best-val or last checkpoint, default ``test.checkpoint``), in eval mode on
-    ``device``, with its checkpoint. ``num_classes=None`` reads the class count from the checkpoint's
-    classifier (no dataset needed)."""
+    ``device``, with its checkpoint; for a channel-pruned run the smaller rebuilt network. ``num_classes=None``
+    reads the class count from the checkpoint's classifier (no dataset needed)."""
     cfg = run.cfg
-    which = which or cfg.test.checkpoint
-    path = run.require(run.checkpoint(r, which), label("pruning"))
+    path = run.loaded_checkpoint(r, which)
     ckpt = load_torch(path, step=label("pruning"), keys=("state_dict", "weights_remaining"))
     if num_classes is None:
         classifier = ckpt["state_dict"].get(architecture(cfg.model_arch).classifier + ".weight")
         if getattr(classifier, "ndim", 0) != 2:
             raise foreign_checkpoint(path, f"no {cfg.model_arch} classifier in it")
         num_classes = int(classifier.shape[0])
-    model = new_model(cfg, num_classes, cfg.seed, pretrained=False)  # the checkpoint replaces every weight
+    # the checkpoint replaces every weight; a channel-pruned round (pruning.structure: channels) is the smaller
+    # network its checkpoint's structure names
+    model = restructured(new_model(cfg, num_classes, cfg.seed, pretrained=False), ckpt.get("structure"), path)
     model.load_state_dict(check_state(model, ckpt["state_dict"], path))
     return model.to(device).eval(), ckpt
 

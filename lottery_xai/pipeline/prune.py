@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from .. import structured
 from ..config import Config, to_dict
 from ..data.loaders import HideLabels, WithOriginalView, make_loader
 from ..errors import UserError
@@ -45,17 +46,52 @@ from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from ..training import Callback, at_epoch, at_iteration, get_loss, prepare_model, train_round
 from ..training.distributed import Distributed, setup_distributed
-from .loading import check_state, foreign_checkpoint, load_data, model_masks_template, new_model
+from .loading import (check_state, foreign_checkpoint, full_structure, load_data, model_masks_template, new_model,
+                      restructured)
 from .maps import cam_layer, check_methods
 
 SUMMARY_COLUMNS = ["round", "weights_remaining", "total_weights_remaining", "best_val_acc", "last_val_acc", "train_seconds"]
+# the Lottery Ticket paper's Figure 3: the iteration of minimum validation loss, the loss and accuracy there
+EARLY_STOP_COLUMNS = ["round", "weights_remaining", "early_stop_iteration", "early_stop_val_loss", "early_stop_val_acc",
+                      "iterations"]
+VALIDATION_COLUMNS = ["iteration", "epoch", "val_loss", "val_acc"]
 
 
-def keep_fractions(cfg: Config, names: list[str], round_index: int) -> dict[str, float]:
-    body, fc = target_fractions(round_index, cfg.pruning.schedule, cfg.prune_percent, cfg.pruning.prune_fc_rate,
-                                cfg.pruning.compression_rates)
+def round_fractions(cfg: Config, round_index: int) -> dict[str, float]:
+    """The fractions of their ORIGINAL size that round ``round_index`` keeps: of the linear (and BatchNorm)
+    weights ``"linear"``, of the conv weights ``"conv"`` (``pruning.prune_conv_rate`` times the rate; the
+    Lottery Ticket paper's Conv-2/4/6 prune conv layers at 10-15 %, fc layers at 20 %) and of the classifier
+    ``"classifier"`` (``pruning.prune_fc_rate`` times the rate)."""
+    p = cfg.pruning
+    body, fc = target_fractions(round_index, p.schedule, cfg.prune_percent, p.prune_fc_rate, p.compression_rates)
+    conv = body
+    if p.schedule == "iterative" and p.prune_conv_rate != 1.0:
+        conv, _ = target_fractions(round_index, p.schedule, cfg.prune_percent * p.prune_conv_rate, p.prune_fc_rate,
+                                   p.compression_rates)
+    return {"linear": body, "conv": conv, "classifier": fc}
+
+
+def keep_fractions(cfg: Config, names: list[str], round_index: int, model: torch.nn.Module | None = None) -> dict[str, float]:
+    """The kept fraction of every prunable tensor in ``names`` at round ``round_index`` (``model``, any network
+    of the architecture, tells conv weights apart; without it every tensor but the classifier's is linear)."""
+    fractions = round_fractions(cfg, round_index)
     classifier = architecture(cfg.model_arch).classifier + ".weight"
-    return {n: (fc if n == classifier else body) for n in names}
+    convs = set() if model is None else {
+        f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.modules.conv._ConvNd)}
+    return {n: fractions["classifier"] if n == classifier else fractions["conv" if n in convs else "linear"]
+            for n in names}
+
+
+def group_fractions(cfg: Config, structure: structured.Structure, round_index: int) -> dict[str, float]:
+    """``pruning.structure: channels``: the kept fraction of every channel group's ORIGINAL channels (conv
+    groups at the conv rate, linear ones at the rate; the classifier's outputs are never a group)."""
+    fractions = round_fractions(cfg, round_index)
+    return {root: fractions["conv" if g["kind"] == "conv" else "linear"] for root, g in structure["groups"].items()}
+
+
+def structure_digest(structure: structured.Structure) -> str:
+    """A short SHA-256 digest of a channel structure (equal structures, equal digests)."""
+    return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def mask_digest(masks: Masks) -> str:
@@ -86,6 +122,9 @@ class LotteryRun:
         self.num_classes = self.info.num_classes
         self.template = new_model(cfg, self.num_classes, cfg.seed)
         self.names = model_masks_template(cfg, self.template)
+        # pruning.structure: channels: whole channels go, every round's network is rebuilt smaller (structured.py)
+        self.channels = cfg.pruning.structure == "channels"
+        self.structure0 = full_structure(cfg, self.template) if self.channels else None
         self.mask_run = self._mask_source()
         self.ticket_run = self._ticket_source()
 
@@ -107,17 +146,21 @@ class LotteryRun:
         masks = self._masks(load_torch(path, step=f"{label('pruning')} with pruning.method=magnitude", keys=("masks",))["masks"], path)
         return {n: int(m.sum()) for n, m in masks.items()}
 
+    def _mask_run_checkpoint(self, r: int):
+        """(path, step label) of round ``r`` of the run the reinit control takes its masks (or structure) from."""
+        path = self.mask_run.checkpoint(r)
+        if not path.is_file():
+            raise UserError(
+                f"the reinit control takes round {r}'s masks from '{self.mask_run.root}', which has no round {r}; "
+                f"run main_lth_pruning.py with pruning.rewind={self.cfg.pruning.reinit_masks_from} first "
+                "(or set pruning.reinit_masks_from=self)")
+        return path, f"main_lth_pruning.py --set pruning.rewind={self.cfg.pruning.reinit_masks_from}"
+
     def masks_for_round(self, r: int) -> Masks:
         if r == 0:
             return full_masks(self.template, self.names)
         if self.mask_run is not None:
-            path = self.mask_run.checkpoint(r)
-            if not path.is_file():
-                raise UserError(
-                    f"the reinit control takes round {r}'s masks from '{self.mask_run.root}', which has no round {r}; "
-                    f"run main_lth_pruning.py with pruning.rewind={self.cfg.pruning.reinit_masks_from} first "
-                    "(or set pruning.reinit_masks_from=self)")
-            step = f"main_lth_pruning.py --set pruning.rewind={self.cfg.pruning.reinit_masks_from}"
+            path, step = self._mask_run_checkpoint(r)
             return self._masks(load_torch(path, step=step, keys=("masks",))["masks"], path)
         counts = self._ticket_counts(r) if self.ticket_run is not None else None
         path = self.run.checkpoint(r - 1)
@@ -131,6 +174,49 @@ class LotteryRun:
             return random_matched(previous, counts, generator)
         return prune(self._state(prev["state_dict"], path), self._masks(prev["masks"], path),
                      keep_fractions(self.cfg, self.names, r), self.cfg.pruning.scope, self.cfg.pruning.method, generator)
+
+    def structure_for_round(self, r: int) -> structured.Structure:
+        """``pruning.structure: channels``: the channels round ``r`` keeps. Round 0 keeps all; round r >= 1
+        ranks the channels alive in round r-1's final network (``pruning.channel_norm``/``channel_score``, or
+        random scores for ``pruning.method: random``) and keeps the schedule's share of each group's
+        original channels; the reinit control takes the structure of its mask run's round r."""
+        if r == 0:
+            return self.structure0
+        if self.mask_run is not None:
+            path, step = self._mask_run_checkpoint(r)
+            return self._structure(load_torch(path, step=step, keys=("structure",))["structure"], path)
+        path = self.run.checkpoint(r - 1)
+        prev = load_torch(path, step=label("pruning"), keys=("state_dict", "structure"))
+        previous = self._structure(prev["structure"], path)
+        p = self.cfg.pruning
+        if p.method == "random":
+            generator = torch.Generator().manual_seed(derived_seed(self.cfg.seed, SeedPurpose.PRUNE, r))
+            scores = structured.random_scores(previous, generator)
+        else:
+            model = self._structured_model(previous, prev["state_dict"], path)
+            scores = structured.channel_scores(model, previous, norm=p.channel_norm, score=p.channel_score)
+        return structured.next_structure(previous, scores, group_fractions(self.cfg, previous, r))
+
+    def _structure(self, structure, path) -> structured.Structure:
+        """The channel structure of a checkpoint, checked against this model's channel groups."""
+        expected = {root: (g["kind"], g["size"]) for root, g in self.structure0["groups"].items()}
+        try:
+            structured.check_structure(structure)
+            found = {root: (g["kind"], g["size"]) for root, g in structure["groups"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise foreign_checkpoint(path, f"no channel structure of this version in it ({exc})") from None
+        if found != expected:
+            raise foreign_checkpoint(path, "its channel groups are not this model's (another architecture, "
+                                           "pruning.layers or img_size)")
+        return structure
+
+    def _structured_model(self, structure: structured.Structure, state: dict | None = None, path=None) -> torch.nn.Module:
+        """A fresh network of ``structure`` (the kept channels of the full network's fresh weights), with the
+        smaller network's ``state`` loaded when given."""
+        model = restructured(new_model(self.cfg, self.num_classes, self.cfg.seed, pretrained=False), structure, path)
+        if state is not None:
+            model.load_state_dict(check_state(model, state, path))
+        return model
 
     def _masks(self, masks, path) -> Masks:
         """The masks of a checkpoint, checked against this model's prunable tensors."""
@@ -207,11 +293,12 @@ class LotteryRun:
         if self.dist.world > 1:
             torch.distributed.barrier()
 
-    def check_same_on_ranks(self, r: int, masks: Masks) -> None:
-        """Under torchrun every process computes the masks itself: stop if any process got others."""
+    def check_same_on_ranks(self, r: int, masks: Masks | None, structure: structured.Structure | None = None) -> None:
+        """Under torchrun every process computes the masks (or the channel structure) itself: stop if any
+        process got others."""
         if self.dist.world <= 1:
             return
-        digest = mask_digest(masks)
+        digest = mask_digest(masks) if structure is None else structure_digest(structure)
         gathered = [None] * self.dist.world
         torch.distributed.all_gather_object(gathered, digest)
         if len(set(gathered)) > 1:
@@ -227,11 +314,39 @@ class LotteryRun:
         apply_masks(model, masks)
         return model
 
+    def initial_structured(self, r: int, structure: structured.Structure) -> torch.nn.Module:
+        """``pruning.structure: channels``: the smaller network round ``r`` starts from, rebuilt to
+        ``structure`` from the full network's starting weights (the initial ones, step K's, or a reinit
+        draw: the weights of the kept channels), or, for ``rewind: finetune``, round r-1's final network
+        with the channels it loses removed."""
+        rewind = self.cfg.pruning.rewind
+        if r > 0 and rewind == "finetune":
+            path = self.run.checkpoint(r - 1)
+            prev = load_torch(path, step=label("pruning"), keys=("state_dict", "structure"))
+            previous = self._structure(prev["structure"], path)
+            return structured.restructure(self._structured_model(previous, prev["state_dict"], path), previous, structure)
+        model = new_model(self.cfg, self.num_classes, self.cfg.seed)
+        model.load_state_dict(self.starting_state(r))
+        restructured(model, structure)
+        if r > 0 and self.late_rewind() is None:
+            reset_batchnorm_stats(model)  # as initial_model: a late rewind restores step K's statistics
+        return model
+
     def train_one(self, r: int) -> dict:
         cfg = self.cfg
-        masks = self.masks_for_round(r)
-        self.check_same_on_ranks(r, masks)
-        model = prepare_model(self.initial_model(r, masks), self.device, cfg.train.channels_last)
+        structure = None
+        if self.channels:
+            structure = self.structure_for_round(r)
+            self.check_same_on_ranks(r, None, structure)
+            model = self.initial_structured(r, structure)
+            masks = full_masks(model, self.names)  # all alive: the later steps read masks of the smaller network
+            enforced: Masks = {}  # nothing to hold at 0
+        else:
+            masks = self.masks_for_round(r)
+            self.check_same_on_ranks(r, masks)
+            model = self.initial_model(r, masks)
+            enforced = masks
+        model = prepare_model(model, self.device, cfg.train.channels_last)
 
         torch.manual_seed(derived_seed(cfg.seed, SeedPurpose.AUGMENT, r))  # augmentation draws
         loss = get_loss(cfg.train.loss, cfg.train, layer=cam_layer(cfg))
@@ -259,11 +374,16 @@ class LotteryRun:
         # one file, replaced atomically at every epoch end (rank 0 writes)
         save_resume = (lambda state: save_torch({"settings": settings, **state}, self.run.resume_state(r))) \
             if self.dist.main else None
-        result = train_round(model, train_loader, val_loader, cfg.train, masks, self.device, self.num_classes,
+        result = train_round(model, train_loader, val_loader, cfg.train, enforced, self.device, self.num_classes,
                              loss=loss, callbacks=callbacks, desc=f"round {r}",
                              train_sampler=sampler, start_iteration=start_iteration,
-                             ddp_model=ddp, resume=resume, save_resume=save_resume)
-        remaining, total_remaining = remaining_fractions(model, masks)
+                             ddp_model=ddp, resume=resume, save_resume=save_resume,
+                             keep_early_stop=cfg.test.checkpoint == "early_stop")
+        if self.channels:  # the smaller network's share of the full one's prunable weights and parameters
+            remaining, total_remaining = structured.remaining_fractions(self.template, model, self.names)
+        else:
+            remaining, total_remaining = remaining_fractions(model, masks)
+        stop = result.early_stop
         meta = {
             "round": r,
             "masks": {n: m.cpu() for n, m in masks.items()},
@@ -276,14 +396,25 @@ class LotteryRun:
             "max_epochs": cfg.train.epochs,
             "start_iteration": start_iteration,  # K of a late-rewound round (it trained from K to the end), else 0
             "train_seconds": result.seconds,
+            # the Lottery Ticket paper's early-stopping iteration: minimum validation loss (train.eval_every)
+            "early_stop_iteration": stop["iteration"],
+            "early_stop_val_loss": stop["val_loss"],
+            "early_stop_val_acc": stop["val_acc"],
+            "iterations": result.iterations,
         }
+        if structure is not None:
+            meta["structure"] = structure
         if cfg.pruning.method == "random":
             meta["random_sparsity"] = cfg.pruning.random_sparsity
         if cfg.train.loss == "gc_mse" and cfg.train.cgc_lambda > 0:
             meta["gc_mse_reduction"] = "mean"  # the reference's F.mse_loss (a sum over pixels before issue 19)
         if self.dist.main:
             save_csv(self.run.round_log(r), pd.DataFrame(result.history))
+            save_csv(self.run.round_validation(r), pd.DataFrame(result.evals, columns=VALIDATION_COLUMNS))
             save_torch({**meta, "state_dict": result.best_state, "which": "best"}, self.run.checkpoint(r, "best"))
+            if result.early_stop_state is not None:
+                save_torch({**meta, "state_dict": result.early_stop_state, "which": "early_stop"},
+                           self.run.checkpoint(r, "early_stop"))
             # written last: its presence marks the round complete
             save_torch({**meta, "state_dict": result.last_state, "which": "last"}, self.run.checkpoint(r, "last"))
             self.run.resume_state(r).unlink(missing_ok=True)
@@ -299,6 +430,7 @@ class LotteryRun:
         keep = {k: cfg[k] for k in ("dataset", "seed", "img_size", "model_arch", "pretrained", "prune_iterations",
                                      "prune_percent", "data", "train", "pruning")}
         keep["device"], keep["world"] = self.device.type, self.dist.world
+        keep["early_stop_state"] = self.cfg.test.checkpoint == "early_stop"  # kept in the resumable state too
         sources = [self.run.init_state()] + ([self.run.checkpoint(r - 1)] if r > 0 else [])
         if self.mask_run is not None and r > 0:
             sources.append(self.mask_run.checkpoint(r))
@@ -372,8 +504,12 @@ class LotteryRun:
             meta = self.train_one(r)
             rows[r] = {"round": r, **{k: meta[k] for k in SUMMARY_COLUMNS[1:]}}
             self.write_summary(list(rows.values()))
+            if self.dist.main:
+                upsert_table(self.run.early_stopping(), [{k: meta[k] for k in EARLY_STOP_COLUMNS}], keys=["round"],
+                             sort=["round"], columns=EARLY_STOP_COLUMNS)
             self.log(f"round {r}: {100 * meta['weights_remaining']:.1f}% of prunable weights remain, "
                      f"best val acc {100 * meta['best_val_acc']:.2f}%, last {100 * meta['last_val_acc']:.2f}%, "
+                     f"minimum val loss at iteration {meta['early_stop_iteration']} of {meta['iterations']}, "
                      f"{meta['train_seconds']:.0f}s")
         self.write_summary(list(rows.values()))
         return pd.DataFrame(sorted(rows.values(), key=lambda row: row["round"]), columns=SUMMARY_COLUMNS)
@@ -393,6 +529,8 @@ def ticket_source(run: RunDir) -> RunDir | None:
     p = run.cfg.pruning
     if p.method != "random" or p.random_sparsity != "matched" or mask_source(run) is not None:
         return None
+    if p.structure == "channels":  # every group keeps the schedule's share of its channels: matched by construction
+        return None
     return run.sibling(**{"pruning.method": "magnitude", "pruning.random_sparsity": "matched", "experiment_name": ""})
 
 
@@ -404,7 +542,9 @@ def source_runs(run: RunDir) -> list[RunDir]:
 @step("pruning", number=1, script="main_lth_pruning.py", title="train the dense network, then prune it round by round "
       "(IMP with rewinding)", folder="pruning", pipeline=True, controls=True,
       writes=("pruning/init.pt", "pruning/rewind.pt", "pruning/round_XX/checkpoint.pt", "pruning/round_XX/best.pt",
-              "pruning/round_XX/epochs.csv", "pruning/summary.csv", "config.pruning.yaml"))
+              "pruning/round_XX/early_stop.pt", "pruning/round_XX/epochs.csv", "pruning/round_XX/validation.csv",
+              "pruning/summary.csv",
+              "pruning/early_stopping.csv", "config.pruning.yaml"))
 def prune_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False,
                log: Callable[[str], None] = print) -> pd.DataFrame:
     """Step 1: the requested rounds, in order (round r starts from round r - 1's masks), under torchrun with

@@ -38,7 +38,7 @@ from ..safe_io import load_npy, load_torch, read_csv, save_npy, shard_files, unr
 from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from ..training.roar import RemovedBatches, rank_dtype, retrain
-from .loading import SPLITS, check_state, load_data, load_round_model, new_model, start_step
+from .loading import SPLITS, check_state, load_data, load_round_model, new_model, restructured, start_step
 from .maps import layer_for, method_options
 from .metrics import method_code
 
@@ -161,14 +161,19 @@ def _ranks(run: RunDir, r: int, method: str, split: str, images) -> np.ndarray:
 
 
 def fresh_model(run: RunDir, ckpt: dict, num_classes: int, seed_index: int):
-    """The model a ROAR point retrains: a dense fresh init per seed, or the round's ticket (mask, rewound init)."""
+    """The model a ROAR point retrains: a dense fresh init per seed, or the round's ticket (mask, rewound init).
+    A channel-pruned round (``pruning.structure: channels``) retrains its smaller network: the kept channels of
+    the fresh init, or of the run's initial weights (the ticket)."""
     cfg = run.cfg
+    structure = ckpt.get("structure")
     if cfg.roar.retrain == "dense":
-        return new_model(cfg, num_classes, derived_seed(cfg.seed, SeedPurpose.ROAR_INIT, seed_index)), None
+        return restructured(new_model(cfg, num_classes, derived_seed(cfg.seed, SeedPurpose.ROAR_INIT, seed_index)),
+                            structure), None
     model = new_model(cfg, num_classes, cfg.seed)
     path = run.require(run.init_state(), label("pruning"))
     model.load_state_dict(check_state(model, load_torch(path, step=label("pruning"), keys=("state_dict",))["state_dict"],
                                       path))
+    restructured(model, structure, path)
     masks = {n: m.bool() for n, m in ckpt["masks"].items()}
     if ckpt.get("round", 0):
         reset_batchnorm_stats(model)

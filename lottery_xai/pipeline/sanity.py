@@ -93,7 +93,7 @@ from ..safe_io import read_csv, save_npz, upsert_table
 from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from .heatmaps import heatmap_images
-from .loading import load_round_model, new_model, start_step
+from .loading import load_round_model, new_model, restructured, start_step
 from .maps import configured_maps
 CHANGES, NO_CHANGE, CONTROL = "changes", "does not change", "control"
 CONTROL_METHOD = "random"  # the random baseline: the control, redrawn at every stage
@@ -349,7 +349,8 @@ def sanity_step(run: RunDir, device: torch.device, rounds: list[int] | None = No
             model, ckpt = load_round_model(run, r, info.num_classes, device)
             model.requires_grad_(False)
             fresh = new_model(replace(cfg, pretrained=False), info.num_classes,  # random weights, never pretrained ones
-                              derived_seed(cfg.seed, SeedPurpose.SANITY, r)).to(device)
+                              derived_seed(cfg.seed, SeedPurpose.SANITY, r))
+            fresh = restructured(fresh, ckpt.get("structure")).to(device)  # a channel-pruned round: its smaller network
             masks = {n: m.bool() for n, m in ckpt.get("masks", {}).items()}
             with torch.no_grad():
                 predicted = torch.cat([model(c).argmax(1) for c in images.split(cfg.data.eval_batch_size)])

@@ -66,6 +66,29 @@ def accuracy_vs_weights(runs: dict[str, pd.DataFrame], path: Path | None = None,
     return save_figure(fig, path)
 
 
+def early_stopping_vs_weights(stops: dict[str, pd.DataFrame], accuracy: dict[str, pd.DataFrame],
+                              path: Path | None = None):
+    """The Lottery Ticket paper's Figure 3 for one run and its controls: left, the iteration of minimum
+    validation loss (step 1) against the share of weights remaining; right, the test accuracy of the weights
+    later steps use (step 2; with ``test.checkpoint: early_stop`` the accuracy at early stopping)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"reinit": dict(ls="--", marker="s"), "random": dict(ls=":", marker="^")}
+    for ax, runs, column in ((left, stops, "early_stop_iteration"), (right, accuracy, "test_acc")):
+        for label, frame in runs.items():
+            frame = frame.sort_values("weights_remaining", ascending=False)
+            style = next((s for k, s in styles.items() if k in label), dict(ls="-", marker="o"))
+            y = frame[column] if column == "early_stop_iteration" else _pct(frame[column])
+            ax.plot(_pct(frame["weights_remaining"]), y, label=label, **style)
+        _weights_axis(ax, pd.concat([f["weights_remaining"] for f in runs.values()]))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    left.set_ylabel("early-stopping iteration (min. validation loss)")
+    left.set_title("Early-stopping iteration")
+    right.set_ylabel("test accuracy (%)")
+    right.set_title("Test accuracy")
+    return save_figure(fig, path)
+
+
 def tcav_vs_weights(scores: pd.DataFrame, class_name: str, layer: str | None = None, path: Path | None = None,
                     concepts: list[str] | None = None, max_concepts: int = 12):
     """TCAV score per concept against weights remaining, with std error bars; filled marks are significant."""

@@ -16,12 +16,20 @@ from ..safe_io import load_npz, read_csv, save_csv, unreadable
 from ..steps import draws, step
 from . import figures as plots
 from .figures import safe_name
-from .tables import (COMPARED, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, aggregate_table, heatmap_methods,
-                     loss_comparison, null_bands_of, tcav_table)
+from .tables import (COMPARED, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, aggregate_table, early_stopping_runs,
+                     heatmap_methods, loss_comparison, null_bands_of, tcav_table)
 
 
 def plot_accuracy(run: RunDir, save: bool = True):
     return plots.accuracy_vs_weights(accuracy_runs(run), run.plot("accuracy_vs_weights") if save else None)
+
+
+def plot_early_stopping(run: RunDir, save: bool = True):
+    """Step 1's early-stopping iteration and step 2's test accuracy per round, with the controls (Figure 3 of
+    the Lottery Ticket paper); drawn once step 2 has run."""
+    accuracy = accuracy_runs(run)
+    return plots.early_stopping_vs_weights(early_stopping_runs(run), accuracy,
+                                           run.plot("early_stopping_vs_weights") if save else None)
 
 
 def plot_tcav(run: RunDir, save: bool = True) -> list:
@@ -115,7 +123,8 @@ def make_all_plots(run: RunDir, log=print) -> list[Path]:
         raise UserError(f"run directory '{run.root}' not found; run {steps.label('pruning')} first "
                         "(or check logs and experiment_name)")
     before = set(run.root.joinpath("plots").glob("*.png"))
-    jobs = [("accuracy", lambda: plot_accuracy(run)), ("CAV accuracy", lambda: plot_cav_accuracy(run)),
+    jobs = [("accuracy", lambda: plot_accuracy(run)), ("early stopping", lambda: plot_early_stopping(run)),
+            ("CAV accuracy", lambda: plot_cav_accuracy(run)),
             ("TCAV", lambda: plot_tcav(run)), ("explanation metrics", lambda: plot_metrics(run))]
     jobs += [(d.key, (lambda d=d: d.draw(run))) for d in steps.drawings() if d.plots]  # the studies' figures
     # step 6 draws the grids; redraw one only when a map file is newer than it

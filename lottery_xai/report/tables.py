@@ -30,16 +30,34 @@ METRIC_COLUMNS = ["round", "weights_remaining", "method", "metric", "value"]
 
 def accuracy_runs(run: RunDir) -> dict[str, pd.DataFrame]:
     """Test metrics of this run and of its controls (reinit, random pruning) when they exist on disk."""
-    cfg, step2 = run.cfg, steps.label("test")
+    step2 = steps.label("test")
+    frames = {label: read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=step2)
+              for label, r in _controls(run).items() if r.test_metrics().is_file()}
+    if not frames:
+        raise MissingInput(f"'{run.test_metrics()}' is missing; run {step2} first")
+    return frames
+
+
+def _controls(run: RunDir) -> dict[str, RunDir]:
+    """This run and its controls (reinit, random pruning), labelled as the figures show them."""
+    cfg = run.cfg
     candidates = {f"ticket (rewind {cfg.pruning.rewind})": run}
     if cfg.pruning.rewind != "reinit":
         candidates["reinit control"] = run.sibling(**{"pruning.rewind": "reinit"})
     if cfg.pruning.method != "random":
         candidates["random pruning"] = run.sibling(**{"pruning.method": "random"})
-    frames = {label: read_csv(r.test_metrics(), ["round", "weights_remaining", "test_acc"], step=step2)
-              for label, r in candidates.items() if r.test_metrics().is_file()}
+    return candidates
+
+
+def early_stopping_runs(run: RunDir) -> dict[str, pd.DataFrame]:
+    """Step 1's early-stopping table (the iteration of minimum validation loss per round) of this run and of
+    its controls when they exist on disk (the Lottery Ticket paper's Figure 3)."""
+    step1 = steps.label("pruning")
+    columns = ["round", "weights_remaining", "early_stop_iteration", "early_stop_val_acc"]
+    frames = {label: read_csv(r.early_stopping(), columns, step=step1)
+              for label, r in _controls(run).items() if r.early_stopping().is_file()}
     if not frames:
-        raise MissingInput(f"'{run.test_metrics()}' is missing; run {step2} first")
+        raise MissingInput(f"'{run.early_stopping()}' is missing; run {step1} first")
     return frames
 
 

@@ -109,6 +109,25 @@ class RoundResult:
     best_epoch: int
     history: list = field(default_factory=list)
     seconds: float = 0.0
+    evals: list = field(default_factory=list)  # every validation: {iteration, epoch, val_loss, val_acc}
+    iterations: int = 0  # the iteration count at the end (from 0; a late-rewound round started at K)
+    early_stop_state: dict | None = None  # the weights at the early-stopping point (keep_early_stop=True)
+
+    @property
+    def early_stop(self) -> dict:
+        """The validation point of minimum loss (the first of equal ones): the Lottery Ticket paper's
+        early-stopping iteration (Frankle & Carbin 2019, Figure 3: the iteration of minimum validation
+        loss), with the loss and the accuracy there, at the resolution of ``train.eval_every``."""
+        return early_stop_point(self.evals)
+
+
+def early_stop_point(evals: list) -> dict:
+    """The first validation point of minimum ``val_loss`` in ``evals`` (a loss that is not a number never wins)."""
+    finite = [e for e in evals if math.isfinite(e["val_loss"])]
+    if not finite:
+        return {"iteration": evals[-1]["iteration"], "epoch": evals[-1]["epoch"], "val_loss": float("nan"),
+                "val_acc": evals[-1]["val_acc"]} if evals else {}
+    return dict(min(finite, key=lambda e: e["val_loss"]))
 
 
 def _rng_state(loader) -> dict:
@@ -130,7 +149,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 num_classes: int, *, loss: Callable | None = None, callbacks: Sequence[Callback] = (),
                 desc: str = "train", train_sampler=None, ddp_model: nn.Module | None = None,
                 start_iteration: int = 0, resume: dict | None = None,
-                save_resume: Callable[[dict], None] | None = None) -> RoundResult:
+                save_resume: Callable[[dict], None] | None = None, keep_early_stop: bool = False) -> RoundResult:
     """Train for ``tc.epochs`` with a fresh optimizer and schedule, masks held at every step
     (fewer with ``tc.early_stopping``: :class:`.callbacks.EarlyStopping` ends the round).
 
@@ -149,6 +168,13 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     every finished step and epoch (late-rewinding snapshots, tests that interrupt a run). ``ddp_model`` is the
     DistributedDataParallel wrapper to run forwards through, when training with torchrun.
 
+    ``tc.eval_every`` = N > 0 also validates after every N-th iteration (counted from 0, as the round's
+    iterations) that does not end an epoch; these points and the epoch ends are the result's ``evals``, from
+    which :attr:`RoundResult.early_stop` reads the iteration of minimum validation loss. They are
+    recorded only: the best state, early stopping and the training itself are as without them (evaluation
+    runs in eval mode under no_grad and draws no random numbers). ``keep_early_stop`` also keeps the weights
+    at that point (``early_stop_state``: the network whose test accuracy the paper reports "at early stopping").
+
     ``save_resume(state)`` receives, at every epoch end, everything needed to go on from there:
     model, optimizer and schedule states, the global and loader generators, the best state so far
     and the history. ``train_round(..., resume=state)`` continues from such a state and ends with
@@ -163,7 +189,16 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
     forward = ddp_model if ddp_model is not None else model
     loss_fn = loss if loss is not None else get_loss(tc.loss, tc)
     stopper = early_stopping(tc)  # None unless train.early_stopping
-    best_acc, best_state, best_epoch, history = -1.0, None, 0, []
+    best_acc, best_state, best_epoch, history, evals = -1.0, None, 0, [], []
+    stop_state = None
+
+    def validated(point: dict, epoch: int) -> None:
+        nonlocal stop_state
+        lowest = min((e["val_loss"] for e in evals if math.isfinite(e["val_loss"])), default=math.inf)
+        evals.append({"iteration": iteration, "epoch": epoch, "val_loss": point["loss"], "val_acc": point["acc"]})
+        if keep_early_stop and (stop_state is None or (math.isfinite(point["loss"]) and point["loss"] < lowest)):
+            stop_state = _cpu(model.state_dict())
+
     start_epoch, skip = start_iteration // max(steps, 1) + 1, start_iteration % max(steps, 1)
     iteration, first, elapsed = start_iteration, start_epoch, 0.0
     if resume is not None:
@@ -172,6 +207,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
         scheduler.load_state_dict(resume["scheduler"])
         best_acc, best_state, best_epoch = resume["best_acc"], resume["best_state"], resume["best_epoch"]
         history, iteration, elapsed = list(resume["history"]), resume["iteration"], resume["seconds"]
+        evals, stop_state = list(resume.get("evals", [])), resume.get("early_stop_state")
         first = resume["epoch"] + 1
         _set_rng_state(train_loader, resume["rng"])
     with MaskEnforcer(model, masks, optimizer):
@@ -186,9 +222,9 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
             batches = train_loader
             if epoch == start_epoch and skip:  # the rewind point is inside this epoch: its remaining batches
                 batches = itertools.islice(train_loader, steps - skip)
-            bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False,
-                       total=steps - skip if epoch == start_epoch else steps)
-            for batch in bar:
+            in_epoch = steps - skip if epoch == start_epoch else steps
+            bar = tqdm(batches, desc=f"{desc} epoch {epoch}/{tc.epochs}", leave=False, total=in_epoch)
+            for done, batch in enumerate(bar, start=1):
                 images, labels = to_device(batch, device, tc.channels_last)
                 if getattr(loss_fn, "own_forward", False):
                     loss = loss_fn.forward_pass(forward, model, images, labels, autocast(device, tc.amp),
@@ -206,9 +242,12 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 seen += len(labels)
                 for callback in callbacks:
                     callback.on_iteration(iteration, model)
+                if tc.eval_every and iteration % tc.eval_every == 0 and done < in_epoch:  # the epoch end validates anyway
+                    validated(evaluate(model, val_loader, device, num_classes, tc.amp, tc.channels_last), epoch)
             val = evaluate(model, val_loader, device, num_classes, tc.amp, tc.channels_last)
+            validated(val, epoch)
             history.append({"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_acc": val["acc"], "val_loss": val["loss"],
-                            "lr": optimizer.param_groups[0]["lr"]})
+                            "lr": optimizer.param_groups[0]["lr"], "iteration": iteration})
             if val["acc"] > best_acc:
                 best_acc, best_epoch = val["acc"], epoch
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -220,7 +259,8 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                     "epoch": epoch, "iteration": iteration, "seconds": elapsed + time.perf_counter() - start,
                     "model": _cpu(model.state_dict()), "optimizer": _cpu(optimizer.state_dict()),
                     "scheduler": scheduler.state_dict(), "best_acc": best_acc, "best_state": best_state,
-                    "best_epoch": best_epoch, "history": history, "rng": _rng_state(train_loader),
+                    "best_epoch": best_epoch, "history": history, "evals": evals, "early_stop_state": stop_state,
+                    "rng": _rng_state(train_loader),
                 })
             if stop:
                 tqdm.write(f"{desc}: early stop after epoch {epoch} (validation accuracy gained less than "
@@ -229,7 +269,7 @@ def train_round(model: nn.Module, train_loader, val_loader, tc: TrainConfig, mas
                 break
     last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return RoundResult(last_state, best_state, best_acc, history[-1]["val_acc"], best_epoch, history,
-                       elapsed + time.perf_counter() - start)
+                       elapsed + time.perf_counter() - start, evals, iteration, stop_state)
 
 
 def _cpu(tree):
