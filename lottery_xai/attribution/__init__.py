@@ -19,6 +19,7 @@ from lottery_xai.attribution.baseline import random_map
 from lottery_xai.attribution.cam import grad_x_activation, grad_x_activation_map, gradcam, gradcam_pp, score_cam
 from lottery_xai.attribution.gradients import integrated_gradients, integrated_gradients_report, saliency
 from lottery_xai.attribution.perturbation import occlusion
+from lottery_xai.attribution.rollout import attention_rollout
 from lottery_xai.errors import UserError
 from lottery_xai.names import unknown_name
 
@@ -31,6 +32,7 @@ METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "integrated_gradients": integrated_gradients,
     "occlusion": occlusion,
     "random": random_map,
+    "attention_rollout": attention_rollout,
 }
 # Methods whose `layer` argument matters; the others accept it and ignore it.
 LAYER_METHODS = frozenset({"gradcam", "gradcampp", "grad_x_activation", "scorecam"})
@@ -39,11 +41,14 @@ LAYER_METHODS = frozenset({"gradcam", "gradcampp", "grad_x_activation", "scoreca
 REPORTS: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
     "integrated_gradients": integrated_gradients_report,
 }
+# Methods that explain vision transformers only (attention, token layers): refused for any other model.
+TRANSFORMER_METHODS = frozenset({"attention_rollout"})
 NORMALIZE_MODES = ("max", "minmax", "none")
 
 __all__ = [
     "METHODS",
     "LAYER_METHODS",
+    "TRANSFORMER_METHODS",
     "NORMALIZE_MODES",
     "REPORTS",
     "attribute",
@@ -59,6 +64,7 @@ __all__ = [
     "integrated_gradients_report",
     "occlusion",
     "random_map",
+    "attention_rollout",
 ]
 
 

@@ -100,13 +100,15 @@ def attention_rollout(
     images: torch.Tensor,
     targets: TargetsLike = None,
     *,
+    layer: str | None = None,
     head_fusion: str = "mean",
     discard_ratio: float = 0.0,
     upsample: bool = True,
 ) -> torch.Tensor:
     """Attention-rollout maps [N, H, W] (Abnar & Zuidema 2020, see the module docstring): the class token's row
     of the rolled-out attention over the patch tokens, on the patch grid, bilinearly upsampled to the input
-    (``upsample=False``: [N, h, w]). ``targets`` is ignored (the rollout has no class). Raw values."""
+    (``upsample=False``: [N, h, w]). ``targets`` is ignored (the rollout has no class), and so is ``layer`` (every
+    layer's attention is rolled out; the argument is the methods' calling convention). Raw values."""
     check_images(images)
     check_eval(model)
     layout = token_layout(model)

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from ..attribution import LAYER_METHODS, METHODS, attribute
+from ..attribution import LAYER_METHODS, METHODS, TRANSFORMER_METHODS, attribute
 from ..config import Config, check_method_names
 from ..data import get_dataset
 from ..models import architecture
+from ..errors import UserError
 from ..seeds import SeedPurpose, derived_seed
+from ..timm_backbones import family_of, is_timm, timm_name
 
 
 def check_methods(cfg: Config) -> None:
-    """Every name in heatmaps.methods, metrics.transform_methods and roar.methods is a registered method."""
+    """Every name in heatmaps.methods, metrics.transform_methods and roar.methods is a registered method, and
+    a transformer-only one (attention rollout) is asked for a timm ViT / DeiT backbone only."""
     check_method_names(cfg, list(METHODS))
+    asked = {*cfg.heatmaps.methods, *cfg.metrics.transform_methods, *cfg.roar.methods, *cfg.sanity.methods}
+    for name in sorted(asked & TRANSFORMER_METHODS):
+        if not (is_timm(cfg.model_arch) and family_of(timm_name(cfg.model_arch)) == "vit"):
+            raise UserError(f"attribution method '{name}' explains vision transformers with a class token (timm ViT, "
+                            f"DeiT); model_arch is '{cfg.model_arch}': remove it from the method lists")
 
 
 def method_options(cfg: Config, method: str, seed: int, adaptive: bool = True) -> dict:

@@ -115,3 +115,29 @@ def test_rollout_refuses_models_without_a_class_token_row():
         attention_rollout(_vit(), torch.randn(1, 3, 32, 32), head_fusion="median")
     with pytest.raises(UserError, match="training mode"):
         attention_rollout(_vit().train(), torch.randn(1, 3, 32, 32))
+
+
+def test_registered_as_a_transformer_only_method():
+    """The method registry's attention_rollout follows every method's calling convention on a ViT (float maps
+    [N, H, W], the layer argument accepted and ignored, the model untouched), and a config that asks for it
+    with another backbone is refused before any step works."""
+    from lottery_xai.attribution import attribute, get_method
+    from lottery_xai.config import load_config
+    from lottery_xai.pipeline.maps import check_methods
+
+    model = _vit()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    maps = get_method("attention_rollout")(model, images, None, layer="blocks.1.norm1")
+    assert maps.shape == (3, 32, 32) and maps.dtype == torch.float32
+    torch.testing.assert_close(maps, attention_rollout(model, images))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == fused
+    normalised = attribute("attention_rollout", model, images, None, layer="blocks.1.norm1", normalize="max")
+    assert torch.allclose(normalised.flatten(1).amax(1), torch.ones(3))
+    vit = ["model_arch=timm:vit_small_patch16_224", "model_args=[depth=1,embed_dim=16,num_heads=2,patch_size=8]"]
+    check_methods(load_config(None, vit + ["heatmaps.methods=[gradcam,attention_rollout]"]))
+    for arch in (["model_arch=small_resnet"], ["model_arch=timm:swin_tiny_patch4_window7_224"]):
+        with pytest.raises(UserError, match="explains vision transformers"):
+            check_methods(load_config(None, arch + ["heatmaps.methods=[gradcam,attention_rollout]"]))

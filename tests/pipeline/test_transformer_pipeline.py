@@ -34,7 +34,9 @@ FAMILIES = {
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def transformer_run(request, tiny_data, tmp_path_factory):
     arch, args, layer, width, side = FAMILIES[request.param]
-    overrides = tiny_overrides(tiny_data, tmp_path_factory.mktemp(f"{request.param}_logs"), *COMMON,
+    rollout = ["heatmaps.methods=[gradcam,grad_x_activation,saliency,random,attention_rollout]"] \
+        if request.param == "vit" else []  # the transformer-only method (a class token's attention: ViT, DeiT)
+    overrides = tiny_overrides(tiny_data, tmp_path_factory.mktemp(f"{request.param}_logs"), *COMMON, *rollout,
                                f"model_arch={arch}", f"model_args={args}", f"bb_layers_for_concepts=[{layer}]")
     run, rounds = open_run(None, overrides), [0, 1]
     LotteryRun(run, DEVICE, log=quiet).run_rounds(rounds)
@@ -58,7 +60,8 @@ def test_steps_1_to_8_write_the_run_directory(transformer_run):
     tcav = pd.read_csv(run.tcav_scores())
     assert set(tcav["round"]) == {0, 1} and set(tcav["layer"]) == {layer}
     metrics = pd.read_csv(run.explanation_metrics())
-    assert {"gradcam", "saliency"} <= set(metrics["method"]) and {"deletion_auc", "energy_in_box"} <= set(metrics["metric"])
+    assert {"gradcam", "saliency"} <= set(metrics["method"])
+    assert ("attention_rollout" in set(metrics["method"])) == (family == "vit") and {"deletion_auc", "energy_in_box"} <= set(metrics["metric"])
     plots = {p.name for p in (run.root / "plots").glob("*.png")}
     assert {"accuracy_vs_weights.png", "heatmaps_gradcam.png"} <= plots
 
