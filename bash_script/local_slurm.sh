@@ -40,8 +40,10 @@ ReturnToService=2
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
-SchedulerParameters=defer_batch
+SchedulerParameters=defer_batch,sched_interval=5
 MinJobAge=600
+# a requeued job waits cred_expire seconds before it starts again (default 120)
+AuthInfo=cred_expire=20
 NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF

@@ -352,6 +352,23 @@ class StatsConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """The SLURM launcher (``launcher: slurm``; python -m lottery_xai.launch): the resources of every task."""
+    partition: str = opt("", "partition of the tasks that use the GPU (empty = the cluster's default)")
+    cpu_partition: str = opt("", "partition of the tasks that need no GPU: CAV fits, merges, figures, report, replicates (empty = slurm.partition)")
+    gpus_per_task: int = opt(1, "GPUs of each GPU task; step 1 runs under torchrun with one process per GPU when above 1 (the CPU-only tasks get none)", minimum=0)
+    nodes: int = opt(1, "nodes of step 1's job (torchrun across them, one launcher per node through srun)", minimum=1)
+    cpus_per_task: int = opt(8, "CPU cores of each task; each task sets torch's threads to them", minimum=1)
+    mem: str = opt("", "memory of each task, as sbatch --mem takes it, e.g. 64G (empty = the partition's default)", pattern=r"^(|\d+[KMGT]?)$")
+    time: int = opt(1440, "time limit of each task in minutes (a task that reaches it is requeued and resumes from its files, at most max_requeues times)", minimum=1)
+    max_requeues: int = opt(3, "requeues of a task that reached its time limit (preemptions requeue without limit)", minimum=0)
+    array_parallelism: int = opt(64, "most tasks of one job array running at once", minimum=1)
+    sbatch: list = opt([], "extra sbatch options, each key=value or a flag, e.g. [account=proj, qos=high, constraint=a100]")
+    setup: list = opt([], "shell lines run before every task, e.g. [module load cuda/12.4, source .venv/bin/activate]")
+    folder: str = opt("", "folder of the job scripts, logs and the plan of each launch (empty = {logs}/launch/<date-time>)")
+
+
+@dataclass
 class Config:
     experiment_name: str = opt("", "run folder name under logs (empty = built from the settings that change results)")
     logs: str = opt("results", "root folder of all run directories")
@@ -386,6 +403,8 @@ class Config:
     human_study: HumanStudyConfig = field(default_factory=HumanStudyConfig)
     sanity: SanityConfig = field(default_factory=SanityConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    launcher: str = opt("local", "where python -m lottery_xai.launch runs the tasks: in this process, one step after the other (local), or as SLURM jobs through submitit (slurm, with the slurm.* resources)", choices=["local", "slurm"])
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
 
 # ---------------------------------------------------------------- introspection

@@ -57,6 +57,16 @@ BAND_COLUMNS = ["round", "weights_remaining", "method", "metric", "seed_mean", "
 CONTROLS = {"ticket": {}, "reinit": {"pruning.rewind": "reinit"}, "random": {"pruning.method": "random"}}
 
 
+def merge_inputs(run: RunDir, seeds: list[int]) -> None:
+    """Fold the shards that a cluster's tasks left beside the tables the replicates read (every seed run and
+    control; see lottery_xai.launch): the launcher merges them after each step, this covers a launch cut short."""
+    for changes in CONTROLS.values():
+        for seed_run in seed_runs(run, seeds, **changes).values():
+            if seed_run.root.is_dir():
+                for key in ("test", "tcav", "heatmaps", "metrics"):
+                    seed_run.merge_shards(key)
+
+
 def parse_seeds(text: str | None) -> list[int]:
     """``--seeds 0,1,2`` as a sorted list of distinct seeds (at least two)."""
     try:
@@ -290,6 +300,7 @@ def aggregate_step(run: RunDir, seeds: list[int], force: bool = False, log=print
     first = runs[seeds[0]]
     names = ("accuracy", "tcav", "metrics", "null_bands")
     with first.lock("aggregate"):
+        merge_inputs(run, seeds)
         stamp = {"seeds": seeds, "stats": vars(cfg.stats), "top_fraction": cfg.metrics.top_fraction,
                  "methods": list(cfg.heatmaps.methods), "inputs": _inputs(run, seeds)}
         record = first.aggregate_record(seeds)
