@@ -81,7 +81,8 @@ def test_a_sweep_on_slurm_writes_the_tables_of_the_local_launcher(slurm, tiny_da
     assert launch.watch(folder, jobs, poll=1, log=print) == 0
     assert "tasks: 9 done" in capsys.readouterr().out  # 2 x (step 1, 2 rounds of step 2, their merge), replicates
     local, cluster = _tables(tmp_path / "local"), _tables(tmp_path / "slurm")
-    assert len(local) == 16 and sorted(cluster) == sorted(local)  # 2 x (summary, 2 epoch logs, 2 tables, record), 4 replicates
+    # 2 x (summary, early stopping, 2 epoch logs, 2 validation logs, 2 tables, record), 4 replicates
+    assert len(local) == 22 and sorted(cluster) == sorted(local)
     assert {k: v for k, v in cluster.items() if v != local[k]} == {}
     assert not list((tmp_path / "slurm").rglob(".shards"))  # every shard merged
 

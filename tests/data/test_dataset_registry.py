@@ -14,7 +14,7 @@ CUB_STYLE = ("synthetic_cub", "cub")
 
 
 def test_names_come_from_the_registry_in_order():
-    assert DATASET_NAMES == ("synthetic_cub", "cub", "mnist_eo", "folder")
+    assert DATASET_NAMES == ("synthetic_cub", "cub", "mnist_eo", "mnist", "folder")
     assert DATASET_NAMES == tuple(DATASETS)
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(Config)}["dataset"]
     assert tuple(choices) == DATASET_NAMES  # the config's choices and the registry agree
@@ -68,7 +68,7 @@ def test_unknown_dataset_is_a_one_line_error_with_a_suggestion():
     assert message == "unknown dataset 'mnist_oe'; did you mean 'mnist_eo'?"
     with pytest.raises(UserError) as error:
         get_dataset("imagenet")
-    assert str(error.value) == "unknown dataset 'imagenet'; use one of synthetic_cub, cub, mnist_eo, folder"
+    assert str(error.value) == "unknown dataset 'imagenet'; use one of synthetic_cub, cub, mnist_eo, mnist, folder"
 
 
 def test_build_datasets_checks_the_name_first(tmp_path):
