@@ -1,5 +1,8 @@
-"""The prepared benchmarks run: the GPU check's CPU dry run (every part, toy sizes)."""
+"""The prepared benchmarks run: the GPU check's CPU dry run (every part, toy sizes) and the scale benchmark's
+growth exponent."""
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -7,6 +10,13 @@ import sys
 from conftest import ROOT
 
 PARTS = ("env", "train", "steps", "gradcam", "cgc", "structured", "torchrun")
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_gpu_check_dry_run_runs_every_part(tmp_path):
@@ -31,3 +41,10 @@ def test_gpu_check_rejects_an_unknown_option(tmp_path):
                           text=True, timeout=60, env=dict(os.environ, OUT=str(tmp_path)))
     assert done.returncode == 2 and "unknown option '--fast'" in done.stderr
 
+
+def test_scale_growth_exponent():
+    growth = _load("bench_scale").growth
+    assert math.isclose(growth(1.0, 4.0, 10, 40), 1.0)  # cost proportional to work
+    assert math.isclose(growth(1.0, 16.0, 10, 40), 2.0)  # quadratic
+    assert math.isclose(growth(2.0, 2.0, 10, 40), 0.0)  # a fixed cost
+    assert math.isnan(growth(1.0, 2.0, 10, 10))
