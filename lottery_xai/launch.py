@@ -43,6 +43,7 @@ known.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -410,16 +411,44 @@ def allocation() -> int:
     return 0
 
 
-def run_task(task: Task) -> None:
-    """Run one task in this process: torch's threads set to the task's cores, its shard named, the step
-    called as its command line calls it (figures drawn by whole-step tasks and merges only)."""
-    threads = allocation()
-    if threads:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[name] = str(threads)
-        import torch
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-        torch.set_num_threads(threads)
+
+@contextlib.contextmanager
+def task_threads(threads: int):
+    """torch's threads and the thread variables its child processes read set to ``threads`` for the task,
+    then put back as they were: the local launcher runs tasks inside the caller's process, whose later
+    work (a test, a notebook) must not inherit one task's share of the cores."""
+    if not threads:
+        yield
+        return
+    import torch
+
+    saved_env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    saved_threads = torch.get_num_threads()
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_task(task: Task) -> None:
+    """Run one task in this process: torch's threads set to the task's cores (restored afterwards), its
+    shard named, the step called as its command line calls it (figures drawn by whole-step tasks and merges
+    only)."""
+    with task_threads(allocation()):
+        _run_task(task)
+
+
+def _run_task(task: Task) -> None:
     if task.step == "merge":
         merge_run(task.run, task.merge)
         return

@@ -147,3 +147,26 @@ def test_a_measured_rate_scales_by_pixels():
     assert found.seconds == pytest.approx(costs.MEASURED[("cpu", "small_resnet", 64)][1] / 3 / 4)
     assert "scaled from 64 px" in found.source
     assert costs.rate(cfg, throughput=100).seconds == pytest.approx(1 / 300)
+
+
+def test_a_task_in_this_process_leaves_its_threads_behind(monkeypatch):
+    """The local launcher runs a task inside the caller: its share of the cores is set for the task and the
+    caller's thread count and thread variables are back afterwards (a later subprocess inherits none)."""
+    import os
+
+    import torch
+
+    from lottery_xai import launch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    seen = {}
+    with launch.task_threads(1):
+        seen = {"torch": torch.get_num_threads(), **{n: os.environ.get(n) for n in launch.THREAD_VARIABLES}}
+    assert seen == {"torch": 1, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert torch.get_num_threads() == before
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+    with pytest.raises(RuntimeError), launch.task_threads(1):
+        raise RuntimeError("a failing task")
+    assert torch.get_num_threads() == before and "MKL_NUM_THREADS" not in os.environ

@@ -58,9 +58,12 @@ def make_run(data: Path, logs: Path) -> Path:
     from conftest import tiny_overrides
 
     overrides = tiny_overrides(data, logs, *EXTRA)
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONHASHSEED="0")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
+    # the recording's environment: two threads, no inherited thread, shard or distributed variables (a
+    # variable such as MKL_NUM_THREADS=1 changes the order of float sums, and so the last bits of the maps)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+           and not k.startswith(("LOTTERY_XAI_", "SLURM_"))}
+    env.update(OMP_NUM_THREADS="2", PYTHONHASHSEED="0")
     for script in STEPS:
         cmd = [sys.executable, script]
         for o in overrides:
