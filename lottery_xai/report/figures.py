@@ -37,6 +37,10 @@ def _pct(x):
 def _weights_axis(ax, fractions) -> None:
     """Log-scaled 'weights remaining' axis, dense on the left, ticks at the rounds' actual values."""
     ticks = np.unique(np.round(_pct(fractions), 1))
+    if len(ticks) > 10:  # many rounds: every other label, the dense and the sparsest always, so that none overlap
+        keep = list(range(len(ticks) - 1, -1, -2))
+        keep[-1] = 0
+        ticks = ticks[sorted(keep)]
     ax.set_xscale("log")
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks], fontsize=8)
