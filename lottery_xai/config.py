@@ -415,15 +415,7 @@ def _hints(cls) -> dict:
 
 def all_keys(cls=Config, prefix: str = "") -> list[str]:
     """Every dotted key of the schema."""
-    keys = []
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        if dataclasses.is_dataclass(t):
-            keys.extend(all_keys(t, prefix + f.name + "."))
-        else:
-            keys.append(prefix + f.name)
-    return keys
+    return [key for key, _, _ in describe(cls, prefix)]
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -791,9 +783,7 @@ def n_rounds(cfg: Config) -> int:
 def configured_rounds(cfg: Config, key: str) -> list[int]:
     """The rounds a config list names (``key``, e.g. ``sanity.rounds``), sorted, with -1 (and other
     negatives) counted from the sparsest round; a round the schedule does not have is a user error."""
-    values = cfg
-    for part in key.split("."):
-        values = getattr(values, part)
+    values = dotted_value(cfg, key)
     total = n_rounds(cfg)
     rounds = sorted({r if r >= 0 else total + r for r in values})
     bad = [r for r in rounds if not 0 <= r < total]
@@ -804,6 +794,60 @@ def configured_rounds(cfg: Config, key: str) -> list[int]:
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------- the settings a run folder holds
+
+# The settings that determine a run's checkpoints (step 1). A run folder holds the run of one set of them: step 1
+# records them in the folder and every step compares (lottery_xai.rundir.RunDir.check_settings), as OpenLTH names
+# a run by the hash of its hyperparameters. They are the top-level RUN_KEYS and every key of RUN_SECTIONS but the
+# ones named in NOT_RUN_SETTINGS; every other top-level key and section is named there too (a test checks that each
+# top-level key and section is in one list: a new one is classified when it is added). train.eval_every is a run
+# setting although training is unchanged by it: the early-stopping iteration step 1 records in every checkpoint,
+# pruning/early_stopping.csv and round_XX/early_stop.pt are read from its validation points. test.checkpoint is
+# not: it picks which of step 1's checkpoints later steps load, and the fingerprints record that choice.
+RUN_KEYS = ("dataset", "seed", "img_size", "model_arch", "pretrained", "prune_percent")
+RUN_SECTIONS = ("data", "train", "pruning")
+NOT_RUN_SETTINGS = ("experiment_name", "logs", "data_root", "json_root", "device", "prune_iterations",
+                    "labels_for_tcav", "concepts_for_tcav", "bb_layers_for_concepts", "cav_flattening_type",
+                    "token_features", "launcher", "data.eval_batch_size", "data.num_workers",
+                    # the sections of the later steps, the launcher's resources
+                    "test", "activations", "cav", "tcav", "heatmaps", "metrics", "roar", "ace", "occlusion_study",
+                    "human_study", "sanity", "stats", "slurm")
+
+
+def dotted_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted key, e.g. ``dotted_value(cfg, "train.lr")``."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _inert(cfg: Config) -> set[str]:
+    """Run settings that the other settings leave without effect (a change of one is not another run)."""
+    p, t = cfg.pruning, cfg.train
+    return ({"pruning.compression_rates"} if p.schedule != "compression_rates" else {"prune_percent"}) \
+        | ({"pruning.random_sparsity"} if p.method != "random" else set()) \
+        | ({"pruning.reinit_masks_from"} if p.rewind != "reinit" else set()) \
+        | ({"train.lr_step_epochs", "train.lr_gamma"} if t.lr_schedule != "step" else set()) \
+        | ({k for k in all_keys(TrainConfig, "train.") if k.startswith("train.cgc_")} if t.loss == "cross_entropy" else set()) \
+        | ({"train.early_stopping_gain", "train.early_stopping_patience"} if not t.early_stopping else set()) \
+        | ({"pruning.channel_norm", "pruning.channel_score"} if p.structure != "channels" else set()) \
+        | ({"pruning.prune_conv_rate"} if p.schedule != "iterative" else set())
+
+
+def run_settings(cfg: Config) -> dict[str, Any]:
+    """The settings that determine the run's checkpoints (see ``RUN_KEYS``; those the others leave without effect
+    are left out), by dotted key."""
+    inert = _inert(cfg)
+    return {key: dotted_value(cfg, key) for key in all_keys()
+            if (key in RUN_KEYS or key.split(".")[0] in RUN_SECTIONS) and key not in NOT_RUN_SETTINGS + tuple(inert)}
+
+
+def defaults() -> dict[str, Any]:
+    """Every key's default, by dotted key."""
+    return {key: default for key, default, _ in describe()}
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -16,6 +16,12 @@ Safety of a run directory shared by several processes and reruns:
   (``RunDir.temporaries``): with the lock held nothing else writes there.
 - Tables: every results table is updated read-modify-write under a short lock of its own
   (``safe_io.upsert_table``), so two runs that split the rounds never lose each other's rows.
+- Settings: a run folder holds the run of one set of the settings that determine its checkpoints
+  (``config.run_settings``). Step 1 records them, with their hash, in ``{root}/settings.json`` when it
+  starts the run; every step compares them with its own before it writes (``RunDir.check_settings``,
+  called by ``save_config``), and refuses other ones in one line naming the keys that differ, so a
+  reused ``experiment_name`` never mixes two runs. (A run made before the record is compared with the
+  ``config.pruning.yaml`` step 1 last ran with.)
 - Fingerprints: a round's fingerprint is the start of the SHA-256 of the checkpoint file the
   later steps load (``test.checkpoint``). Every step records, in ``{its folder}/fingerprints.json``,
   the fingerprint of the checkpoint each unit of output (a round, a round's split, layer or
@@ -40,11 +46,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import yaml
+
 from . import steps
-from .config import Config, dump_yaml, load_config, n_rounds, replace
+from .config import Config, defaults, dump_yaml, load_config, n_rounds, replace, run_settings
 from .errors import UserError
-from .safe_io import atomic_dir, file_lock, fingerprint, read_json, write_text  # noqa: F401 - atomic_dir: data/synthetic.py imports it from here for now
-from .safe_io import current_shard, merge_shards, own_shard, shard_files
+from .safe_io import current_shard, file_lock, fingerprint, merge_shards, own_shard, read_json, shard_files, write_text
+
+SHOWN_SETTINGS = 4  # differing settings named in the message; the rest are counted
 
 
 def _name_part(text: str, limit: int = 60) -> str:
@@ -100,6 +109,9 @@ def experiment_name(cfg: Config) -> str:
     return "_".join(parts)
 
 
+_ABSENT = object()
+
+
 def round_name(r: int) -> str:
     return f"round_{r:02d}"
 
@@ -147,7 +159,56 @@ class RunDir:
         return self.root / f"config.{step}.yaml"
 
     def save_config(self, step: str) -> None:
+        """Keep the config ``step`` runs with as ``config.<step>.yaml``, once the run's settings are checked."""
+        self.check_settings()
         write_text(self.config_file(step), dump_yaml(self.cfg))
+
+    # -- the settings that determine the run's checkpoints
+    def settings_file(self) -> Path:
+        return self.root / "settings.json"
+
+    def _recorded_settings(self) -> dict | None:
+        """The run settings the folder holds: its record, else those of the config step 1 last ran with (a run
+        made before the record), else None (a new run)."""
+        path = self.settings_file()
+        if path.is_file():
+            return read_json(path).get("settings", {})
+        legacy = self.config_file("pruning")
+        if not legacy.is_file():
+            return None
+        try:
+            tree = yaml.safe_load(legacy.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return None
+        flat: dict = {}
+        for key in run_settings(self.cfg):
+            node = tree
+            for part in key.split("."):
+                node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+            if node is not _ABSENT:
+                flat[key] = node
+        return flat
+
+    def check_settings(self, record: bool = False) -> None:
+        """Refuse to write into a run folder that holds a run of other settings (``config.run_settings``): one
+        line naming the keys that differ. ``record`` (step 1): write the record of a new run. A key the record
+        lacks (added to the schema since) counts as its default; one only the record has is not compared."""
+        current = json.loads(json.dumps(run_settings(self.cfg), sort_keys=True, default=str))
+        recorded = self._recorded_settings()
+        if recorded is not None:
+            default = json.loads(json.dumps(defaults(), default=str))
+            differ = [(k, recorded.get(k, default.get(k)), v) for k, v in current.items()
+                      if recorded.get(k, default.get(k)) != v]
+            if differ:
+                shown = "; ".join(f"{k} {old!r} there, {new!r} now" for k, old, new in differ[:SHOWN_SETTINGS])
+                more = f" and {len(differ) - SHOWN_SETTINGS} more" if len(differ) > SHOWN_SETTINGS else ""
+                raise UserError(f"run folder '{self.root}' holds a run made with other settings ({shown}{more}); "
+                                "give this one its own experiment_name (or logs), use the settings of that run, "
+                                "or delete the folder to start it again")
+        if record and not self.settings_file().is_file():
+            text = json.dumps(current, sort_keys=True)
+            write_text(self.settings_file(), json.dumps({"hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+                                                         "settings": current}, indent=1, sort_keys=True) + "\n")
 
     def rounds(self) -> list[int]:
         return list(range(n_rounds(self.cfg)))

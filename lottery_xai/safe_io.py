@@ -177,14 +177,48 @@ def load_npy(path: str | Path, step: str | None = None, mmap: bool = False, ndim
     return array
 
 
-def read_csv(path: str | Path, columns: list | tuple = (), step: str | None = None, missing_ok: bool = False):
+# What a value of a declared column type must be (a table's ``types``, see :func:`read_csv`); an empty field is
+# a missing value, allowed in float and str columns only (what ``save_csv`` writes for NaN and None).
+_EXPECTED = {"int": "an integer", "float": "a number (a missing value is an empty field)", "bool": "True or False"}
+
+
+def _checked_types(frame: pd.DataFrame, types: dict, path: Path, step: str | None) -> pd.DataFrame:
+    """``frame`` with its declared columns (``{column: "int" | "float" | "bool" | "str"}``) of that type; a value
+    that is not (the text ``nan``, a word in a number column, an empty int) is one error naming file and column."""
+    for column, kind in types.items():
+        if column not in frame.columns or not len(frame) or kind == "str":
+            continue
+        values = frame[column]
+        if values.dtype.kind in {"bool": "b", "int": "iu", "float": "iuf"}[kind]:
+            continue  # as written (an int column with an empty field is read as floats: checked below)
+        if kind == "bool":
+            parsed = values.map({True: True, False: False, "True": True, "False": False})
+            good = parsed.notna() & values.map(lambda v: isinstance(v, (bool, np.bool_, str)))  # 1 == True: not a bool
+        else:
+            parsed = pd.to_numeric(values, errors="coerce") if values.dtype.kind != "f" else values
+            good = parsed.notna() | (values.isna() & (kind == "float"))
+            if kind == "int":
+                good &= (parsed % 1 == 0).fillna(False)
+        if not good.all():
+            row = int(np.flatnonzero(~good.to_numpy())[0])
+            shown = "an empty field" if pd.isna(values.iloc[row]) else repr(str(values.iloc[row]))
+            raise UserError(f"'{path}' cannot be read: column '{column}' holds {shown} on line {row + 2}, not "
+                            f"{_EXPECTED[kind]}; correct that line, or delete the file and rerun "
+                            f"{step or 'the step that writes it'}")
+        frame[column] = parsed.astype(bool if kind == "bool" else (np.int64 if kind == "int" else float))
+    return frame
+
+
+def read_csv(path: str | Path, columns: list | tuple = (), step: str | None = None, missing_ok: bool = False,
+             types: dict | None = None):
     """A results table; ``columns`` must be present. ``missing_ok``: an absent file is an empty table. A
-    table with shards (see the module docstring) is read with its shards applied."""
+    table with shards (see the module docstring) is read with its shards applied. ``types`` (``{column:
+    "int" | "float" | "bool" | "str"}``, the table's declared column types): those columns are read as that
+    type, and a value that is not one is a one-line error naming the file and the column."""
     path = Path(path)
     found = shard_files(path)
-    if found:
-        return _with_shards(path, found, columns, step)
-    return _read_table(path, columns, step, missing_ok)
+    frame = _with_shards(path, found, columns, step) if found else _read_table(path, columns, step, missing_ok)
+    return _checked_types(frame, types, path, step) if types else frame
 
 
 def _read_table(path: Path, columns, step: str | None, missing_ok: bool):
@@ -250,18 +284,19 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def upsert_table(path: str | Path, rows, keys: list[str], sort: list[str], columns: list[str],
-                 replace: dict | None = None):
+                 replace: dict | None = None, types: dict | None = None):
     """Add ``rows`` to the table at ``path``, replacing the rows on disk with the same ``keys`` values
     (and, with ``replace``, every row whose columns equal all its values); returns the table written.
 
     Read-modify-write under the table's own lock: the table is re-read from disk at each update, so
-    rows another process added meanwhile (other rounds, other settings) are kept."""
+    rows another process added meanwhile (other rounds, other settings) are kept. ``types``: the table's
+    declared column types, checked when the rows on disk are read (see :func:`read_csv`)."""
     path, columns = Path(path), list(columns)
     rows = pd.DataFrame(rows, columns=columns) if not isinstance(rows, pd.DataFrame) else rows[columns]
     if _SHARD is not None:
         return _upsert_shard(path, rows, keys, sort, columns, replace)
     with file_lock(path):
-        table = _upsert(read_csv(path, columns, missing_ok=True), rows, keys, sort, columns, replace)
+        table = _upsert(read_csv(path, columns, missing_ok=True, types=types), rows, keys, sort, columns, replace)
         save_csv(path, table)
     return table
 

@@ -70,6 +70,7 @@ def test_experiment_name_separates_reinit_control():
     (["--set", "trian.epochs=1"], "did you mean 'train.epochs'"),
     (["--set", "train.epochs=zero"], "must be an integer"),
     (["--set"], "expected one argument"),  # argparse's own mistakes are one line too, not usage + error
+    (["--set", "train.epochs"], "--set expects key=value, got 'train.epochs'"),  # a key with no value: once 3 lines
     (["--rounds", ","], "names no round"),  # once: exit 0, 'wrote' a table it never wrote
     (["--bogus"], "unrecognized arguments"),
 ])

@@ -304,9 +304,14 @@ def test_steps_redo_the_rounds_whose_checkpoint_changed(tiny_data, tmp_path):
     for name, table in _tables(run).items():
         pd.testing.assert_frame_equal(table, tables[name], check_exact=True)
 
-    # step 1 redoes round 1 with another learning rate in the same folder
+    # step 1 redoes round 1 with another learning rate in the same folder, whose record of the run's settings is
+    # removed by hand first (with it, the folder refuses other settings: tests/pipeline/test_run_contents.py)
     other = load_config(None, overrides + ["train.lr=0.05"])
     assert rd.RunDir(other).root == run.root
+    with pytest.raises(UserError, match=r"other settings \(train.lr 0.1 there, 0.05 now\)"):
+        LotteryRun(rd.RunDir(other), CPU, force=True, log=quiet).run_rounds([1])
+    run.settings_file().unlink()
+    run.config_file("pruning").unlink()
     old_fp, old_acts = run.round_fingerprint(1), np.load(run.activation_file(1, "test", "layer3"))
     LotteryRun(rd.RunDir(other), CPU, force=True, log=quiet).run_rounds([1])
     assert run.round_fingerprint(1) != old_fp

@@ -42,8 +42,9 @@ from ..safe_io import fingerprint, load_npz, read_csv, read_json, save_csv, writ
 from ..seeds import SeedPurpose, derived_seed
 from ..stats.inference import bootstrap_ci, t_interval
 from ..steps import step
+from .metrics import COLUMN_TYPES as METRIC_TYPES
 from .metrics import COLUMNS as METRIC_COLUMNS
-from .tcav import TCAV_COLUMNS
+from .tcav import TCAV_COLUMNS, TCAV_TYPES
 
 MAP_BANDS = ("spearman", "top_iou", "ssim")
 TCAV_BANDS = ("tcav_abs_diff", "tcav_flip")
@@ -101,13 +102,13 @@ def _over_seeds(frame: pd.DataFrame, keys: list[str], value: str, confidence: fl
     return pd.DataFrame(rows)
 
 
-def _read_seeds(runs: dict[int, RunDir], path_of, columns, step: str) -> pd.DataFrame:
+def _read_seeds(runs: dict[int, RunDir], path_of, columns, step: str, types: dict | None = None) -> pd.DataFrame:
     """The table of every seed run that has it, with a ``seed`` column (empty when none has it)."""
     frames = []
     for s, run in runs.items():
         path = path_of(run)
         if path.is_file():
-            frames.append(read_csv(path, columns, step=step).assign(seed=s))
+            frames.append(read_csv(path, columns, step=step, types=types).assign(seed=s))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*columns, "seed"])
 
 
@@ -125,7 +126,7 @@ def accuracy_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
 
 def tcav_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
     cfg = run.cfg
-    frame = _read_seeds(seed_runs(run, seeds), lambda r: r.tcav_scores(), TCAV_COLUMNS, steps.label("tcav"))
+    frame = _read_seeds(seed_runs(run, seeds), lambda r: r.tcav_scores(), TCAV_COLUMNS, steps.label("tcav"), TCAV_TYPES)
     if frame.empty:
         return pd.DataFrame(columns=TCAV_AGG_COLUMNS)
     keys = ["round", "layer", "class", "concept"]
@@ -138,7 +139,7 @@ def tcav_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
 def metrics_table(run: RunDir, seeds: list[int]) -> pd.DataFrame:
     cfg = run.cfg
     frame = _read_seeds(seed_runs(run, seeds), lambda r: r.explanation_metrics(), METRIC_COLUMNS[:6],
-                        steps.label("metrics"))
+                        steps.label("metrics"), METRIC_TYPES)
     if frame.empty:
         return pd.DataFrame(columns=METRICS_AGG_COLUMNS)
     return _over_seeds(frame, ["round", "method", "metric"], "value", cfg.stats.confidence)[METRICS_AGG_COLUMNS]
@@ -176,7 +177,7 @@ def seed_band(run: RunDir, seeds: list[int], methods: list[str], log=print) -> p
     cfg = run.cfg
     runs = seed_runs(run, seeds)
     pair_values: dict[tuple[str, str], list[float]] = {}
-    tcav = {s: read_csv(r.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) for s, r in runs.items()
+    tcav = {s: read_csv(r.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav"), types=TCAV_TYPES) for s, r in runs.items()
             if r.tcav_scores().is_file()}
     for a, b in tqdm(list(itertools.combinations(seeds, 2)), desc="seed pairs"):
         for method in methods:
@@ -214,9 +215,9 @@ def random_band(run: RunDir, seeds: list[int], methods: list[str], log=print) ->
         control = controls[s]
         if not control.root.is_dir():
             continue
-        tcav_dense = read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) \
+        tcav_dense = read_csv(runs[s].tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav"), types=TCAV_TYPES) \
             if runs[s].tcav_scores().is_file() else None
-        tcav_control = read_csv(control.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav")) \
+        tcav_control = read_csv(control.tcav_scores(), TCAV_COLUMNS, step=steps.label("tcav"), types=TCAV_TYPES) \
             if control.tcav_scores().is_file() else None
         for r in runs[s].rounds():
             for method in methods:

@@ -54,9 +54,12 @@ from ..steps import label, step
 from .heatmaps import heatmap_images
 from .loading import finished_rounds, load_data, load_round_model
 from .maps import check_methods, configured_maps
-from .tcav import TCAV_COLUMNS
+from .tcav import TCAV_COLUMNS, TCAV_TYPES
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
+# the type of each column, as readers take them back (safe_io.read_csv: a value of another type is one error line)
+COLUMN_TYPES = {"round": "int", "weights_remaining": "float", "method": "str", "metric": "str", "value": "float",
+                "n_images": "int", "ci_low": "float", "ci_high": "float"}
 PER_IMAGE_COLUMNS = ["round", "method", "metric", "image_id", "value"]
 
 
@@ -233,7 +236,7 @@ def _start_tables(run: RunDir, force: bool, log) -> pd.DataFrame:
     path = run.explanation_metrics()
     if not path.is_file():
         return pd.DataFrame(columns=COLUMNS)
-    table = read_csv(path, COLUMNS[:6], step=f"{label('metrics')} with --force")
+    table = read_csv(path, COLUMNS[:6], step=label("metrics"), types=COLUMN_TYPES)
     if not set(COLUMNS) <= set(table.columns):
         log(f"'{path}' has no intervals (an older step 7): measuring every round again")
         save_csv(path, pd.DataFrame(columns=COLUMNS))
@@ -317,7 +320,7 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
     table = _start_tables(run, force, log)
     per_image = read_csv(run.explanation_per_image(), PER_IMAGE_COLUMNS, missing_ok=True)
     ids = batch["id"].numpy()
-    tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step=label("tcav")) \
+    tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step=label("tcav"), types=TCAV_TYPES) \
         if run.tcav_scores().is_file() else None
     for r in tqdm(rounds, desc="metric rounds"):
         with_tcav = tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
@@ -358,7 +361,7 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
                                  sort=["round", "method", "metric", "image_id"], columns=PER_IMAGE_COLUMNS,
                                  replace={"round": r})
         table = upsert_table(run.explanation_metrics(), rows, keys=["round"], sort=["round", "method", "metric"],
-                             columns=COLUMNS, replace={"round": r})
+                             columns=COLUMNS, replace={"round": r}, types=COLUMN_TYPES)
         run.record_fingerprint("metrics", round_name(r), stamp)
     tests = write_tests(run, table)
     log(summary_table(table).to_string())

@@ -118,6 +118,8 @@ class LotteryRun:
         self.dist = dist or Distributed()
         self.round_callbacks = callbacks
         self.log = log if self.dist.main else (lambda *_: None)
+        if self.dist.main:
+            run.check_settings()  # a folder that holds a run of other settings is refused before any work
         self.datasets, self.info = load_data(cfg, ("train", "val"))
         self.num_classes = self.info.num_classes
         self.template = new_model(cfg, self.num_classes, cfg.seed)
@@ -491,6 +493,7 @@ class LotteryRun:
 
     def run_rounds(self, rounds: list[int]) -> pd.DataFrame:
         if self.dist.main:
+            self.run.check_settings(record=True)  # a new run records its settings; another run's folder is refused
             self.run.save_config("pruning")
         self.ensure_init()
         rows = {row["round"]: row for row in self.summary_rows()}
@@ -543,8 +546,7 @@ def source_runs(run: RunDir) -> list[RunDir]:
       "(IMP with rewinding)", folder="pruning", pipeline=True, controls=True,
       writes=("pruning/init.pt", "pruning/rewind.pt", "pruning/round_XX/checkpoint.pt", "pruning/round_XX/best.pt",
               "pruning/round_XX/early_stop.pt", "pruning/round_XX/epochs.csv", "pruning/round_XX/validation.csv",
-              "pruning/summary.csv",
-              "pruning/early_stopping.csv", "config.pruning.yaml"))
+              "pruning/summary.csv", "pruning/early_stopping.csv", "settings.json", "config.pruning.yaml"))
 def prune_step(run: RunDir, device: torch.device, rounds: list[int], force: bool = False,
                log: Callable[[str], None] = print) -> pd.DataFrame:
     """Step 1: the requested rounds, in order (round r starts from round r - 1's masks), under torchrun with

@@ -32,6 +32,10 @@ TCAV_COLUMNS = ["round", "weights_remaining", "layer", "class", "concept", "tcav
                 "p_value", "significant", "n_images"]
 # ... and the columns step 5 writes: the protocol of each row last
 TCAV_TABLE_COLUMNS = TCAV_COLUMNS + ["protocol"]
+# the type of each column, as readers take them back (safe_io.read_csv: a value of another type is one error line)
+TCAV_TYPES = {"round": "int", "weights_remaining": "float", "layer": "str", "class": "str", "concept": "str",
+              "tcav_mean": "float", "tcav_std": "float", "random_mean": "float", "p_value": "float",
+              "significant": "bool", "n_images": "int", "protocol": "str"}
 LEGACY_PROTOCOL = "strict"  # the protocol of the rows of a table written before the protocol column
 
 
@@ -67,7 +71,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
     protocol = cav_protocol(cfg)
     table = pd.DataFrame(columns=TCAV_TABLE_COLUMNS)
     if run.tcav_scores().is_file():
-        stored = read_csv(run.tcav_scores(), TCAV_COLUMNS)
+        stored = read_csv(run.tcav_scores(), TCAV_COLUMNS, step=label("tcav"), types=TCAV_TYPES)
         if "protocol" not in stored.columns:  # a table from before the protocols: its rows were the strict protocol's
             stored["protocol"] = LEGACY_PROTOCOL
             save_csv(run.tcav_scores(), stored[TCAV_TABLE_COLUMNS])  # so that the upserts below can read it
@@ -112,7 +116,7 @@ def tcav_step(run: RunDir, device: torch.device, rounds: list[int], force: bool 
             scores.insert(0, "weights_remaining", ckpt["weights_remaining"])
             scores.insert(0, "round", r)
             table = upsert_table(run.tcav_scores(), scores, keys=["round", "layer"],
-                                 sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS)
+                                 sort=["round", "layer", "class", "concept"], columns=TCAV_TABLE_COLUMNS, types=TCAV_TYPES)
             run.record_fingerprint("tcav", f"{round_name(r)}/{layer}", fp)
             run.record_fingerprint("tcav", f"{round_name(r)}/{layer}#settings", settings_value(fp, settings(r, layer)))
     log(f"step 5 done: {run.tcav_scores()}")

@@ -29,6 +29,7 @@ from .. import steps
 from ..config import cav_protocol, dump_yaml
 from ..errors import UserError
 from ..metrics import METRICS
+from ..pipeline.tcav import TCAV_TYPES
 from ..rundir import RunDir
 from ..safe_io import fingerprint, read_csv, write_text
 from ..steps import step
@@ -36,7 +37,8 @@ from . import figures
 from .page import (REPLICATES, figure_block, figures_details, file_figure_block, fmt_interval, fmt_num, fmt_pct,
                    frame_block, new_section, not_computed, part, parts, replicate_seeds, replicate_table, table_block)
 from .run import plot_heatmaps
-from .tables import MissingInput, accuracy_runs, heatmap_methods, metric_tests, tcav_ground_truth, tcav_table
+from .tables import (MissingInput, accuracy_runs, explanation_table, heatmap_methods, metric_tests, tcav_ground_truth,
+                     tcav_table)
 from .verdicts import verdict_section
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -159,7 +161,7 @@ def tcav_section(run: RunDir, seeds: list[int] | None, top: int = 6) -> dict:
     s["blocks"].append(table_block(["layer", "class", f"round {first}: significant concepts (score)",
                                f"round {last}: significant concepts (score)"], rows,
                               f"Significant concepts per class, dense and sparsest round (top {top} by score)"))
-    full = read_csv(run.tcav_scores(), step=steps.label("tcav"))
+    full = read_csv(run.tcav_scores(), step=steps.label("tcav"), types=TCAV_TYPES)
     full = full[full["round"].isin([first, last])]
     keep = [c for c in ("round", "layer", "class", "concept", "tcav_mean", "tcav_std", "random_mean", "p_value",
                         "significant") if c in full.columns]
@@ -207,8 +209,7 @@ def metrics_section(run: RunDir, seeds: list[int] | None = None) -> dict:
                     f"{run.cfg.stats.correction}-corrected over rounds x methods x metrics, at {run.cfg.stats.alpha:g}).")
     if not run.explanation_metrics().is_file():
         return not_computed(s, "Explanation metrics", steps.label("metrics"))
-    frame = read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"],
-                     step=steps.label("metrics"))
+    frame = explanation_table(run)
     has_ci = {"ci_low", "ci_high"} <= set(frame.columns)
     if not has_ci:
         not_computed(s, "Intervals", f"{steps.label('metrics')} with --force")

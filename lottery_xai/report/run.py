@@ -16,8 +16,8 @@ from ..safe_io import load_npz, read_csv, save_csv, unreadable
 from ..steps import draws, step
 from . import figures as plots
 from .figures import safe_name
-from .tables import (COMPARED, METRIC_COLUMNS, MissingInput, _need, accuracy_runs, aggregate_table, early_stopping_runs,
-                     heatmap_methods, loss_comparison, null_bands_of, tcav_table)
+from .tables import (COMPARED, MissingInput, _need, accuracy_runs, aggregate_table, early_stopping_runs,
+                     explanation_table, heatmap_methods, loss_comparison, null_bands_of, tcav_table)
 
 
 def plot_accuracy(run: RunDir, save: bool = True):
@@ -85,7 +85,7 @@ def plot_heatmap_grids(run: RunDir, log=print) -> list:
 
 def plot_metrics(run: RunDir, save: bool = True) -> list:
     step7 = steps.label("metrics")
-    frame = read_csv(_need(run.explanation_metrics(), step7), METRIC_COLUMNS, step=step7)
+    frame = explanation_table(run)
     bands = null_bands_of(run)  # replicates that include this seed: the consistency figures get the null bands
     figures = []
     for metric in frame["metric"].unique():

@@ -10,6 +10,8 @@ from .. import steps
 from ..errors import UserError
 from ..metrics import METRICS
 from ..pipeline.loading import load_data
+from ..pipeline.metrics import COLUMN_TYPES as METRIC_TYPES
+from ..pipeline.tcav import TCAV_TYPES
 from ..rundir import RunDir
 from ..safe_io import read_csv
 from ..stats.inference import TEST_COLUMNS
@@ -64,7 +66,7 @@ def early_stopping_runs(run: RunDir) -> dict[str, pd.DataFrame]:
 def tcav_table(run: RunDir) -> pd.DataFrame:
     """Step 5's table (MissingInput when it has not run)."""
     columns = ["round", "weights_remaining", "layer", "class", "concept", "tcav_mean", "tcav_std", "significant"]
-    return read_csv(_need(run.tcav_scores(), steps.label("tcav")), columns, step=steps.label("tcav"))
+    return read_csv(_need(run.tcav_scores(), steps.label("tcav")), columns, step=steps.label("tcav"), types=TCAV_TYPES)
 
 
 def heatmap_methods(run: RunDir) -> list[str]:
@@ -74,7 +76,8 @@ def heatmap_methods(run: RunDir) -> list[str]:
 
 def explanation_table(run: RunDir) -> pd.DataFrame:
     """Step 7's table (MissingInput when it has not run)."""
-    return read_csv(_need(run.explanation_metrics(), steps.label("metrics")), METRIC_COLUMNS, step=steps.label("metrics"))
+    return read_csv(_need(run.explanation_metrics(), steps.label("metrics")), METRIC_COLUMNS, step=steps.label("metrics"),
+                    types=METRIC_TYPES)
 
 
 def metric_tests(run: RunDir) -> pd.DataFrame | None:

@@ -17,7 +17,7 @@ from ..seeds import SeedPurpose, derived_seed
 from ..stats.inference import bootstrap_ci
 from .page import fmt_interval, fmt_num, fmt_pct, new_section, not_computed, replicate_table
 from .sanity import BASELINE, measure_label, sanity_tables
-from .tables import metric_tests
+from .tables import explanation_table, metric_tests
 
 # the metric each verdict reads, per family (the first present in step 7's table)
 VERDICT_METRICS = {"faithfulness": ("deletion_auc", "insertion_auc"),
@@ -51,7 +51,7 @@ def method_verdicts(run: RunDir, seeds: list[int] | None) -> list[dict]:
     """One plain-sentence verdict per method, from the numbers of steps 7, the replicates and the sanity checks."""
     if not run.explanation_metrics().is_file():
         return []
-    frame = read_csv(run.explanation_metrics(), ["round", "weights_remaining", "method", "metric", "value"], step=steps.label("metrics"))
+    frame = explanation_table(run)
     if frame.empty:
         return []
     first, last = int(frame["round"].min()), int(frame["round"].max())
