@@ -1,5 +1,6 @@
 """The command line of every step (:func:`run_step`: a ``main_*.py`` script is one call of it) and of the
-data-preparation scripts: arguments, device choice, error handling."""
+data-preparation scripts (:func:`data_command`: a ``scripts_data/*.py`` script is one call of it): arguments,
+device choice, error handling."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm import tqdm
 
 from . import steps
 from .config import Config, load_config, n_rounds
+from .data.commands import COMMANDS, SHARED
 from .errors import UserError
 from .rundir import RunDir
 
@@ -68,7 +71,7 @@ def execute(key: str, config: str | None, overrides: list[str], rounds: str | li
     rounds``, plus the step's own ``options`` and ``force``): load the config, open the run, pick the rounds
     (``rounds``, else the step's default), call the step, then draw its figures (unless ``draw`` is False).
     The launcher (:mod:`lottery_xai.launch`) runs every task through it."""
-    from .pipeline.maps import check_methods  # the attribution registry: the data scripts use this module without it
+    from .pipeline.maps import check_methods  # lazy: the attribution registry, which the data scripts do not need
 
     declared = steps.get(key)
     cfg = load_config(config, overrides)
@@ -106,8 +109,6 @@ def select_rounds(text: str | None, cfg: Config) -> list[int]:
 
 
 def resolve_device(name: str):
-    import torch  # torch takes seconds to import: the data scripts use this module without it
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -169,31 +170,22 @@ def _close_progress_bars() -> None:
             pass
 
 
-def data_parser(description: str, *, data_root: str | None = None, json_root: str | None = None,
-                seed: str | None = None, val_fraction: str | None = None) -> argparse.ArgumentParser:
-    """The command line of a data-preparation script (``scripts_data/``) with the options they share, each
-    added when its help text is given: ``--data_root`` and ``--json_root`` (required folders), ``--seed``
-    (an integer, default 0) and ``--val-fraction`` (default 0.1). A usage mistake is one line, status 2."""
-    p = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, text in (("--data_root", data_root), ("--json_root", json_root)):
-        if text is not None:
-            p.add_argument(name, required=True, help=text)
-    if seed is not None:
-        p.add_argument("--seed", type=int, default=0, help=seed)
-    if val_fraction is not None:
-        p.add_argument("--val-fraction", type=float, default=0.1, help=val_fraction)
-    return p
+def data_command(key: str, description: str | None = None) -> Callable[[list | None], int]:
+    """A data-preparation script's ``main(argv=None) -> int`` (``scripts_data/<key>.py`` is one call of it): the
+    command line of the declaration ``key`` of :mod:`lottery_xai.data.commands` (its shared options with its help
+    texts, then its own), the work, and its summary line printed (status 0); a usage mistake, a UserError or a
+    failed read/write (OSError) is one line on stderr and status 2."""
+    declared = COMMANDS[key]
 
-
-def data_script(fn: Callable[[list | None], str]) -> Callable[[list | None], int]:
-    """A data-preparation script's ``main(argv=None) -> int``: ``fn(argv)`` does the work and returns its
-    summary line, which is printed (status 0); a UserError or a failed read/write (OSError) becomes one
-    line on stderr and status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(argv: list | None = None) -> int:
+    def main(argv: list | None = None) -> int:
+        parser = OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        for name, help_text in declared.shared.items():
+            flag, settings = SHARED[name]
+            parser.add_argument(flag, help=help_text, **settings)
+        if declared.options is not None:
+            declared.options(parser)
         try:
-            line = fn(argv)
+            line = declared.run(parser.parse_args(argv))
         except UserError as exc:
             print(f"error: {one_line(exc)}", file=sys.stderr)
             return 2
@@ -203,7 +195,7 @@ def data_script(fn: Callable[[list | None], str]) -> Callable[[list | None], int
         print(line)
         return 0
 
-    return wrapper
+    return main
 
 
 def main_entry(fn: Callable[[], None]) -> Callable[[], None]:

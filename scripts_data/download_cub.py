@@ -10,31 +10,10 @@ extracted CUB_200_2011 folder) as --src. Writes splits.json and concepts.json to
 import sys
 from pathlib import Path
 
-try:
-    import lottery_xai  # noqa: F401
-except ImportError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package (python puts scripts_data/ first)
+from lottery_xai.cli import data_command  # noqa: E402
 
-from lottery_xai.cli import data_parser, data_script
-from lottery_xai.data.cub import prepare_cub
-
-
-@data_script
-def main(argv=None) -> str:
-    parser = data_parser(__doc__, data_root="where the CUB files live (an archive is extracted here)",
-                         json_root="where splits.json and concepts.json go", seed="seed of the validation split",
-                         val_fraction="share of each class's training images kept for validation")
-    parser.add_argument("--src", default=None, help="CUB_200_2011.tgz or the extracted folder (default: already in --data_root)")
-    parser.add_argument("--min-classes", type=int, default=None,
-                        help="keep attributes on in at least this many classes (default: 10 for CUB, "
-                             "the generator's recommendation for the synthetic data)")
-    args = parser.parse_args(argv)
-    summary = prepare_cub(args.src, args.data_root, args.json_root, seed=args.seed,
-                          val_fraction=args.val_fraction, min_classes=args.min_classes)
-    return (f"CUB prepared: {summary['n_classes']} classes, {summary['n_concepts']} of {summary['n_attributes']} "
-            f"attributes kept (min_classes={summary['min_classes']}), train/val/test "
-            f"{summary['n_train']}/{summary['n_val']}/{summary['n_test']}; wrote splits.json and concepts.json in {args.json_root}")
-
+main = data_command("download_cub", __doc__)
 
 if __name__ == "__main__":
     sys.exit(main())
