@@ -806,7 +806,7 @@ def to_dict(cfg: Config) -> dict:
 # setting although training is unchanged by it: the early-stopping iteration step 1 records in every checkpoint,
 # pruning/early_stopping.csv and round_XX/early_stop.pt are read from its validation points. test.checkpoint is
 # not: it picks which of step 1's checkpoints later steps load, and the fingerprints record that choice.
-RUN_KEYS = ("dataset", "seed", "img_size", "model_arch", "pretrained", "prune_percent")
+RUN_KEYS = ("dataset", "seed", "img_size", "model_arch", "model_args", "pretrained", "prune_percent")
 RUN_SECTIONS = ("data", "train", "pruning")
 NOT_RUN_SETTINGS = ("experiment_name", "logs", "data_root", "json_root", "device", "prune_iterations",
                     "labels_for_tcav", "concepts_for_tcav", "bb_layers_for_concepts", "cav_flattening_type",

@@ -231,6 +231,7 @@ def default_cam_layer(model: nn.Module) -> str | None:
     """The CAM layer of :data:`FAMILIES` for a built timm ViT / DeiT or Swin (its own name, indices resolved),
     None for any other model (and without timm)."""
     try:
+        # lazy: timm takes seconds to import and only timm: backbones need it
         from timm.models.swin_transformer import SwinTransformer
         from timm.models.vision_transformer import VisionTransformer
     except ImportError:

@@ -307,6 +307,7 @@ def build_report(run: RunDir, force: bool = False, log=print) -> Path:
     if not run.pruning_summary().is_file():
         raise UserError(f"run directory '{run.root}' has no pruning summary; run {steps.label('pruning')} first "
                         "(or check logs and experiment_name)")
+    run.check_settings()  # the report's config and provenance must be the run's
     target = run.report_file()
     inputs = report_inputs(run, replicate_seeds(run))
     if not force and target.is_file() and all(p.stat().st_mtime_ns <= target.stat().st_mtime_ns for p in inputs):

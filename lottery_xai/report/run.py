@@ -122,6 +122,7 @@ def make_all_plots(run: RunDir, log=print) -> list[Path]:
     if not run.root.is_dir():
         raise UserError(f"run directory '{run.root}' not found; run {steps.label('pruning')} first "
                         "(or check logs and experiment_name)")
+    run.check_settings()  # the figures of another run's folder are not drawn under this config's name
     before = set(run.root.joinpath("plots").glob("*.png"))
     jobs = [("accuracy", lambda: plot_accuracy(run)), ("early stopping", lambda: plot_early_stopping(run)),
             ("CAV accuracy", lambda: plot_cav_accuracy(run)),

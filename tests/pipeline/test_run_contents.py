@@ -76,6 +76,20 @@ def test_another_prune_percent_under_the_same_name_is_refused_in_one_line(tmp_pa
     assert not other.config_file("test").exists()
 
 
+def test_the_figures_and_the_report_of_another_runs_folder_are_refused(tmp_path):
+    from lottery_xai.report import build_report, make_all_plots
+
+    run = _run(tmp_path, "prune_percent=20")
+    run.check_settings(record=True)
+    run.pruning_summary().parent.mkdir(parents=True)
+    run.pruning_summary().write_text("round,weights_remaining\n")
+    other = _run(tmp_path, "prune_percent=50")
+    for draw in (make_all_plots, build_report):
+        with pytest.raises(UserError, match="prune_percent 20.0 there, 50.0 now"):
+            draw(other, log=lambda *_: None)
+    assert not (run.root / "plots").exists() and not run.report_file().exists()
+
+
 def test_step_1_on_the_command_line_exits_2(tmp_path):
     _run(tmp_path, "prune_percent=20").check_settings(record=True)
     done = subprocess.run([sys.executable, str(ROOT / "main_lth_pruning.py"), "--set", f"logs={tmp_path}",
