@@ -179,6 +179,14 @@ class HeatmapConfig:
     ig_max_steps: int = opt(256, "integrated gradients: most steps the doubling reaches (at most ig_steps: no second pass); images still above ig_tolerance are reported in a warning", minimum=2)
     occlusion_patch: int = opt(0, "occlusion patch size in pixels (0 = 16 px at 224, scaled)", minimum=0)
     batch_size: int = opt(64, "copies per forward for perturbation methods", minimum=1)
+    noise_base: str = opt("gradient", "smoothgrad, smoothgrad_sq, vargrad: the method averaged over the noisy copies: gradient (the raw input gradient, SmoothGrad's and Hooker et al.'s), gradient_x_input, guided_backprop or integrated_gradients (ig_* settings, ig_steps points per copy)", choices=["gradient", "gradient_x_input", "guided_backprop", "integrated_gradients"])
+    noise_samples: int = opt(50, "smoothgrad, smoothgrad_sq, vargrad: noisy copies per image (the SmoothGrad paper's n = 50)", minimum=1)
+    noise_level: float = opt(0.15, "smoothgrad, smoothgrad_sq, vargrad: noise standard deviation as a fraction of noise_range (the SmoothGrad paper's 10-20 %, PAIR-code/saliency's 0.15)", minimum=0.0)
+    noise_range: str = opt("image", "smoothgrad, smoothgrad_sq, vargrad: what noise_level is a fraction of: image (max - min of each network input, SmoothGrad's code), valid (the valid pixel range [0, 1], per channel through the normalisation) or absolute (noise_level is the standard deviation, Captum's stdevs)", choices=["image", "valid", "absolute"])
+    lrp_composite: str = opt("epsilon_plus_flat", "lrp: zennit composite: epsilon_plus_flat (z+ at convolutions, epsilon at dense layers, flat input layer: Kohlbrenner et al. 2020's recommendation), epsilon_alpha_beta_flat, epsilon_plus, epsilon_alpha_beta or epsilon (lrp_epsilon and lrp_alpha_beta fix it)", choices=["epsilon_plus_flat", "epsilon_alpha_beta_flat", "epsilon_plus", "epsilon_alpha_beta", "epsilon"])
+    lrp_epsilon: float = opt(1e-6, "lrp, lrp_epsilon, lrp_alpha_beta: the epsilon rule's stabiliser (zennit's default 1e-6)", minimum=0.0)
+    lrp_alpha: float = opt(2.0, "lrp_alpha_beta (and lrp with an alpha_beta composite): alpha of the alpha-beta rule (alpha - beta = 1)", minimum=1.0)
+    lrp_beta: float = opt(1.0, "lrp_alpha_beta (and lrp with an alpha_beta composite): beta of the alpha-beta rule", minimum=0.0)
     grid_images: int = opt(6, "images shown in each round-by-round grid figure", minimum=1)
 
 

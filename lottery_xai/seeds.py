@@ -36,6 +36,7 @@ class SeedPurpose(IntEnum):
     STATS_BOOTSTRAP = 79  # step 7 and main_aggregate.py: the bootstrap over images of round r
     METRICS = 83         # step 7: tie-breaking permutations of the rankings (round, method) and the region noise
     IG_NOISE = 89        # integrated gradients' uniform-noise baselines (below a map seed)
+    NOISE_TUNNEL = 97    # SmoothGrad, SmoothGrad-squared and VarGrad: the noisy copies (below a map seed)
 
 
 def derived_seed(seed: int, *parts: int) -> int:

@@ -11,10 +11,9 @@ from ..data.transforms import denormalize
 from ..errors import UserError
 from ..rundir import RunDir, round_name
 from ..safe_io import load_npz, save_npz, unreadable
-from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from .loading import load_data, load_round_model, resolve_names, start_step
-from .maps import configured_maps
+from .maps import configured_maps, explained_targets, map_seed, predicted_classes
 
 
 def heatmap_selection(cfg: Config, test, class_names: list[str]) -> np.ndarray:
@@ -115,13 +114,11 @@ def heatmaps_step(run: RunDir, device: torch.device, rounds: list[int], force: b
             continue
         model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
-        with torch.no_grad():
-            predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(cfg.data.eval_batch_size)])
-        targets = predicted if cfg.heatmaps.target == "predicted" else batch["label"].to(device)
+        predicted = predicted_classes(cfg, model, images)
+        targets = explained_targets(cfg, model, images, batch["label"].to(device), predicted)
         for method in todo:
             details: dict = {}
-            maps = configured_maps(cfg, method, model, images, targets, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r),
-                                   details=details)
+            maps = configured_maps(cfg, method, model, images, targets, map_seed(run, r), details=details)
             extra = ig_completeness(details, cfg, r, log) if details else {}  # only integrated gradients reports
             save_npz(run.heatmap_file(r, method), ids=batch["id"].numpy(), targets=targets.cpu().numpy(),
                      labels=batch["label"].numpy(), predicted=predicted.cpu().numpy(),

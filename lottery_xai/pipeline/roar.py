@@ -39,7 +39,7 @@ from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from ..training.roar import RemovedBatches, rank_dtype, retrain
 from .loading import SPLITS, check_state, load_data, load_round_model, new_model, restructured, start_step
-from .maps import layer_for, method_options
+from .maps import explained_targets, layer_for, method_options
 from .metrics import method_code
 
 COLUMNS = ["round", "weights_remaining", "retrain", "epochs", "method", "percent_removed", "seed", "test_acc",
@@ -134,11 +134,7 @@ def compute_ranks(run: RunDir, r: int, model, methods: list[str], data: dict, de
                 step = cfg.heatmaps.batch_size
                 for start in tqdm(range(0, n, step), desc=f"roar ranks {method} {split}", leave=False):
                     chunk = torch.from_numpy(np.asarray(images[start:start + step], dtype=np.float32)).to(device)
-                    if cfg.heatmaps.target == "true":
-                        targets = torch.from_numpy(labels[start:start + step]).to(device)
-                    else:
-                        with torch.no_grad():
-                            targets = model(chunk).argmax(1)
+                    targets = explained_targets(cfg, model, chunk, torch.from_numpy(labels[start:start + step]).to(device))
                     options = method_options(cfg, method, derived_seed(cfg.seed, SeedPurpose.ROAR_MAPS, r, split_index, start))
                     maps = attribute(method, model, chunk, targets, layer=layer_for(cfg, method), normalize="none", **options)
                     seeds = rank_seeds(cfg, r, split_index, method, start, len(chunk))

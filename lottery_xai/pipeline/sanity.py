@@ -94,7 +94,7 @@ from ..seeds import SeedPurpose, derived_seed
 from ..steps import label, step
 from .heatmaps import heatmap_images
 from .loading import load_round_model, new_model, restructured, start_step
-from .maps import configured_maps
+from .maps import configured_maps, explained_targets, map_seed
 CHANGES, NO_CHANGE, CONTROL = "changes", "does not change", "control"
 CONTROL_METHOD = "random"  # the random baseline: the control, redrawn at every stage
 RANDOMIZATIONS = ("cascading", "independent")
@@ -352,12 +352,10 @@ def sanity_step(run: RunDir, device: torch.device, rounds: list[int] | None = No
                               derived_seed(cfg.seed, SeedPurpose.SANITY, r))
             fresh = restructured(fresh, ckpt.get("structure")).to(device)  # a channel-pruned round: its smaller network
             masks = {n: m.bool() for n, m in ckpt.get("masks", {}).items()}
-            with torch.no_grad():
-                predicted = torch.cat([model(c).argmax(1) for c in images.split(cfg.data.eval_batch_size)])
-            targets = labels if cfg.heatmaps.target == "true" else predicted
+            targets = explained_targets(cfg, model, images, labels)
             models = {r: (model, ckpt, fresh.requires_grad_(False), masks, targets)}  # one round's models at a time
         model, ckpt, fresh, masks, targets = models[r]
-        seed = derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r)  # step 6's seed: stage 0 is step 6's maps
+        seed = map_seed(run, r)  # step 6's seed: stage 0 is step 6's maps
         weights = float(ckpt["weights_remaining"])
         per_image, summary, verdicts, arrays = [], [], [], {}
         for kind in kinds:

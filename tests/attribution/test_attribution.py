@@ -6,9 +6,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from lottery_xai.attribution import (
-    LAYER_METHODS,
     METHODS,
-    TRANSFORMER_METHODS,
     attribute,
     get_method,
     grad_x_activation,
@@ -21,16 +19,20 @@ from lottery_xai.attribution import (
     random_map,
     saliency,
     score_cam,
+    transformer_methods,
 )
 from lottery_xai.errors import UserError
 
 # The methods for any network (attention rollout explains transformers only: tests/attribution/test_rollout.py).
-CNN_METHODS = sorted(set(METHODS) - TRANSFORMER_METHODS)
+CNN_METHODS = sorted(set(METHODS) - transformer_methods())
 # Small options so every method runs in milliseconds on the tiny models below.
 FAST_OPTIONS = {
     "integrated_gradients": {"steps": 4, "batch_size": 8},
     "occlusion": {"patch": 4, "stride": 4, "batch_size": 16},
     "scorecam": {"batch_size": 16},
+    "smoothgrad": {"samples": 3, "batch_size": 8},
+    "smoothgrad_sq": {"samples": 3, "batch_size": 8},
+    "vargrad": {"samples": 3, "batch_size": 8},
 }
 
 
@@ -268,7 +270,7 @@ def test_a_batch_gives_the_same_maps_as_each_image_alone(method):
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(set(CNN_METHODS) - {"random"}))
+@pytest.mark.parametrize("name", sorted(name for name in CNN_METHODS if not METHODS[name].class_agnostic))
 def test_default_target_is_the_predicted_class_and_the_target_matters(name):
     method = get_method(name)
     model = small_cnn()
@@ -415,7 +417,7 @@ def test_layer_methods_are_the_ones_whose_layer_matters():
         options = FAST_OPTIONS.get(name, {})
         early = get_method(name)(model, images, layer="2", **options)
         late = get_method(name)(model, images, layer="5", **options)
-        assert torch.allclose(early, late) == (name not in LAYER_METHODS), name
+        assert torch.allclose(early, late) == (not METHODS[name].takes_layer), name
 
 
 def test_hooks_are_removed_even_when_the_forward_fails():
