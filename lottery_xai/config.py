@@ -212,6 +212,18 @@ class MetricsConfig:
     transform: str = opt("both", "consistency under transformation: flip, crop (random resized) or both", choices=["flip", "crop", "both"])
     n_transforms: int = opt(2, "random transforms per image for the transformation check", minimum=1)
     transform_methods: list = opt(["gradcam", "gradcampp", "grad_x_activation", "saliency", "random"], "methods recomputed on transformed images, among heatmaps.methods ([] = none; occlusion and IG cost many forwards)")
+    names: list = opt(["default"], "metrics step 7 computes: registered metric names, families (faithfulness, localisation, consistency, robustness, complexity, randomisation: each of its metrics) or default (the faithfulness, localisation and consistency metrics; ROAD, infidelity, robustness, complexity and randomisation are opt-in), e.g. [default, sparseness, road_morf]")
+    road_percentages: list = opt([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], "road_morf, road_lerf: fractions of the pixels imputed (Rong et al. 2022: 10 % to 90 %)")
+    road_selection: str = opt("rank", "road_morf, road_lerf: which pixels go: rank (road_evaluation's counts, ties by metrics.ties) or threshold (pytorch-grad-cam's percentile rule)", choices=["rank", "threshold"])
+    road_noise: float = opt(0.01, "road_morf, road_lerf: standard deviation of the noise added to the imputed pixels, in pixel units (road_evaluation's NoisyLinearImputer 0.01)", minimum=0.0)
+    robustness_samples: int = opt(200, "max_sensitivity, local_lipschitz: perturbed copies per image, each explained again (Quantus 0.6's nr_samples 200)", minimum=1)
+    sensitivity_radius: float = opt(0.2, "max_sensitivity: uniform noise U(-r, r) on every input value, in the network input's units (Quantus 0.6's lower_bound 0.2)", minimum=1e-9)
+    lipschitz_noise_std: float = opt(0.1, "local_lipschitz: Gaussian noise on every input value, in the network input's units (Quantus 0.6's perturb_std 0.1)", minimum=1e-9)
+    random_logit_similarity: str = opt("quantus_ssim", "random_logit: similarity of the two maps: quantus_ssim (Quantus 0.6's SSIM of the flattened maps), ssim (2-D) or spearman", choices=["quantus_ssim", "ssim", "spearman"])
+    randomisation_measure: str = opt("spearman_abs", "randomisation_score: the sanity step's measure read (spearman_abs: Quantus MPRT's Spearman of absolute maps; it must be in sanity.measures)", choices=["spearman", "spearman_abs", "ssim", "top_iou"])
+    randomisation_stage: str = opt("last", "randomisation_score: the cascade's last stage (every block random, Quantus MPRT return_last_correlation) or the average over the stages", choices=["last", "average"])
+    infidelity_noise: float = opt(0.2, "infidelity: standard deviation of the Gaussian perturbation in pixel units, clipped to valid pixels (Yeh et al.'s code: 0.2)", minimum=1e-9)
+    infidelity_samples: int = opt(10, "infidelity: perturbations per image (Captum's n_perturb_samples 10)", minimum=1)
 
 
 @dataclass
@@ -721,6 +733,8 @@ def check_values(cfg: Config) -> None:
         raise UserError(f"config key 'cav.splits' names {outside[0]!r}, whose activations step 3 does not save; "
                         f"add it to activations.splits (now {cfg.activations.splits})")
     _check_numbers("metrics.fractions", cfg.metrics.fractions, 0, 1, low_open=True, high_open=False)
+    _check_numbers("metrics.road_percentages", cfg.metrics.road_percentages, 0, 1, low_open=True, high_open=True)
+    _check_names("metrics.names", cfg.metrics.names, empty="use [default] or name at least one metric")
     _check_numbers("roar.percents", cfg.roar.percents, 0, 100, low_open=False, high_open=True)
     if not cfg.roar.rounds:
         raise UserError("config key 'roar.rounds' is an empty list; name at least one round, e.g. [0] (-1 = the sparsest)")

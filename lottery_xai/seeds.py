@@ -37,6 +37,7 @@ class SeedPurpose(IntEnum):
     METRICS = 83         # step 7: tie-breaking permutations of the rankings (round, method) and the region noise
     IG_NOISE = 89        # integrated gradients' uniform-noise baselines (below a map seed)
     NOISE_TUNNEL = 97    # SmoothGrad, SmoothGrad-squared and VarGrad: the noisy copies (below a map seed)
+    METRIC_NOISE = 101   # step 7's opt-in metrics: the draws of ROAD, robustness, random logit, infidelity (per run)
 
 
 def derived_seed(seed: int, *parts: int) -> int:

@@ -1,15 +1,19 @@
-"""Explanation metrics: faithfulness, localisation, consistency, and the registry that describes them.
+"""Explanation metrics: faithfulness, localisation, consistency, robustness, complexity, randomisation, and
+the registry that describes them.
 
 Every metric is declared once below with its family, direction, needs and the arguments its
 function takes from the data and ``cfg.metrics``; reports and plots read `METRICS` /
 `get_metric(name)` instead of hard-coding which way is better, and step 7 computes every
-declared metric whose needs it can provide (`compute_metrics`).
+declared metric that ``metrics.names`` selects (`select_metrics`; by default the ones declared with
+``default=True``: faithfulness, localisation and consistency) and whose needs it can provide
+(`compute_metrics`).
 """
 import torch
 
 from lottery_xai.errors import UserError
-from lottery_xai.metrics.base import (FAMILIES, METRICS, NEEDS, WITHOUT_MAPS, MetricInputs, MetricSpec,
-                                      compute_metrics, get_metric, register, unregister)
+from lottery_xai.metrics.base import (DEFAULT_SELECTION, FAMILIES, METRICS, NEEDS, WITHOUT_MAPS, MetricInputs,
+                                      MetricSpec, compute_metrics, get_metric, register, select_metrics, unregister)
+from lottery_xai.metrics.complexity import complexity, sparseness
 from lottery_xai.metrics.consistency import (
     average_rank,
     map_agreement,
@@ -25,12 +29,19 @@ from lottery_xai.metrics.consistency import (
 from lottery_xai.metrics.faithfulness import (deletion_insertion, perturbation_aopc, pixel_perturbation, pixel_rank,
                                               region_perturbation, rise_blur, rise_kernel, scaled_blur, scaled_region,
                                               tie_seeds, trapezoid_auc)
+from lottery_xai.metrics.infidelity import infidelity
 from lottery_xai.metrics.localisation import (box_mask, content_heatmap, energy_in_box, energy_in_parts, no_energy,
                                               pointing_game, zero_map_indicator)
+from lottery_xai.metrics.randomisation import parameter_randomisation_score, random_logit, randomisation_scores
+from lottery_xai.metrics.road import road
+from lottery_xai.metrics.robustness import local_lipschitz_estimate, max_sensitivity
+from lottery_xai.seeds import derived_seed
 
 __all__ = [
-    "FAMILIES", "METRICS", "NEEDS", "WITHOUT_MAPS", "MetricInputs", "MetricSpec", "compute_metrics", "get_metric",
-    "register", "unregister",
+    "DEFAULT_SELECTION", "FAMILIES", "METRICS", "NEEDS", "WITHOUT_MAPS", "MetricInputs", "MetricSpec",
+    "compute_metrics", "get_metric", "register", "select_metrics", "unregister",
+    "road", "max_sensitivity", "local_lipschitz_estimate", "sparseness", "complexity", "random_logit",
+    "parameter_randomisation_score", "randomisation_scores", "infidelity",
     "deletion_insertion", "pixel_perturbation", "region_perturbation", "perturbation_aopc", "pixel_rank",
     "tie_seeds", "trapezoid_auc", "rise_blur", "rise_kernel", "scaled_blur", "scaled_region",
     "energy_in_box", "content_heatmap", "zero_map_indicator", "no_energy", "pointing_game", "energy_in_parts",
@@ -114,6 +125,71 @@ def _transform_consistency_args(x: MetricInputs) -> dict:
             "n_transforms": s.n_transforms, "seed": x.seed, "targets": x.targets, "top_fraction": s.top_fraction}
 
 
+# The opt-in metrics of issue 22. Their draws come from the run's metric noise seed, one derived stream per
+# metric: every round and method sees the same perturbations, so their differences are paired.
+ROAD_STREAM, SENSITIVITY_STREAM, LIPSCHITZ_STREAM, RANDOM_LOGIT_STREAM, INFIDELITY_STREAM = 1, 2, 3, 4, 5
+
+
+def _stream(x: MetricInputs, stream: int) -> int:
+    return derived_seed(0 if x.noise_seed is None else x.noise_seed, stream)
+
+
+def _pixel_units(x: MetricInputs, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images' normalisation (mean, std) per channel, float64, for settings given in pixel units."""
+    if x.normalisation is None:
+        raise UserError(f"{what} is given in pixel units: pass the images' normalisation (mean, std) to the "
+                        "metric inputs")
+    return tuple(torch.as_tensor(v, dtype=torch.float64) for v in x.normalisation)
+
+
+def _road_args(x: MetricInputs) -> dict:
+    s = x.settings
+    _, std = _pixel_units(x, "metrics.road_noise")
+    return {"model": x.model, "images": x.images, "maps": x.maps, "percentages": s.road_percentages,
+            "noise": (s.road_noise / std).tolist(), "selection": s.road_selection, "batch_size": s.batch_size,
+            "noise_seed": _stream(x, ROAD_STREAM), **_ranking(x)}
+
+
+def _max_sensitivity_args(x: MetricInputs) -> dict:
+    s = x.settings
+    return {"model": x.model, "images": x.images, "attribution_fn": x.recompute, "maps": x.maps, "targets": x.targets,
+            "radius": s.sensitivity_radius, "samples": s.robustness_samples, "batch_size": s.batch_size,
+            "seed": _stream(x, SENSITIVITY_STREAM)}
+
+
+def _local_lipschitz_args(x: MetricInputs) -> dict:
+    s = x.settings
+    return {"model": x.model, "images": x.images, "attribution_fn": x.recompute, "maps": x.maps, "targets": x.targets,
+            "noise_std": s.lipschitz_noise_std, "samples": s.robustness_samples, "batch_size": s.batch_size,
+            "seed": _stream(x, LIPSCHITZ_STREAM)}
+
+
+def _maps_args(x: MetricInputs) -> dict:
+    return {"maps": x.maps}
+
+
+def _random_logit_args(x: MetricInputs) -> dict:
+    s = x.settings
+    return {"model": x.model, "images": x.images, "attribution_fn": x.recompute, "maps": x.maps, "targets": x.targets,
+            "similarity": s.random_logit_similarity, "batch_size": s.batch_size,
+            "seed": _stream(x, RANDOM_LOGIT_STREAM)}
+
+
+def _randomisation_score_args(x: MetricInputs) -> dict:
+    s = x.settings
+    return {"per_image": x.sanity_table, "method": x.method, "round": x.round, "image_ids": x.image_ids,
+            "measure": s.randomisation_measure, "stage": s.randomisation_stage}
+
+
+def _infidelity_args(x: MetricInputs) -> dict:
+    s = x.settings
+    mean, std = _pixel_units(x, "metrics.infidelity_noise")
+    return {"model": x.model, "images": x.images, "maps": x.maps, "targets": x.targets,
+            "noise_std": (s.infidelity_noise / std).tolist(), "valid_low": ((0 - mean) / std).tolist(),
+            "valid_high": ((1 - mean) / std).tolist(), "samples": s.infidelity_samples, "batch_size": s.batch_size,
+            "seed": _stream(x, INFIDELITY_STREAM)}
+
+
 _DECLARATIONS = [
     # faithfulness
     MetricSpec("deletion_auc", "faithfulness", False, {"model"}, deletion_insertion,
@@ -174,6 +250,39 @@ _DECLARATIONS = [
                arguments=_transform_consistency_args),
     MetricSpec("transform_ssim", "consistency", True, {"model", "transform"}, transform_consistency,
                "SSIM of map(T(x)) with T(map(x))", output="ssim", arguments=_transform_consistency_args),
+    # opt-in (metrics.names): the families Quantus adds, and ROAD beside Samek's fill
+    MetricSpec("road_morf", "faithfulness", False, {"model"}, road,
+               "ROAD (Rong et al. 2022): mean softmax probability of the predicted class while the most relevant "
+               "10-90 % of pixels are replaced by noisy linear imputation (metrics.road_*)", output="morf",
+               arguments=_road_args, default=False),
+    MetricSpec("road_lerf", "faithfulness", True, {"model"}, road,
+               "ROAD: the same while the least relevant pixels are imputed first", output="lerf",
+               arguments=_road_args, default=False),
+    MetricSpec("max_sensitivity", "robustness", False, {"model", "recompute"}, max_sensitivity,
+               "max over metrics.robustness_samples uniform perturbations of ||e(x') - e(x)|| / ||e(x)|| (Yeh et al. "
+               "2019, Quantus MaxSensitivity; radius metrics.sensitivity_radius)", output="value",
+               arguments=_max_sensitivity_args, default=False),
+    MetricSpec("local_lipschitz", "robustness", False, {"model", "recompute"}, local_lipschitz_estimate,
+               "max over Gaussian perturbations of ||e(x') - e(x)|| / ||x' - x|| (Alvarez-Melis & Jaakkola 2018, "
+               "Quantus LocalLipschitzEstimate)", output="value", arguments=_local_lipschitz_args, default=False),
+    MetricSpec("sparseness", "complexity", True, set(), sparseness,
+               "Gini index of the map's absolute values (Chalasani et al. 2020, Quantus Sparseness)",
+               arguments=_maps_args, default=False),
+    MetricSpec("complexity", "complexity", False, set(), complexity,
+               "entropy of the map's fractional absolute contributions (Bhatt et al. 2020, Quantus Complexity)",
+               arguments=_maps_args, default=False),
+    MetricSpec("random_logit", "randomisation", False, {"model", "recompute"}, random_logit,
+               "similarity of the map with the map of a randomly drawn other class (Sixt et al. 2020, Quantus "
+               "RandomLogit; metrics.random_logit_similarity); class-agnostic methods score 1",
+               output="value", arguments=_random_logit_args, default=False),
+    MetricSpec("randomisation_score", "randomisation", False, {"sanity_scores"}, randomisation_scores,
+               "the sanity step's similarity of the fully randomised model's map with the original (Adebayo et al. "
+               "2018, Quantus MPRT; metrics.randomisation_measure / _stage); NaN for images and rounds it did not test",
+               arguments=_randomisation_score_args, default=False),
+    MetricSpec("infidelity", "faithfulness", False, {"model"}, infidelity,
+               "E[(I^T phi - (f(x) - f(x - I)))^2] with the paper's Gaussian I and optimal scaling (Yeh et al. "
+               "2019, Captum infidelity; metrics.infidelity_*)", output="value", arguments=_infidelity_args,
+               default=False),
 ]
 for _spec in _DECLARATIONS:
     register(_spec)

@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 
     from lottery_xai.config import MetricsConfig
 
-FAMILIES = frozenset({"faithfulness", "localisation", "consistency"})
-# "tcav_scores" is not a per-image input: it marks the metrics computed from two TCAV tables.
-NEEDS = frozenset({"model", "box", "parts", "second_map", "transform", "retraining", "tcav_scores", "true_class_maps"})
+# Quantus's five families and this package's consistency (across rounds and under transformation)
+FAMILIES = frozenset({"faithfulness", "localisation", "consistency", "robustness", "complexity", "randomisation"})
+# "tcav_scores" is not a per-image input: it marks the metrics computed from two TCAV tables. "recompute": the
+# method can be computed again on other images or for other classes (robustness, the random-logit test);
+# "sanity_scores": the sanity step's per-image table (the parameter-randomisation score).
+NEEDS = frozenset({"model", "box", "parts", "second_map", "transform", "retraining", "tcav_scores", "true_class_maps",
+                   "recompute", "sanity_scores"})
+DEFAULT_SELECTION = "default"  # in metrics.names: every metric declared with default=True
 # Needs that replace the stored maps as a metric's input: every other metric reads the maps of one method.
 WITHOUT_MAPS = frozenset({"retraining", "tcav_scores"})
 
@@ -39,7 +44,12 @@ class MetricInputs:
     transformed images (``transform``). `train_mean` is the training set's per-channel mean and
     `normalisation` the (mean, std) the images were normalised with, both per channel (the fills and
     the noise range of the faithfulness metrics). `tie_seed` seeds the random tie-breaking of the
-    rankings (``metrics.ties``), `noise_seed` the region-perturbation noise (0 when not given).
+    rankings (``metrics.ties``), `noise_seed` the region-perturbation noise (0 when not given) and, each
+    through its own derived seed, the draws of the opt-in metrics (ROAD, robustness, random logit,
+    infidelity: the same draws at every round and for every method, so their differences are paired).
+    `recompute(model, images, targets) -> maps` is the method with its configured options and the round's
+    map seed (the stored maps' own settings); `sanity_table` the sanity step's ``per_image.csv`` with
+    `method`, `round` and `image_ids` saying which rows are these maps'.
     """
 
     settings: "MetricsConfig"
@@ -59,6 +69,11 @@ class MetricInputs:
     noise_seed: int | None = None
     tcav_round: "pd.DataFrame | None" = None
     tcav_dense: "pd.DataFrame | None" = None
+    recompute: Callable[..., torch.Tensor] | None = None
+    sanity_table: "pd.DataFrame | None" = None
+    method: str | None = None
+    round: int | None = None
+    image_ids: Any = None  # [N] the ids of the images (the sanity table's image_id)
 
     @property
     def scale(self) -> float:
@@ -79,6 +94,9 @@ class MetricInputs:
             "tcav_scores": self.tcav_round is not None and self.tcav_dense is not None,
             "true_class_maps": self.true_class_maps is not None,
             "retraining": False,  # ROAR retrains in its own step
+            "recompute": has_model and self.recompute is not None,
+            "sanity_scores": self.sanity_table is not None and self.method is not None and self.round is not None
+            and self.image_ids is not None,
         }
         return frozenset(need for need, ok in got.items() if ok)
 
@@ -108,6 +126,7 @@ class MetricSpec:
     step: str | None = None  # computed by this script's own step instead of by `fn` in step 7 (ROAR retrains)
     arguments: Callable[[MetricInputs], Mapping[str, Any]] | None = None
     tested: bool = True  # step 7's paired tests include it (False: a diagnostic count, e.g. the skipped maps)
+    default: bool = True  # in step 7's default selection (metrics.names: [default]); False: opt-in
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -169,7 +188,8 @@ def unregister(name: str) -> MetricSpec:
 
 
 def compute_metrics(inputs: MetricInputs, select: Callable[[MetricSpec], bool] | None = None) -> dict[str, Any]:
-    """The values of every registered metric (among `select`) that step 7 computes from `inputs`.
+    """The values of every registered metric among `select` (None: the default ones, ``spec.default``; step 7
+    passes ``metrics.names``' selection) that step 7 computes from `inputs`.
 
     A metric is computed when its needs are provided and it reads what `inputs` hold (the maps of one
     method, or, for ``tcav_scores``, the TCAV tables); ROAR's (``spec.step``) never are. Metrics sharing
@@ -177,9 +197,12 @@ def compute_metrics(inputs: MetricInputs, select: Callable[[MetricSpec], bool] |
     the TCAV metrics, per-(class, concept) columns.
     """
     provided, with_maps = inputs.provided, inputs.maps is not None
+    if select is None:
+        def select(spec: MetricSpec) -> bool:
+            return spec.default
     wanted = [spec for spec in METRICS.values()
               if spec.in_step7 and spec.needs <= provided and with_maps == (not spec.needs & WITHOUT_MAPS)
-              and (select is None or select(spec))]
+              and select(spec)]
     calls: list[tuple[MetricSpec, Any]] = []  # (first metric, result) per call, in the order of the first metrics
     out = {}
     for spec in wanted:
@@ -189,6 +212,26 @@ def compute_metrics(inputs: MetricInputs, select: Callable[[MetricSpec], bool] |
             calls.append((spec, shared[0]))
         out[spec.name] = spec.pick(shared[0])
     return out
+
+
+def select_metrics(names: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The metric names a selection means (``metrics.names``): each entry is a registered metric, a family
+    (every metric of it) or ``default`` (every metric declared with ``default=True``); an unknown entry is a
+    UserError naming the closest ones."""
+    chosen: set[str] = set()
+    for entry in names:
+        if entry == DEFAULT_SELECTION:
+            chosen |= {name for name, spec in METRICS.items() if spec.default}
+        elif entry in FAMILIES:
+            chosen |= {name for name, spec in METRICS.items() if spec.family == entry}
+        elif entry in METRICS:
+            chosen.add(entry)
+        else:
+            allowed = [DEFAULT_SELECTION, *sorted(FAMILIES), *METRICS]
+            raise unknown_name(f"config key 'metrics.names' names {entry!r}, which is no metric, family or "
+                               f"'{DEFAULT_SELECTION}'", entry, allowed, n=1,
+                               otherwise=f"known: {', '.join(allowed)}")
+    return frozenset(chosen)
 
 
 def get_metric(name: str) -> MetricSpec:

@@ -155,3 +155,18 @@ def parameter_randomisation_score(per_image, method: str, round: int | None = No
     else:
         out = rows.groupby(["round", "image_id"], as_index=False)["value"].mean()
     return pd.DataFrame(out).sort_values(["round", "image_id"]).reset_index(drop=True)
+
+
+def randomisation_scores(per_image, method: str, round: int, image_ids, randomization: str = "cascading",
+                         measure: str = "spearman_abs", stage: str = "last") -> torch.Tensor:
+    """`parameter_randomisation_score` of `method` at `round` as one value per image of `image_ids` [N] (float64),
+    NaN for the images the sanity step did not use (``sanity.n_images`` of the step-6 images) and for a round or
+    method it did not test (step 7 measures every round; the sanity check ``sanity.rounds``)."""
+    ids = [int(i) for i in image_ids]
+    rows = per_image[(per_image["method"] == method) & (per_image["randomization"] == randomization)
+                     & (per_image["measure"] == measure) & (per_image["round"] == round)]
+    if rows.empty:
+        return torch.full((len(ids),), float("nan"), dtype=torch.float64)
+    scores = parameter_randomisation_score(rows, method, round, randomization, measure, stage)
+    lookup = dict(zip(scores["image_id"].astype(int), scores["value"].astype(float)))
+    return torch.tensor([lookup.get(i, float("nan")) for i in ids], dtype=torch.float64)

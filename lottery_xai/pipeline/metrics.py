@@ -16,9 +16,12 @@ metric), on the per-image values of the same images, all p-values corrected toge
 ``stats.correction`` (Holm) at ``stats.alpha`` (see `lottery_xai.stats.inference`). The TCAV agreement
 rows are per (class, concept) pair, not per image: they get a bootstrap interval over the pairs but no
 per-image rows and no test; nor are the diagnostic rows tested (``content_heatmap_zero_maps``). The metrics are those of the
-registry (`lottery_xai.metrics.METRICS`) whose needs the data and the run provide: the part metric
+registry (`lottery_xai.metrics.METRICS`) that ``metrics.names`` selects (by default the faithfulness,
+localisation and consistency metrics; ROAD, infidelity, robustness, complexity and the randomisation
+family are opt-in) and whose needs the data and the run provide: the part metric
 only with parts, the consistency with the dense maps only with round 0's maps, TCAV agreement only
-with both TCAV tables; ROAR's metric is main_roar.py's. Consistency compares each
+with both TCAV tables, the randomisation score only with the sanity step's table (NaN for the images and
+rounds it did not test); ROAR's metric is main_roar.py's. Consistency compares each
 round's map of an image with the dense model's map of the same image; consistency under
 transformation recomputes the map on flipped / resized-cropped copies (``metrics.transform_methods``)
 and compares it with the same transformation of the map; TCAV agreement compares each round's
@@ -45,7 +48,7 @@ from tqdm.auto import tqdm
 from ..config import Config
 from ..data import get_dataset
 from ..errors import UserError
-from ..metrics import METRICS, MetricInputs, compute_metrics
+from ..metrics import METRICS, MetricInputs, compute_metrics, select_metrics
 from ..rundir import RunDir, round_name
 from ..safe_io import load_npz, read_csv, save_csv, save_npz, unreadable, upsert_table
 from ..seeds import SeedPurpose, derived_seed
@@ -53,7 +56,7 @@ from ..stats.inference import TEST_COLUMNS, bootstrap_ci, paired_tests
 from ..steps import label, step
 from .heatmaps import heatmap_images
 from .loading import finished_rounds, load_data, load_round_model
-from .maps import check_methods, configured_maps
+from .maps import check_methods, configured_maps, explained_targets, map_seed
 from .tcav import TCAV_COLUMNS, TCAV_TYPES
 
 COLUMNS = ["round", "weights_remaining", "method", "metric", "value", "n_images", "ci_low", "ci_high"]
@@ -129,23 +132,47 @@ def noise_seed(cfg: Config) -> int:
 
 def round_metrics(model, images, boxes, maps, dense_maps, cfg: Config, parts=None, *, method: str | None = None,
                   seed: int | None = None, targets=None, true_class_maps=None, train_mean=None, normalisation=None,
-                  ties_seed: int | None = None, region_noise_seed: int | None = None) -> dict[str, torch.Tensor]:
-    """Per-image values of every registered metric that reads the stored maps, for one round and method.
+                  ties_seed: int | None = None, region_noise_seed: int | None = None, maps_seed: int | None = None,
+                  r: int | None = None, image_ids=None, sanity_table=None) -> dict[str, torch.Tensor]:
+    """Per-image values of every metric that ``metrics.names`` selects and that reads the stored maps, for one
+    round and method.
 
     A metric is computed when its needs are provided: ``box`` by `boxes`, ``parts`` by `parts` with at
     least one part, ``second_map`` by `dense_maps`, ``transform`` by `method` (recomputed on transformed
-    images with `seed` and `targets`, None: the predicted class) when it is in ``metrics.transform_methods``.
+    images with `seed` and `targets`, None: the predicted class) when it is in ``metrics.transform_methods``,
+    ``recompute`` by `method` and `maps_seed` (the seed the stored maps were made with: the robustness
+    metrics and the random-logit test explain other images or classes with the maps' own settings),
+    ``sanity_scores`` by `sanity_table` (the sanity step's per-image table) with round `r` and `image_ids`.
     `train_mean` [C] and `normalisation` (mean, std) feed the faithfulness fills and noise; `ties_seed` and
-    `region_noise_seed` seed their tie-breaking and noise (0 when None).
+    `region_noise_seed` seed their tie-breaking and noise (0 when None), the latter also the opt-in
+    metrics' draws.
     """
     transform = method is not None and seed is not None and method in cfg.metrics.transform_methods
+    recompute = method is not None and maps_seed is not None
     inputs = MetricInputs(settings=cfg.metrics, maps=maps, model=model, images=images, targets=targets, boxes=boxes,
                           parts=parts, second_map=dense_maps, seed=seed if transform else None,
                           true_class_maps=true_class_maps,
                           attribution_fn=_attribution_fn(cfg, method, seed) if transform else None,
                           train_mean=train_mean, normalisation=normalisation, tie_seed=ties_seed,
-                          noise_seed=region_noise_seed)
-    return compute_metrics(inputs)
+                          noise_seed=region_noise_seed,
+                          recompute=_attribution_fn(cfg, method, maps_seed) if recompute else None,
+                          sanity_table=sanity_table, method=method, round=r, image_ids=image_ids)
+    chosen = select_metrics(cfg.metrics.names)
+    return compute_metrics(inputs, select=lambda spec: spec.name in chosen)
+
+
+def _sanity_table(run: RunDir, log) -> pd.DataFrame | None:
+    """The sanity step's per-image table when ``metrics.names`` selects the randomisation score (None otherwise,
+    or when the sanity step has not run: then the score is skipped, with one line saying so)."""
+    if "randomisation_score" not in select_metrics(run.cfg.metrics.names):
+        return None
+    path = run.sanity_per_image()
+    if not path.is_file():
+        log(f"metrics.names selects randomisation_score, but '{path}' is missing: it is skipped; run "
+            f"{label('sanity')} (its rounds, sanity.rounds, get the score)")
+        return None
+    return read_csv(path, ["round", "method", "randomization", "stage", "measure", "image_id", "value"],
+                    step=label("sanity"))
 
 
 def train_mean_file(run: RunDir):
@@ -189,8 +216,11 @@ def _needs_train_mean(cfg: Config) -> bool:
 
 
 def tcav_metrics(tcav_round: pd.DataFrame, tcav_dense: pd.DataFrame, cfg: Config) -> dict[str, pd.Series]:
-    """Per-(class, concept) values of every registered TCAV agreement metric (a round's table against the dense one)."""
-    return compute_metrics(MetricInputs(settings=cfg.metrics, tcav_round=tcav_round, tcav_dense=tcav_dense))
+    """Per-(class, concept) values of every TCAV agreement metric ``metrics.names`` selects (a round's table
+    against the dense one)."""
+    chosen = select_metrics(cfg.metrics.names)
+    return compute_metrics(MetricInputs(settings=cfg.metrics, tcav_round=tcav_round, tcav_dense=tcav_dense),
+                           select=lambda spec: spec.name in chosen)
 
 
 def _mean(values) -> float:
@@ -267,7 +297,7 @@ def _fingerprints(run: RunDir, r: int) -> str:
     return fp + "+" + (run.round_fingerprint(0) if run.checkpoint(0, run.cfg.test.checkpoint).is_file() else "none")
 
 
-def _inputs_stamp(run: RunDir, r: int, with_tcav: bool) -> str:
+def _inputs_stamp(run: RunDir, r: int, with_tcav: bool, sanity_table: pd.DataFrame | None = None) -> str:
     """What round ``r``'s metrics are made from: the checkpoints (`_fingerprints`), the content of the stored
     maps they read (round r's and the dense round's: step 6 redone with other images or settings makes
     step 7 measure again), the ``metrics.*`` settings (changed settings measure again) and whether the TCAV
@@ -282,8 +312,10 @@ def _inputs_stamp(run: RunDir, r: int, with_tcav: bool) -> str:
                 digest.update(np.ascontiguousarray(stored["ids"]).tobytes())
                 digest.update(np.ascontiguousarray(stored["maps"]).tobytes())
     settings = hashlib.sha1(repr(sorted(dataclasses.asdict(run.cfg.metrics).items())).encode()).hexdigest()[:12]
+    sanity = "" if sanity_table is None else "+sanity:" + hashlib.sha1(
+        sanity_table[sanity_table["round"] == r].to_csv(index=False).encode()).hexdigest()[:12]
     return (f"{_fingerprints(run, r)}+maps:{digest.hexdigest()[:16]}+settings:{settings}"
-            + ("+tcav" if with_tcav else ""))
+            + ("+tcav" if with_tcav else "") + sanity)
 
 
 def _current_tcav(run: RunDir, tcav: pd.DataFrame, r: int, log) -> bool:
@@ -305,6 +337,7 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
     """Step 7 on the requested rounds (see the module docstring); returns ``metrics/explanations.csv``."""
     cfg = run.cfg
     check_methods(cfg)
+    select_metrics(cfg.metrics.names)  # an unknown name stops here, before any work
     rounds = finished_rounds(run, rounds, log)
     _require_maps(run, rounds)
     run.save_config("metrics")
@@ -314,7 +347,6 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
         log(f"dataset '{cfg.dataset}' has no object boxes: the localisation metrics (energy in box, pointing game) are skipped")
         boxes = None
     labels = batch["label"].to(device)
-    targets = labels if cfg.heatmaps.target == "true" else None  # None: the predicted class
     normalisation = (tuple(info.mean), tuple(info.std))
     train_mean = train_channel_mean(run, log).to(device) if _needs_train_mean(cfg) else None
     table = _start_tables(run, force, log)
@@ -322,10 +354,11 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
     ids = batch["id"].numpy()
     tcav = read_csv(run.tcav_scores(), TCAV_COLUMNS, step=label("tcav"), types=TCAV_TYPES) \
         if run.tcav_scores().is_file() else None
+    sanity_table = _sanity_table(run, log)
     for r in tqdm(rounds, desc="metric rounds"):
         with_tcav = tcav is not None and (tcav["round"] == r).any() and (tcav["round"] == 0).any() \
             and _current_tcav(run, tcav, r, log) and _current_tcav(run, tcav, 0, log)
-        stamp = _inputs_stamp(run, r, with_tcav)
+        stamp = _inputs_stamp(run, r, with_tcav, sanity_table)
         if not force and (table["round"] == r).any() and (per_image["round"] == r).any() \
                 and run.up_to_date("metrics", round_name(r), stamp, log):
             continue
@@ -336,6 +369,7 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
                                            label("heatmaps"))
         model, ckpt = load_round_model(run, r, info.num_classes, device)
         model.requires_grad_(False)
+        targets = explained_targets(cfg, model, images, labels)  # the class step 6's maps explain
         rows, image_rows = [], []
         for method in cfg.heatmaps.methods:
             found = _stored_maps(run, r, method, device, images, batch["id"])
@@ -345,11 +379,12 @@ def metrics_step(run: RunDir, device: torch.device, rounds: list[int], force: bo
             dense = _maps(run, 0, method, device, images, batch["id"]) if r > 0 else maps
             # the content heatmap reads the maps of the ground-truth class (step 6 stores those of heatmaps.target)
             true_maps = maps if cfg.heatmaps.target == "true" else _as_stored(configured_maps(
-                cfg, method, model, images, labels, derived_seed(cfg.seed, SeedPurpose.HEATMAPS, r)), stored_dtype)
+                cfg, method, model, images, labels, map_seed(run, r)), stored_dtype)
             values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method=method,
                                    seed=derived_seed(cfg.seed, SeedPurpose.TRANSFORMS, r), targets=targets,
                                    true_class_maps=true_maps, train_mean=train_mean, normalisation=normalisation,
-                                   ties_seed=tie_seed(cfg, r, method), region_noise_seed=noise_seed(cfg))
+                                   ties_seed=tie_seed(cfg, r, method), region_noise_seed=noise_seed(cfg),
+                                   maps_seed=map_seed(run, r), r=r, image_ids=ids, sanity_table=sanity_table)
             rows += _rows(r, ckpt["weights_remaining"], method, values, cfg)
             image_rows.append(_per_image_rows(r, method, values, ids))
         if with_tcav:

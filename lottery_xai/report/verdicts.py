@@ -25,9 +25,15 @@ from .tables import explanation_table, metric_tests
 # the metric each verdict reads, per family (the first present in step 7's table)
 VERDICT_METRICS = {"faithfulness": ("deletion_auc", "insertion_auc"),
                    "localisation": ("energy_in_box", "pointing_game"),
-                   "consistency with the dense map": ("spearman", "ssim")}
+                   "consistency with the dense map": ("spearman", "ssim"),
+                   # the opt-in families (metrics.names), when step 7 computed them
+                   "robustness": ("max_sensitivity", "local_lipschitz"),
+                   "complexity": ("sparseness", "complexity"),
+                   "randomisation": ("random_logit", "randomisation_score")}
 LABELS = {"deletion_auc": "deletion AUC", "insertion_auc": "insertion AUC", "energy_in_box": "energy in the box, %",
-          "pointing_game": "pointing game", "spearman": "Spearman", "ssim": "SSIM"}
+          "pointing_game": "pointing game", "spearman": "Spearman", "ssim": "SSIM",
+          "max_sensitivity": "max-sensitivity", "local_lipschitz": "local Lipschitz estimate",
+          "random_logit": "random-logit SSIM", "randomisation_score": "parameter-randomisation score"}
 
 
 def _pick(frame: pd.DataFrame, candidates: tuple) -> str | None:

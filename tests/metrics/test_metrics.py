@@ -109,7 +109,10 @@ def test_registry_declares_direction_family_and_needs():
     assert get_metric("energy_in_box").needs == {"box"}
     assert get_metric("spearman").needs == {"second_map"}
     assert get_metric("roar_test_acc").needs == {"retraining"} and not get_metric("roar_test_acc").higher_is_better
-    assert {spec.family for spec in METRICS.values()} == {"faithfulness", "localisation", "consistency"}
+    assert {spec.family for spec in METRICS.values()} == {"faithfulness", "localisation", "consistency", "robustness",
+                                                          "complexity", "randomisation"}
+    # the default selection keeps the three families step 7 computed before the opt-in ones (issue 22)
+    assert {spec.family for spec in METRICS.values() if spec.default} == {"faithfulness", "localisation", "consistency"}
     with pytest.raises(UserError, match="insertion_auc"):
         get_metric("insertion_uac")
 

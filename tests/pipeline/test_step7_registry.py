@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lottery_xai.config import load_config
+from lottery_xai.errors import UserError
 from lottery_xai.metrics import (METRICS, MetricInputs, MetricSpec, compute_metrics, deletion_insertion,
                                  energy_in_box, energy_in_parts, map_agreement, pointing_game, region_perturbation,
                                  register, tcav_agreement, tcav_agreement_summary, transform_consistency, unregister)
@@ -263,3 +264,82 @@ def test_zero_map_count_is_not_among_the_paired_tests(tmp_path):
     tests = write_tests(run, pd.DataFrame({"round": [0], "weights_remaining": [1.0]}))
     assert set(tests["metric"]) == {"energy_in_box"} and len(tests) == 1
     assert not METRICS["content_heatmap_zero_maps"].tested and METRICS["content_heatmap"].tested
+
+
+# ---------------------------------------------------------------- the opt-in families (metrics.names)
+
+OPT_IN = ["road_morf", "road_lerf", "max_sensitivity", "local_lipschitz", "sparseness", "complexity", "random_logit",
+          "randomisation_score", "infidelity"]
+
+
+def test_the_opt_in_metrics_are_declared_with_family_direction_and_needs():
+    from lottery_xai.metrics import select_metrics
+
+    families = {name: METRICS[name].family for name in OPT_IN}
+    assert families == {"road_morf": "faithfulness", "road_lerf": "faithfulness", "max_sensitivity": "robustness",
+                        "local_lipschitz": "robustness", "sparseness": "complexity", "complexity": "complexity",
+                        "random_logit": "randomisation", "randomisation_score": "randomisation",
+                        "infidelity": "faithfulness"}
+    assert [name for name in OPT_IN if METRICS[name].higher_is_better] == ["road_lerf", "sparseness"]
+    assert not any(METRICS[name].default for name in OPT_IN)
+    assert select_metrics(["default"]) == {name for name, spec in METRICS.items() if name not in OPT_IN}
+    assert select_metrics(["robustness", "sparseness"]) == {"max_sensitivity", "local_lipschitz", "sparseness"}
+    with pytest.raises(UserError, match="did you mean 'sparseness'"):
+        select_metrics(["sparsenes"])
+
+
+def test_opt_in_metrics_equal_their_functions_with_the_documented_seeds(cfg, data):
+    from lottery_xai.metrics import (complexity, infidelity, local_lipschitz_estimate, max_sensitivity, random_logit,
+                                     road, sparseness)
+    from lottery_xai.pipeline.metrics import _attribution_fn
+    from lottery_xai.seeds import derived_seed
+
+    model, images, boxes, maps, dense, parts = data
+    cfg.metrics.names = ["default", "robustness", "complexity", "random_logit", "road_morf", "road_lerf", "infidelity"]
+    cfg.metrics.robustness_samples, cfg.metrics.road_percentages, cfg.metrics.infidelity_samples = 2, [0.5], 2
+    targets = torch.tensor([0, 2, 1])
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", maps_seed=9,
+                           targets=targets)
+    assert list(values) == PER_MAP + [n for n in OPT_IN if n != "randomisation_score"]
+    m = cfg.metrics
+    explain = _attribution_fn(cfg, "saliency", 9)
+    mean, std = (torch.tensor(v, dtype=torch.float64) for v in NORMALISATION)
+    curves = road(model, images, maps, percentages=[0.5], noise=(0.01 / std).tolist(), selection="rank",
+                  ties="random", seed=TIE_SEED, noise_seed=derived_seed(NOISE_SEED, 1), batch_size=m.batch_size)
+    expected = {
+        "road_morf": curves["morf"], "road_lerf": curves["lerf"],
+        "max_sensitivity": max_sensitivity(model, images, explain, maps=maps, targets=targets, radius=0.2, samples=2,
+                                           seed=derived_seed(NOISE_SEED, 2), batch_size=m.batch_size)["value"],
+        "local_lipschitz": local_lipschitz_estimate(model, images, explain, maps=maps, targets=targets, noise_std=0.1,
+                                                    samples=2, seed=derived_seed(NOISE_SEED, 3),
+                                                    batch_size=m.batch_size)["value"],
+        "sparseness": sparseness(maps), "complexity": complexity(maps),
+        "random_logit": random_logit(model, images, explain, maps=maps, targets=targets,
+                                     seed=derived_seed(NOISE_SEED, 4), batch_size=m.batch_size)["value"],
+        "infidelity": infidelity(model, images, maps, targets=targets, noise_std=(0.2 / std).tolist(),
+                                 valid_low=(-mean / std).tolist(), valid_high=((1 - mean) / std).tolist(), samples=2,
+                                 seed=derived_seed(NOISE_SEED, 5), batch_size=m.batch_size)["value"],
+    }
+    for name, v in expected.items():
+        assert torch.equal(values[name], v), name
+    # without a method to recompute, the robustness and random-logit metrics are skipped, the others stay
+    assert set(round_metrics(model, images, boxes, maps, dense, cfg, parts)) == \
+        set(PER_MAP) | {"road_morf", "road_lerf", "sparseness", "complexity", "infidelity"}
+
+
+def test_the_randomisation_score_reads_the_sanity_table_per_image(cfg, data):
+    model, images, boxes, maps, dense, parts = data
+    cfg.metrics.names = ["randomisation_score"]
+    table = pd.DataFrame({"round": 2, "method": "saliency", "randomization": "cascading", "stage": [1, 2, 1, 2],
+                          "measure": "spearman_abs", "image_id": [11, 11, 13, 13], "value": [0.9, 0.4, 0.8, 0.1]})
+    ids = [11, 12, 13]
+    values = round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", r=2, image_ids=ids,
+                           sanity_table=table)
+    assert list(values) == ["randomisation_score"]
+    torch.testing.assert_close(values["randomisation_score"],
+                               torch.tensor([0.4, float("nan"), 0.1], dtype=torch.float64), equal_nan=True)
+    # a round the sanity step did not test: NaN for every image
+    other = round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency", r=3, image_ids=ids,
+                          sanity_table=table)["randomisation_score"]
+    assert torch.isnan(other).all()
+    assert round_metrics(model, images, boxes, maps, dense, cfg, parts, method="saliency") == {}
