@@ -140,3 +140,41 @@ def test_roar_tie_seeds_are_per_image_and_follow_metrics_ties():
     assert torch.equal(ranks, two_batches)
     assert rank_seeds(replace(cfg, **{"metrics.ties": "raster"}), 1, 0, "gradcam", 0, 6) is None
     assert torch.equal(pixel_rank(maps, seeds=None)[0], torch.arange(25))
+
+
+@pytest.mark.parametrize("method", ["smoothgrad_sq", "vargrad"])
+def test_roar_ranks_the_noise_tunnel_ensembles(method, tmp_path, monkeypatch):
+    """Hooker et al. 2019's two winners run through ROAR's ranking (issue 22, item 3). On a linear model the input
+    gradient is the class's weight whatever the noise, so SmoothGrad-squared is sum_c w[c]^2 per pixel and VarGrad
+    is 0 everywhere (every pixel tied: the per-image tie seeds decide), written out here."""
+    from lottery_xai.pipeline import roar as roar_module
+    from lottery_xai.pipeline.roar import SPLITS, compute_ranks, rank_seeds
+
+    side, classes = 8, 3
+    model = nn.Sequential(nn.Conv2d(3, classes, side), nn.Flatten()).eval()  # logits = <w_k, x> + b_k
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(classes, 3, side, side, generator=torch.Generator().manual_seed(0)))
+    model.requires_grad_(False)
+    gen = torch.Generator().manual_seed(1)
+    data = {split: {"images": torch.randn(5, 3, side, side, generator=gen).numpy(),
+                    "labels": np.zeros(5, dtype=np.int64)} for split in SPLITS}
+    cfg = load_config(None, [f"logs={tmp_path}", "device=cpu", f"img_size={side}", "heatmaps.noise_samples=2",
+                             "heatmaps.batch_size=2", f"roar.methods=[{method}]"])
+    run = rd.RunDir(cfg)
+    monkeypatch.setattr(roar_module, "rank_stamp", lambda run, r: "linear model")  # no checkpoint behind this model
+    compute_ranks(run, 0, model, [method], data, CPU, log=quiet)
+    weight = model[0].weight.double()
+    for split_index, split in enumerate(SPLITS):
+        images = torch.from_numpy(data[split]["images"])
+        predicted = model(images).argmax(1)
+        ranks = np.load(run.roar_ranks(0, method, split))
+        for i in range(5):
+            if method == "smoothgrad_sq":
+                relevance = (weight[predicted[i]] ** 2).sum(0).flatten().numpy()
+                expected = np.argsort(np.argsort(-relevance, kind="stable"), kind="stable")
+            else:  # all tied: the order of the image's tie permutation (a seeded randperm, first = removed first)
+                seed = rank_seeds(cfg, 0, split_index, method, i, 1)[0]
+                perm = torch.randperm(side * side, generator=torch.Generator().manual_seed(seed)).numpy()
+                expected = np.empty(side * side, dtype=np.int64)
+                expected[perm] = np.arange(side * side)
+            assert np.array_equal(ranks[i].astype(np.int64), expected), (split, i)
