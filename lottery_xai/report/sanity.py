@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from .. import steps
-from ..pipeline.sanity import CONTROL_METHOD, NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
+from ..attribution import METHODS
+from ..pipeline.sanity import CHANGES, CONTROL_METHOD, NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
 from ..rundir import RunDir, round_name
 from ..safe_io import atomic_path, load_npz, read_csv
 from ..steps import draws
@@ -84,6 +85,35 @@ def plot_sanity(run: RunDir, save: bool = True) -> list:
     return drawn
 
 
+def expected_outcome(method: str) -> str:
+    """What Adebayo et al. 2018 found for ``method`` (its spec's ``sanity``), as the report writes it."""
+    spec = METHODS.get(method)
+    found = spec.sanity if spec is not None else None
+    return {"fails": f"{NO_CHANGE} (positive control)", "passes": CHANGES}.get(found, "")
+
+
+def positive_control(verdicts: pd.DataFrame) -> list[dict]:
+    """One sentence per known failure in the verdict table (guided backprop, guided Grad-CAM: the methods
+    Adebayo et al. 2018 found not to change under randomisation) and per method they found to pass: whether
+    the test flags it as they did. A test that does not flag the positive controls cannot vouch for the
+    methods it passes."""
+    out = []
+    for method, rows in verdicts.groupby("method", sort=False):
+        spec = METHODS.get(method)
+        if spec is None or spec.sanity is None:
+            continue
+        expected = NO_CHANGE if spec.sanity == "fails" else CHANGES
+        where = ", ".join(f"round {int(t.round)} {t.randomization} ({fmt_num(t.similarity)}: {t.verdict})"
+                          for t in rows.itertuples())
+        agree = bool((rows["verdict"] == expected).all())
+        role = ("a positive control: Adebayo et al. 2018 found its maps unchanged under randomisation"
+                if spec.sanity == "fails" else "Adebayo et al. 2018 found its maps to change under randomisation")
+        verdict = "the test agrees" if agree else "the test does NOT agree"
+        out.append({"method": method, "text": f"{role}: {verdict}, {where}.",
+                    "cls": "good" if agree else "bad"})
+    return out
+
+
 def measure_label(measure: str) -> str:
     return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)"}.get(measure, measure)
 
@@ -113,10 +143,18 @@ def sanity_section(run: RunDir, seeds: list[int] | None = None) -> dict:
     rows = [[t.method, str(int(t.round)), fmt_pct(t.weights_remaining), t.randomization,
              f"{int(t.stage)} (+{t.block})" if t.randomization == "cascading" else f"{int(t.stage)} ({t.block} only)",
              measure_label(t.measure), fmt_num(t.similarity), fmt_num(control.get((t.round, t.randomization, t.stage), np.nan)),
-             judged(t.method, t.verdict)]
+             judged(t.method, t.verdict), expected_outcome(t.method)]
             for t in verdicts.itertuples()]
     s["blocks"].append(table_block(["method", "round", "weights remaining", "randomisation", "stage read", "measure",
-                               "similarity", "control at that stage", "verdict"], rows, "Verdicts"))
+                               "similarity", "control at that stage", "verdict", "Adebayo et al. 2018"], rows,
+                                   "Verdicts"))
+    controls = positive_control(verdicts)
+    if controls:
+        s["blocks"].append({"kind": "text", "text": "Positive controls: guided backprop and guided Grad-CAM are the "
+                            "methods Adebayo et al. 2018 found not to change when the weights are randomised; a test "
+                            "that flags them, and passes the methods they found to change, can be trusted with the "
+                            "others (add them with --set 'sanity.methods=[...]')."})
+        s["blocks"].append({"kind": "sentences", "entries": controls})
     s["blocks"] += [figure_block(fig, caption) for fig, caption, _ in sanity_figures(run, summary)]
     wide = summary.pivot_table(index=["round", "method", "randomization", "measure"], columns="stage",
                                values="mean").reset_index()

@@ -319,3 +319,29 @@ def test_bad_sanity_settings_are_one_line_errors(override, key):
     extra = ["sanity.measures=[spearman]"] if key is None else []
     with pytest.raises(UserError, match=key or "sanity.verdict_measure"):
         load_config(None, [override, *extra])
+
+
+def test_positive_controls_and_the_reports_sentences(sanity_run):
+    """Adebayo et al. 2018's findings as the test's controls: guided backprop barely changes when the weights are
+    randomised (it reconstructs the image: similarity 0.57 at the last stage on this toy run, above the 0.5
+    threshold), SmoothGrad changes. Guided Grad-CAM is guided backprop times Grad-CAM, and on this two-epoch toy
+    network the randomised model's Grad-CAM changes (0.07) and is often all zero after its ReLU, so the product
+    changes too: the report must then say that the test does NOT agree with the paper, not hide it."""
+    from lottery_xai.report.sanity import expected_outcome, positive_control
+
+    cfg = load_config(None, sanity_run + ["sanity.methods=[guided_backprop,guided_gradcam,smoothgrad,gradcam]",
+                                          "sanity.rounds=[0]", "heatmaps.noise_samples=8"])
+    table = sanity_step(rd.RunDir(cfg), CPU, log=quiet).set_index(["round", "method"])
+    assert table.loc[(0, "guided_backprop"), "verdict"] == NO_CHANGE
+    assert table.loc[(0, "smoothgrad"), "verdict"] == CHANGES
+    # guided Grad-CAM follows its Grad-CAM factor here: below the guided backprop it multiplies
+    assert table.loc[(0, "guided_gradcam"), "similarity"] < table.loc[(0, "guided_backprop"), "similarity"]
+    sentences = {s["method"]: s for s in positive_control(table.reset_index())}
+    for method in ("guided_backprop", "guided_gradcam", "smoothgrad", "gradcam"):  # each one a control or a pass
+        expected = NO_CHANGE if method.startswith("guided") else CHANGES
+        agrees = table.loc[(0, method), "verdict"] == expected
+        assert sentences[method]["cls"] == ("good" if agrees else "bad")
+        assert ("the test agrees" if agrees else "the test does NOT agree") in sentences[method]["text"]
+    assert sentences["guided_backprop"]["cls"] == "good" and sentences["smoothgrad"]["cls"] == "good"
+    assert expected_outcome("guided_backprop") == f"{NO_CHANGE} (positive control)"
+    assert expected_outcome("smoothgrad") == CHANGES and expected_outcome("occlusion") == ""
