@@ -231,7 +231,7 @@ class RoarConfig:
     rounds: list = opt([0], "rounds whose model makes the maps (-1 = the sparsest; main_roar.py --rounds overrides)")
     methods: list = opt(["gradcam"], "attribution methods evaluated (the random baseline is always added)")
     percents: list = opt([0, 10, 30, 50, 70, 90], "percent of each image's pixels removed, most important first")
-    seeds: int = opt(1, "retraining seeds per point (each point uses the same seeds)", minimum=1)
+    seeds: int = opt(5, "retraining seeds per point (each point uses the same seeds); Hooker et al. 2019 train 5 models per point", minimum=1)
     epochs: int = opt(0, "retraining epochs (0 = train.epochs)", minimum=0)
     retrain: str = opt("dense", "what is retrained: the dense architecture from a fresh init per seed, or the round's ticket (its mask on the run's initial weights)", choices=["dense", "ticket"])
 

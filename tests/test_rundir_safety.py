@@ -263,7 +263,7 @@ def test_killed_step4_leaves_no_worker_alive(finished, tmp_path):
 # ---------------------------------------------------------------- fingerprints
 
 EXTRA = ["experiment_name=fp", "cav.n_random=3", "heatmaps.images_per_class=2", "heatmaps.methods=[gradcam,random]",
-         "metrics.transform_methods=[gradcam]", "roar.percents=[0,50]", "roar.methods=[gradcam]", "roar.epochs=1",
+         "metrics.transform_methods=[gradcam]", "roar.percents=[0,50]", "roar.seeds=1", "roar.methods=[gradcam]", "roar.epochs=1",
          "heatmaps.batch_size=16"]
 
 

@@ -80,7 +80,7 @@ def test_roar_drops_faster_for_the_true_evidence_than_for_random():
 
 def test_roar_step_on_a_tiny_run(tiny_data, tmp_path):
     overrides = tiny_overrides(tiny_data, tmp_path, "prune_iterations=1", "train.epochs=1", "roar.percents=[0,50]",
-                               "roar.methods=[gradcam]", "heatmaps.batch_size=16")
+                               "roar.seeds=1", "roar.methods=[gradcam]", "heatmaps.batch_size=16")
     cfg = load_config(None, overrides)
     LotteryRun(rd.RunDir(cfg), CPU, log=quiet).run_rounds([0, 1])
     table = roar_step(rd.RunDir(cfg), CPU, [0, 1], log=quiet)
