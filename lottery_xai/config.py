@@ -383,6 +383,7 @@ class SlurmConfig:
     time: int = opt(1440, "time limit of each task in minutes (a task that reaches it is requeued and resumes from its files, at most max_requeues times)", minimum=1)
     max_requeues: int = opt(3, "requeues of a task that reached its time limit (preemptions requeue without limit)", minimum=0)
     array_parallelism: int = opt(64, "most tasks of one job array running at once", minimum=1)
+    rounds_per_task: int = opt(1, "rounds of each task of a per-round step (steps 2-7, sanity, occlusion, ACE; ROAR keeps one per round): above 1, a task pays its start and setup once for several rounds", minimum=1)
     sbatch: list = opt([], "extra sbatch options, each key=value or a flag, e.g. [account=proj, qos=high, constraint=a100]")
     setup: list = opt([], "shell lines run before every task, e.g. [module load cuda/12.4, source .venv/bin/activate]")
     folder: str = opt("", "folder of the job scripts, logs and the plan of each launch (empty = {logs}/launch/<date-time>)")

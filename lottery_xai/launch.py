@@ -12,7 +12,8 @@ A **task** is (run, step, rounds), made from the step registry (:mod:`lottery_xa
 steps are ordered by what they need and use; step 1 is one task (its rounds depend on each other;
 under SLURM with ``slurm.gpus_per_task`` above 1 it runs torchrun inside its job, across
 ``slurm.nodes`` nodes); a step whose rounds are independent (``per_round``) becomes one task per round
-(one job array), after the tasks of the steps it needs; a ``gather`` step then gets one call over all
+(one job array; ``slurm.rounds_per_task`` contiguous rounds per task), after the tasks of the steps it
+needs; a ``gather`` step then gets one call over all
 rounds, and any other such step a merge task that folds its rounds' shards into its tables (see
 :mod:`lottery_xai.safe_io`), after which the steps that read it run. ROAR (``roar``) is one task per
 round (the images and ranks) and one per grid cell, method x percent x retraining seed (0 % once per
@@ -26,12 +27,14 @@ over the seeds and step 8 of every seed again (as ``run_seeds.sh``).
 
 **Local** (the default) with one worker runs the tasks in this process in the order
 ``run_all.sh`` runs its steps: whole steps, every round, under the steps' locks: the outputs are those
-of the scripts. With ``--workers N`` it runs the tasks as N processes at a time, per round, each with
-the cores divided among them (sharded like SLURM's). **SLURM** submits every task as a job (one array
-per group of tasks that share a step and their dependencies, at most ``slurm.array_parallelism`` at
-once) with ``afterok`` dependencies and ``--kill-on-invalid-dep``; each task sets torch's threads to its
-``SLURM_CPUS_PER_TASK``; a task that is preempted or reaches its time limit is requeued by submitit's
-checkpoint hook and resumes from its files (step 1's ``resume.pt``, the finished rounds and units).
+of the scripts. With ``--workers N`` it runs the tasks as N processes at a time, each with the cores
+divided among them (sharded like SLURM's), a per-round step as N tasks of contiguous rounds (rounds 0-4
+on 2 workers: 0-2 and 3-4), so that a step pays a process's start and setup N times, not once per
+round. **SLURM** submits every task as a job (one array per group of tasks that share a step and their
+dependencies, at most ``slurm.array_parallelism`` at once) with ``afterok`` dependencies and
+``--kill-on-invalid-dep``; each task sets torch's threads to its ``SLURM_CPUS_PER_TASK``; a task that
+is preempted or reaches its time limit is requeued by submitit's checkpoint hook and resumes from its
+files (step 1's ``resume.pt``, the finished rounds and units).
 Then it waits for the tasks (``--detach``: it does not; ``status FOLDER`` tells later) and reports
 every failed task with its log; the exit status is non-zero when one failed.
 
@@ -239,6 +242,7 @@ class Plan:
     tasks: list[Task]
     runs: list[RunSpec]
     split: bool                      # per-round tasks (SLURM, local workers) or whole steps (local)
+    workers: int = 0                 # local workers: each per-round step in as many chunks of rounds
 
     def task(self, name: str) -> Task:
         for t in self.tasks:
@@ -260,8 +264,11 @@ def make_runs(config: str | None, overrides: list[str], sweep: list[tuple[str, l
 
 
 def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_list: str | None = None,
-               sweep: list[tuple[str, list[str]]] = (), controls: str | None = None, split: bool | None = None) -> Plan:
-    """The tasks of a launch (see the module docstring), in an order that respects their dependencies."""
+               sweep: list[tuple[str, list[str]]] = (), controls: str | None = None, split: bool | None = None,
+               workers: int = 0) -> Plan:
+    """The tasks of a launch (see the module docstring), in an order that respects their dependencies.
+    ``workers`` (the local workers, with ``split``): each per-round step of a run becomes ``workers`` tasks of
+    contiguous rounds (:func:`round_chunks`); otherwise ``slurm.rounds_per_task`` rounds make a task."""
     config = str(Path(config).resolve()) if config else None
     sweep = list(sweep)
     chosen = select_steps(step_list)
@@ -311,7 +318,8 @@ def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_
 
                 for source in source_runs(dirs[run.label]):
                     after += finals.get((by_name.get(source.name, ""), "pruning"), [])
-            finals[(run.label, key)] = _step_tasks(tasks, run, declared, dirs[run.label].cfg, tuple(after), split)
+            finals[(run.label, key)] = _step_tasks(tasks, run, declared, dirs[run.label].cfg, tuple(after), split,
+                                                   workers)
     # replicates: aggregate over the seeds, then step 8 of every seed again (run_seeds.sh)
     if replicates and any(s.key == "test" for s in chosen):
         for runs in groups.values():
@@ -325,7 +333,7 @@ def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_
                 for r in runs:
                     tasks.append(Task(f"{r.label}/plots (replicates)", r, "plots", after=(name,), gpus=False))
     _check_unique(tasks)
-    return Plan(launcher, tasks, [run for run, _ in entries], split)
+    return Plan(launcher, tasks, [run for run, _ in entries], split, workers if split else 0)
 
 
 def _check_unique(tasks: list[Task]) -> None:
@@ -336,7 +344,30 @@ def _check_unique(tasks: list[Task]) -> None:
         seen.add(t.name)
 
 
-def _step_tasks(tasks: list[Task], run: RunSpec, declared: steps.Step, cfg, after: tuple, split: bool) -> list[str]:
+def round_chunks(rounds: list[int], *, workers: int = 0, per_task: int = 1) -> list[tuple[int, ...]]:
+    """The rounds of a per-round step as the rounds of its tasks, contiguous and in order: ``workers`` chunks
+    as even as possible, the longer first (rounds 0-4 on 2 workers: (0, 1, 2) and (3, 4)), or without
+    workers chunks of ``per_task`` rounds (1: one task per round)."""
+    rounds = list(rounds)
+    if workers > 0:
+        n = min(workers, len(rounds))
+        size, extra = divmod(len(rounds), n)
+        bounds = [0]
+        for i in range(n):
+            bounds.append(bounds[-1] + size + (1 if i < extra else 0))
+        return [tuple(rounds[a:b]) for a, b in zip(bounds, bounds[1:])]
+    per_task = max(1, per_task)
+    return [tuple(rounds[i:i + per_task]) for i in range(0, len(rounds), per_task)]
+
+
+def chunk_name(chunk: tuple[int, ...]) -> str:
+    """A task's rounds as its name and shard: ``round_03``, or ``round_00-02`` for rounds 0 to 2 (zero-padded:
+    the shards, merged in the order of their names, are merged in the order of their rounds)."""
+    return round_name(chunk[0]) if len(chunk) == 1 else f"{round_name(chunk[0])}-{chunk[-1]:02d}"
+
+
+def _step_tasks(tasks: list[Task], run: RunSpec, declared: steps.Step, cfg, after: tuple, split: bool,
+                workers: int = 0) -> list[str]:
     """Add the tasks of one step of one run; returns the names of those that complete it."""
     key, base = declared.key, f"{run.label}/{declared.key}"
     gpus = key not in CPU_STEPS
@@ -352,13 +383,16 @@ def _step_tasks(tasks: list[Task], run: RunSpec, declared: steps.Step, cfg, afte
             extra = {"passes": n * (passes + len(grid(cfg)) * costs.step_passes(cfg, key, sizes, cell=True))}
         tasks.append(Task(base, run, key, after=after, gpus=gpus, passes=extra.get("passes", n * passes)))
         return [base]
-    array = []
-    for r in rounds:
-        name = f"{base}/{round_name(r)}"
+    array, task_of = [], {}
+    # ROAR's rounds stay one task each: its cells' shards (round_00+gradcam+30+2) must sort after their round's
+    for chunk in round_chunks(rounds, workers=workers, per_task=cfg.slurm.rounds_per_task) if key != "roar" \
+            else [(r,) for r in rounds]:
+        name = f"{base}/{chunk_name(chunk)}"
         options = {"cells": ""} if key == "roar" else {}
-        tasks.append(Task(name, run, key, rounds=(r,), options=options, shard=round_name(r), after=after, gpus=gpus,
-                          passes=passes, phase="array"))
+        tasks.append(Task(name, run, key, rounds=chunk, options=options, shard=chunk_name(chunk), after=after,
+                          gpus=gpus, passes=passes * len(chunk), phase="array"))
         array.append(name)
+        task_of.update({r: name for r in chunk})
     if key == "roar":  # the grid: one task per cell, after its round's ranks
         from .pipeline.roar import grid
 
@@ -368,7 +402,7 @@ def _step_tasks(tasks: list[Task], run: RunSpec, declared: steps.Step, cfg, afte
             for cell in grid(cfg):
                 method, percent, seed = cell.split(":")
                 name = f"{base}/{round_name(r)}/{cell}"
-                cell_after = [f"{base}/{round_name(r)}"]
+                cell_after = [task_of[r]]
                 if float(percent) == 0 and cfg.roar.retrain == "dense":  # trained once per seed, reused by every round
                     if int(seed) in first_zero:
                         cell_after.append(first_zero[int(seed)])
@@ -754,7 +788,8 @@ def describe_plan(plan: Plan, throughput: float | None = None, log=print) -> flo
     ids = {t.name: i + 1 for i, g in enumerate(groups) for t in g}
     n_jobs = sum(len(g) for g in groups)
     arrays = sum(1 for g in groups if len(g) > 1)
-    kind = "SLURM" if plan.launcher == "slurm" else ("local, per round" if plan.split else "local, in this process")
+    kind = "SLURM" if plan.launcher == "slurm" else \
+        (f"local, {plan.workers} workers, a step's rounds in chunks" if plan.split else "local, in this process")
     log(f"plan ({kind}): {len(plan.runs)} runs, {n_jobs} tasks in {len(groups)} submissions ({arrays} arrays)")
     for run in plan.runs:
         log(f"  run {run.label}: {run.dir().root}")
@@ -806,8 +841,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--seeds", default=None, help="replicates: the same as --sweep seed=0,1,2")
         s.add_argument("--controls", default=None, help="reinit, random or none (default: reinit; with seeds "
                        "reinit,random)")
-        s.add_argument("--workers", type=int, default=1, help="local: tasks run at once, per round (default 1: "
-                       "whole steps in this process)")
+        s.add_argument("--workers", type=int, default=1, help="local: tasks run at once, each step's rounds in N "
+                       "chunks (default 1: whole steps in this process)")
         s.add_argument("--plan", action="store_true", help="print the plan and submit nothing")
         s.add_argument("--throughput", type=float, default=None, help="training images per second of one GPU, "
                        "for the estimate (default: the measured rate of the config's architecture)")
@@ -866,7 +901,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     split = launcher == "slurm" or args.workers > 1
     plan = build_plan(config, overrides, launcher=launcher, step_list=args.steps, sweep=sweep,
-                      controls=args.controls, split=split)
+                      controls=args.controls, split=split, workers=args.workers if launcher == "local" else 0)
     if args.plan or args.command == "plan":
         describe_plan(plan, args.throughput)
         return 0

@@ -9,8 +9,8 @@ import pytest
 from lottery_xai import steps
 from lottery_xai.config import load_config
 from lottery_xai.errors import UserError
-from lottery_xai.launch import (Task, build_plan, describe_plan, groups_of, parse_sweep, select_steps, split_values,
-                                _parameters)
+from lottery_xai.launch import (Task, build_plan, describe_plan, groups_of, parse_sweep, round_chunks, select_steps,
+                                split_values, _parameters)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +51,44 @@ def test_slurm_splits_the_rounds_and_merges_before_the_readers(tmp_path):
     assert "run/metrics" in plan.task("run/plots").after and "run/plots" in plan.task("run/report").after
     assert [len(g) for g in groups_of(plan) if g[0].step == "test"] == [3]  # one job array per step
     assert names.index("run/tcav/merge") < names.index("run/metrics/round_00")  # submitted after what it waits for
+
+
+def test_round_chunks_are_contiguous_and_in_order():
+    assert round_chunks([0, 1, 2, 3, 4], workers=2) == [(0, 1, 2), (3, 4)]
+    assert round_chunks([0, 1, 2, 3], workers=3) == [(0, 1), (2,), (3,)]
+    assert round_chunks([0, 1], workers=4) == [(0,), (1,)]  # no empty task
+    assert round_chunks([1, 2, 3], per_task=2) == [(1, 2), (3,)]
+    assert round_chunks([0, 1, 2]) == [(0,), (1,), (2,)]
+
+
+def test_local_workers_run_each_step_in_chunks_of_rounds(tmp_path):
+    """--workers 2: a per-round step is two tasks of contiguous rounds (one process start and setup each, not
+    one per round), each with its own shard; the merge waits for both, the next steps for the merge."""
+    plan = _plan(tmp_path, "prune_iterations=4", launcher="local", split=True, workers=2, controls="none",
+                 step_list="pruning,test,heatmaps,tcav,metrics,roar")
+    names = [t.name for t in plan.tasks]
+    assert [n for n in names if n.startswith("run/test/")] == ["run/test/round_00-02", "run/test/round_03-04",
+                                                              "run/test/merge"]
+    t = plan.task("run/test/round_00-02")
+    assert (t.rounds, t.shard, t.after) == ((0, 1, 2), "round_00-02", ("run/pruning",))
+    assert t.command()[t.command().index("--rounds") + 1] == "0,1,2"
+    assert plan.task("run/test/round_03-04").shard == "round_03-04"  # shards sort as their rounds: merged in order
+    assert plan.task("run/test/merge").after == ("run/test/round_00-02", "run/test/round_03-04")
+    assert plan.task("run/metrics/round_03-04").after == ("run/pruning", "run/tcav/merge", "run/heatmaps/merge")
+    assert plan.task("run/metrics").after == ("run/metrics/round_00-02", "run/metrics/round_03-04")  # the gather
+    assert plan.task("run/pruning").rounds is None
+    assert not [n for n in names if n.startswith("run/roar/round_0") and "-" in n.split("/")[2]]  # ROAR: per round
+    out = []
+    describe_plan(plan, throughput=100.0, log=out.append)
+    assert "local, 2 workers" in out[0]
+
+
+def test_slurm_rounds_per_task(tmp_path):
+    """SLURM: one task per round by default (above); slurm.rounds_per_task=2 puts two rounds in a task."""
+    plan = _plan(tmp_path, "slurm.rounds_per_task=2", controls="none", step_list="pruning,test")
+    assert [(t.name, t.rounds) for t in plan.tasks if t.phase == "array"] == [("run/test/round_00-01", (0, 1)),
+                                                                            ("run/test/round_02", (2,))]
+    assert [len(g) for g in groups_of(plan) if g[0].step == "test"] == [2]  # one job array of 2 tasks
 
 
 def test_seeds_add_the_random_control_the_replicates_and_step_8_again(tmp_path):
