@@ -201,11 +201,12 @@ def test_broken_run_file_is_one_line(base_run, tiny_data, tmp_path, run_step, na
 
 
 def test_checkpoint_of_another_model_arch(base_run, tiny_data, tmp_path, run_step):
-    """The same run folder read with another model_arch: its checkpoints do not fit the model."""
+    """The same run folder read with another model_arch: refused in one line naming the setting that differs
+    (the run's recorded settings, issue 20 item 8), before any checkpoint is read."""
     case = Case(base_run, tiny_data, tmp_path)
     case.root.rename(case.logs / "named")
     assert_error(run_step(STEP2, *case.args("experiment_name=named", "model_arch=resnet18"), "--force"),
-                 ".pt", "another architecture")
+                 "model_arch", "named")
 
 
 def first_test_image(data: Path) -> Path:
