@@ -119,3 +119,34 @@ def sanity_run(tiny_data, tmp_path_factory):
     run_steps(run, rounds)
     make_all_plots(run, log=quiet)
     return overrides
+
+
+LAUNCH_TIME_COLUMNS = {"train_seconds", "seconds"}
+
+
+def launch_tables(root: Path) -> dict:
+    """Every CSV table under a logs folder (time columns dropped, launch folders skipped) and the units of
+    every fingerprint record, by path: what two launchers must write alike."""
+    import pandas as pd
+
+    out = {}
+    for path in sorted(root.rglob("*.csv")):
+        if "launch" in path.relative_to(root).parts:
+            continue
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        out[str(path.relative_to(root))] = frame[[c for c in frame.columns
+                                                  if c not in LAUNCH_TIME_COLUMNS]].to_csv(index=False)
+    for path in sorted(root.rglob("fingerprints.json")):
+        out[str(path.relative_to(root))] = sorted(pd.read_json(path, typ="series").index)
+    return out
+
+
+def launch_main(args, overrides, capsys):
+    """``python -m lottery_xai.launch ARGS --set OVERRIDE ...`` in this process: (exit status, its output)."""
+    from lottery_xai import launch
+
+    argv = [*args]
+    for o in overrides:
+        argv += ["--set", o]
+    code = launch.main(argv)
+    return code, capsys.readouterr().out

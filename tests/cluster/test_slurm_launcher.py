@@ -19,8 +19,9 @@ import torch
 
 from lottery_xai import launch
 
+from conftest import launch_main, launch_tables
+
 ROOT = Path(__file__).resolve().parents[2]
-TIME_COLUMNS = {"train_seconds", "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -42,37 +43,16 @@ def _overrides(data, logs, *extra):
             "slurm.cpus_per_task=1", "slurm.mem=1500M", "slurm.time=20", *extra]
 
 
-def _launch(args, overrides, capsys):
-    argv = [*args]
-    for o in overrides:
-        argv += ["--set", o]
-    code = launch.main(argv)
-    return code, capsys.readouterr().out
-
-
-def _tables(root: Path) -> dict:
-    """Every CSV table (time columns dropped) and the units of every fingerprint record, by path."""
-    out = {}
-    for path in sorted(root.rglob("*.csv")):
-        if "launch" in path.relative_to(root).parts:
-            continue
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-        out[str(path.relative_to(root))] = frame[[c for c in frame.columns if c not in TIME_COLUMNS]].to_csv(index=False)
-    for path in sorted(root.rglob("fingerprints.json")):
-        out[str(path.relative_to(root))] = sorted(pd.read_json(path, typ="series").index)
-    return out
-
-
 def test_a_sweep_on_slurm_writes_the_tables_of_the_local_launcher(slurm, tiny_data, tmp_path, capsys):
     args = ["run", "--seeds", "0,1", "--steps", "pruning,test", "--controls", "none"]
     folder = tmp_path / "slurm" / "launch"
-    code, out = _launch([*args, "--launcher", "slurm", "--folder", str(folder), "--detach"],
+    code, out = launch_main([*args, "--launcher", "slurm", "--folder", str(folder), "--detach"],
                         _overrides(tiny_data, tmp_path / "slurm"), capsys)
     assert code == 0, out
     threads = torch.get_num_threads()
     os.environ[launch.THREADS_ENV] = "1"  # as each SLURM task: one core (the local run meanwhile)
     try:
-        code, _ = _launch(args, _overrides(tiny_data, tmp_path / "local"), capsys)
+        code, _ = launch_main(args, _overrides(tiny_data, tmp_path / "local"), capsys)
     finally:
         del os.environ[launch.THREADS_ENV]
         torch.set_num_threads(threads)
@@ -80,7 +60,7 @@ def test_a_sweep_on_slurm_writes_the_tables_of_the_local_launcher(slurm, tiny_da
     _, jobs, _ = launch.load_manifest(folder)
     assert launch.watch(folder, jobs, poll=1, log=print) == 0
     assert "tasks: 9 done" in capsys.readouterr().out  # 2 x (step 1, 2 rounds of step 2, their merge), replicates
-    local, cluster = _tables(tmp_path / "local"), _tables(tmp_path / "slurm")
+    local, cluster = launch_tables(tmp_path / "local"), launch_tables(tmp_path / "slurm")
     # 2 x (summary, early stopping, 2 epoch logs, 2 validation logs, 2 tables, record), 4 replicates
     assert len(local) == 22 and sorted(cluster) == sorted(local)
     assert {k: v for k, v in cluster.items() if v != local[k]} == {}
@@ -95,7 +75,7 @@ def _job_state(job: str) -> str:
 def test_a_preempted_task_is_requeued_and_resumes(slurm, tiny_data, tmp_path, capsys):
     overrides = _overrides(tiny_data, tmp_path, "train.epochs=6", "data.batch_size=4")  # round 1 lasts a while
     folder = tmp_path / "launch"
-    code, out = _launch(["run", "--launcher", "slurm", "--steps", "pruning", "--controls", "none", "--detach",
+    code, out = launch_main(["run", "--launcher", "slurm", "--steps", "pruning", "--controls", "none", "--detach",
                          "--folder", str(folder)], overrides, capsys)
     assert code == 0, out
     tasks, jobs, _ = launch.load_manifest(folder)
@@ -118,7 +98,7 @@ def test_a_preempted_task_is_requeued_and_resumes(slurm, tiny_data, tmp_path, ca
 
 def test_a_failing_task_is_reported_with_its_log(slurm, tiny_data, tmp_path, capsys):
     """Step 2 without step 1: both rounds' tasks fail; the merge after them never runs; status 1."""
-    code, out = _launch(["run", "--launcher", "slurm", "--steps", "test", "--controls", "none", "--poll", "1",
+    code, out = launch_main(["run", "--launcher", "slurm", "--steps", "test", "--controls", "none", "--poll", "1",
                          "--folder", str(tmp_path / "launch")], _overrides(tiny_data, tmp_path), capsys)
     assert code == 1
     errors = [line for line in out.splitlines() if line.startswith("error: task run/test/round_0")]
