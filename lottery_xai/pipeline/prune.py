@@ -479,12 +479,17 @@ class LotteryRun:
             raise UserError(f"round {r} of '{self.run.root}' was made by an earlier version ({stale[0]}); "
                             "redo step 1 with --force")
 
-    def summary_rows(self) -> list[dict]:
-        rows = []
+    def summary_rows(self) -> tuple[list[dict], list[dict]]:
+        """The rows of ``summary.csv`` and of ``early_stopping.csv`` of every finished round, from its
+        checkpoint (the tables are rebuilt from the checkpoints: a step killed after a round's checkpoint
+        and before its rows still writes them on the rerun)."""
+        rows, early = [], []
         for r in self.run.finished_rounds():
             ckpt = load_torch(self.run.checkpoint(r), step=label("pruning"), keys=tuple(SUMMARY_COLUMNS[1:]))
             rows.append({"round": r, **{k: ckpt[k] for k in SUMMARY_COLUMNS[1:-1]}, "train_seconds": ckpt["train_seconds"]})
-        return rows
+            if all(k in ckpt for k in EARLY_STOP_COLUMNS[1:]):  # rounds trained before the column existed lack it
+                early.append({"round": r, **{k: ckpt[k] for k in EARLY_STOP_COLUMNS[1:]}})
+        return rows, early
 
     def write_summary(self, rows: list[dict]) -> None:
         """Read-modify-write: rows of rounds another process finished meanwhile are kept."""
@@ -496,7 +501,10 @@ class LotteryRun:
             self.run.check_settings(record=True)  # a new run records its settings; another run's folder is refused
             self.run.save_config("pruning")
         self.ensure_init()
-        rows = {row["round"]: row for row in self.summary_rows()}
+        found, early = self.summary_rows()
+        rows = {row["round"]: row for row in found}
+        if self.dist.main and early:
+            upsert_table(self.run.early_stopping(), early, keys=["round"], sort=["round"], columns=EARLY_STOP_COLUMNS)
         for r in tqdm(rounds, desc="rounds", disable=not self.dist.main):
             if r in rows and not self.force:
                 self._check_protocol(r)

@@ -53,6 +53,11 @@ def test_step_1_records_it_and_training_is_unchanged(tiny_data, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     table = pd.read_csv(runs[1].early_stopping())
     assert list(table["round"]) == [0, 1]
+    # a step killed after round 1's checkpoint, before its row: the rerun skips the round and writes the row
+    before = runs[1].early_stopping().read_bytes()
+    table[table["round"] == 0].to_csv(runs[1].early_stopping(), index=False)
+    LotteryRun(runs[1], CPU, log=lambda *_: None).run_rounds([0, 1])
+    assert runs[1].early_stopping().read_bytes() == before
     for r in (0, 1):
         points = pd.read_csv(runs[1].round_validation(r))
         steps = int(points["iteration"].max())
