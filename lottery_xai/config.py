@@ -332,6 +332,7 @@ def ace_protocol(cfg: "Config") -> AceProtocol:
 
 
 SANITY_MEASURES = ("spearman", "spearman_abs", "ssim", "top_iou")
+VERDICT_STAGES = ("all", "upper_half")
 
 
 @dataclass
@@ -343,7 +344,8 @@ class SanityConfig:
     randomization: str = opt("cascading", "cascading: re-initialise the blocks from the logits down, one more per stage (Adebayo et al.'s main test); independent: one block at a time, the others trained; both", choices=["cascading", "independent", "both"])
     measures: list = opt(["spearman", "spearman_abs", "ssim"], "similarity of each randomised model's maps with the original model's maps (spearman: signed maps, spearman_abs: absolute values, as Adebayo et al. report both; ssim, top_iou)")
     verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures; spearman_abs: the absolute values)", choices=list(SANITY_MEASURES))
-    threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the randomised model's maps against the original's is below this (cascading: every block random; independent: the block that changes the maps most)", minimum=-1.0, maximum=1.0)
+    verdict_stage: str = opt("all", "the cascade's stage the verdict reads: all (every block random) or upper_half (the top floor(K/2) of the K blocks random, the 'higher layers' of Adebayo et al.'s finding on guided backprop); independent randomisation reads the block that changes the maps most", choices=list(VERDICT_STAGES))
+    threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the randomised model's maps against the original's is below this, at the stage sanity.verdict_stage names", minimum=-1.0, maximum=1.0)
 
 
 @dataclass

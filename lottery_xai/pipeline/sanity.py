@@ -56,10 +56,14 @@ sum over channels), plus SSIM and the rank correlation of HOG features.
 - **Verdict** (`verdict`, `verdict_stage`; our rule, the paper gives none): a method **changes** when the
   mean ``sanity.verdict_measure`` (Spearman of the signed maps by default) of a randomised model's maps
   with the original's is below ``sanity.threshold`` (0.5); otherwise it **does not change** and its maps
-  cannot tell anything about pruning. Cascading reads the last stage (every block random); independent
-  reads the stage whose single block changes the maps most (the lowest mean). ``verdicts.csv`` names the
-  randomisation, the measure (``spearman`` = signed, ``spearman_abs`` = absolute values) and the stage
-  and block it read.
+  cannot tell anything about pruning. Cascading reads the last stage (every block random;
+  ``sanity.verdict_stage: all``, the default) or, with ``sanity.verdict_stage: upper_half``, the stage at
+  which the top ``floor(K/2)`` of the K blocks are random (the "higher layers" under which Adebayo et al.
+  found guided backprop unchanged; with ``sanity.verdict_measure: ssim`` this is the candidate rule of
+  doc/results.md, an option because its pre-registered validation disagreed on one of two settings);
+  independent reads the stage whose single block changes the maps most (the lowest mean), under either.
+  ``verdicts.csv`` names the randomisation, the measure (``spearman`` = signed, ``spearman_abs`` =
+  absolute values) and the stage and block it read.
 
 Outputs: ``sanity/per_image.csv`` (every image, randomisation, stage and measure), ``sanity/summary.csv``
 (means), ``sanity/verdicts.csv`` and ``sanity/round_XX/{method}.npz`` (the maps of every stage, float32,
@@ -84,7 +88,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attribution import METHODS
-from ..config import Config, configured_rounds, replace, to_dict
+from ..config import VERDICT_STAGES, Config, configured_rounds, replace, to_dict
 from ..errors import UserError
 from ..metrics.consistency import map_agreement, spearman
 from ..names import unknown_name
@@ -220,11 +224,18 @@ def verdict(similarity: float, threshold: float) -> str:
     return CHANGES if similarity < threshold else NO_CHANGE
 
 
-def verdict_stage(result: dict, measure: str) -> tuple[int, float]:
-    """The stage the verdict reads, and its mean ``measure``: cascading, the last stage (every block
-    random); independent, the stage (block) with the lowest mean (the block the maps depend on most)."""
+def verdict_stage(result: dict, measure: str, stage: str = "all") -> tuple[int, float]:
+    """The stage the verdict reads, and its mean ``measure``. Cascading: ``stage`` ``all``, the last stage
+    (every block random); ``upper_half``, stage ``max(1, K // 2)`` of the K blocks (the top half random, the
+    "higher layers" under which Adebayo et al. found guided backprop's maps unchanged). Independent: the
+    stage (block) with the lowest mean (the block the maps depend on most), whatever ``stage``."""
+    if stage not in VERDICT_STAGES:
+        raise UserError(f"sanity.verdict_stage must be one of {', '.join(VERDICT_STAGES)}, got {stage!r}")
     means = result["similarity"][measure].mean(dim=1)
-    index = len(means) - 1 if result["randomization"] == "cascading" else int(torch.argmin(means))
+    if result["randomization"] != "cascading":
+        index = int(torch.argmin(means))
+    else:
+        index = len(means) - 1 if stage == "all" else max(1, len(means) // 2) - 1
     return index + 1, float(means[index])
 
 
@@ -290,7 +301,7 @@ def _rows(r: int, weights: float, method: str, result: dict, ids: np.ndarray, me
 
 
 def _verdict_row(r: int, weights: float, method: str, result: dict, s) -> dict:
-    stage, similarity = verdict_stage(result, s.verdict_measure)
+    stage, similarity = verdict_stage(result, s.verdict_measure, s.verdict_stage)
     return {"round": r, "weights_remaining": weights, "method": method, "randomization": result["randomization"],
             "measure": s.verdict_measure, "stage": stage, "block": result["blocks"][stage - 1],
             "similarity": similarity, "threshold": s.threshold,

@@ -114,6 +114,12 @@ def positive_control(verdicts: pd.DataFrame) -> list[dict]:
     return out
 
 
+def stage_label(stage: str) -> str:
+    """The cascade's verdict stage in words (``sanity.verdict_stage``)."""
+    return {"all": "once every block is random",
+            "upper_half": "once the upper half of the blocks is random, from the logits down"}[stage]
+
+
 def measure_label(measure: str) -> str:
     return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)"}.get(measure, measure)
 
@@ -125,7 +131,7 @@ def sanity_section(run: RunDir, seeds: list[int] | None = None) -> dict:
                     "network are re-initialised (cascading: from the logits down, one more per stage; independent: one "
                     "block at a time, the others trained) and each stage's maps of the step-6 images are compared with the "
                     "original model's. A method whose maps stay similar "
-                    f"({measure_label(cfg.sanity.verdict_measure)} >= {cfg.sanity.threshold:g} once every block is random; "
+                    f"({measure_label(cfg.sanity.verdict_measure)} >= {cfg.sanity.threshold:g} {stage_label(cfg.sanity.verdict_stage)}; "
                     "independent: under every single block) does not depend on the weights and cannot tell us anything "
                     "about pruning. The control, random maps redrawn at every stage, shows the chance level of each measure.")
     tables = sanity_tables(run)

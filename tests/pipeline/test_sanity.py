@@ -210,6 +210,19 @@ def test_verdict_threshold_and_rounds():
     # cascading reads the last stage (every block random); independent the block that changes the maps most
     assert verdict_stage({"randomization": "cascading", "similarity": similarity}, "spearman") == (3, pytest.approx(0.6))
     assert verdict_stage({"randomization": "independent", "similarity": similarity}, "spearman") == (2, pytest.approx(0.3))
+    # upper_half: stage floor(K/2) of K blocks (at least 1): 1 of 3 here, 3 of the small ResNet's 7, 5 of ResNet-18's 11
+    assert verdict_stage({"randomization": "cascading", "similarity": similarity}, "spearman", "upper_half") == \
+        (1, pytest.approx(0.8))
+    seven = {"ssim": torch.tensor([[0.9], [0.8], [0.55], [0.3], [0.2], [0.1], [0.0]], dtype=torch.float64)}
+    assert verdict_stage({"randomization": "cascading", "similarity": seven}, "ssim", "upper_half") == (3, pytest.approx(0.55))
+    assert verdict_stage({"randomization": "cascading", "similarity": seven}, "ssim", "all") == (7, pytest.approx(0.0))
+    eleven = {"ssim": torch.linspace(1.0, 0.0, 11, dtype=torch.float64)[:, None]}
+    assert verdict_stage({"randomization": "cascading", "similarity": eleven}, "ssim", "upper_half")[0] == 5
+    # independent randomisation reads the most affected block under either rule
+    assert verdict_stage({"randomization": "independent", "similarity": similarity}, "spearman", "upper_half") == \
+        (2, pytest.approx(0.3))
+    with pytest.raises(UserError, match="verdict_stage"):
+        verdict_stage({"randomization": "cascading", "similarity": similarity}, "spearman", "middle")
     cfg = load_config(None, ["prune_iterations=4"])
     assert sanity_rounds(cfg) == [0, 4]
     with pytest.raises(UserError, match="sanity.rounds"):
@@ -314,7 +327,8 @@ def test_other_settings_recompute_the_units(sanity_run):
 @pytest.mark.parametrize("override, key", [("sanity.measures=[spearman,foo]", "sanity.measures"),
                                            ("sanity.randomization=top_down", "sanity.randomization"),
                                            ("sanity.verdict_measure=ssim", None), ("sanity.rounds=[]", "sanity.rounds"),
-                                           ("sanity.threshold=2", "sanity.threshold")])
+                                           ("sanity.threshold=2", "sanity.threshold"),
+                                           ("sanity.verdict_stage=middle", "sanity.verdict_stage")])
 def test_bad_sanity_settings_are_one_line_errors(override, key):
     extra = ["sanity.measures=[spearman]"] if key is None else []
     with pytest.raises(UserError, match=key or "sanity.verdict_measure"):
