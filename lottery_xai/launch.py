@@ -27,10 +27,10 @@ over the seeds and step 8 of every seed again (as ``run_seeds.sh``).
 
 **Local** (the default) with one worker runs the tasks in this process in the order
 ``run_all.sh`` runs its steps: whole steps, every round, under the steps' locks: the outputs are those
-of the scripts. With ``--workers N`` it runs the tasks as N processes at a time, each with the cores
-divided among them (sharded like SLURM's), a per-round step as N tasks of contiguous rounds (rounds 0-4
-on 2 workers: 0-2 and 3-4), so that a step pays a process's start and setup N times, not once per
-round. **SLURM** submits every task as a job (one array per group of tasks that share a step and their
+of the scripts. With ``--workers N`` it runs the tasks on N worker processes that live as long as the
+launch (Python and torch imported once per worker), each with the cores divided among them (sharded
+like SLURM's), a per-round step as N tasks of contiguous rounds (rounds 0-4 on 2 workers: 0-2 and 3-4),
+so that a step pays its setup (data, checkpoint) N times, not once per round. **SLURM** submits every task as a job (one array per group of tasks that share a step and their
 dependencies, at most ``slurm.array_parallelism`` at once) with ``afterok`` dependencies and
 ``--kill-on-invalid-dep``; each task sets torch's threads to its ``SLURM_CPUS_PER_TASK``; a task that
 is preempted or reaches its time limit is requeued by submitit's checkpoint hook and resumes from its
@@ -548,44 +548,139 @@ def run_local(plan: Plan, log=print) -> int:
     return 0
 
 
-def run_workers(plan: Plan, folder: Path, workers: int, poll: float = 0.5, log=print) -> int:
-    """The tasks as ``workers`` processes at a time (``python -m lottery_xai.launch task``), each with its
-    share of the cores, in dependency order; a failed task stops the ones after it. Returns the exit status."""
+def _pool_init(parent: int, threads: int) -> None:
+    """A local worker's start: it dies with the launcher (`die_with_parent`) and owns ``threads`` cores."""
+    from .workers import die_with_parent
+
+    die_with_parent(parent)
+    os.environ[THREADS_ENV] = str(threads)
+
+
+def pool_task(folder: str, name: str, logfile: str) -> int:
+    """Run task ``name`` of the launch in ``folder`` inside a local worker, its output (Python's and the
+    libraries' own, file descriptors 1 and 2) into ``logfile``; returns its exit status as ``python -m
+    lottery_xai.launch task`` would give it: 0, 2 for a user error (one line), 1 for a crash (the traceback)."""
+    import traceback
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with open(logfile, "w") as out:
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+            try:
+                main_entry(lambda: main(["task", folder, name]))()
+                return 0
+            except SystemExit as exc:
+                return exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # noqa: BLE001 - a crash is the task's failure, reported with its log
+                traceback.print_exc()
+                return 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _worker_loop(parent: int, threads: int, tasks, results) -> None:
+    """A local worker: run the tasks the launcher queues (``(folder, name, logfile)``) until it queues None,
+    then leave with ``os._exit``: Python's own exit would wait for the helpers a library keeps alive (joblib's
+    idle workers linger for 300 s), and the launch with it."""
+    _pool_init(parent, threads)
+    while True:
+        item = tasks.get()
+        if item is None:
+            break
+        folder, name, logfile = item
+        results.put(("started", name, os.getpid()))
+        results.put(("finished", name, pool_task(folder, name, logfile)))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_workers(plan: Plan, folder: Path, workers: int, log=print) -> int:
+    """The tasks on ``workers`` worker processes, each with its share of the cores, in dependency order; a
+    failed task stops the ones after it. Returns the exit status.
+
+    The workers live as long as the launch (started with ``spawn``), so Python, torch and the package are
+    imported once per worker, not once per task (3.4-3.8 s of CPU each, measured): a task is a call in a
+    warm worker, as ``--workers 1`` runs every task in the launcher's process. Each task's output goes to
+    its own log under ``folder/logs``; a worker that dies (killed, out of memory) fails its task and is
+    replaced."""
+    import multiprocessing
+    import queue
+
     save_manifest(plan, folder, {})
-    cores = os.cpu_count() or 1
-    env = dict(os.environ, **{THREADS_ENV: str(max(1, cores // workers))})
-    done, failed, running = set(), {}, {}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    inbox, outbox = context.Queue(), context.Queue()
+
+    def start_worker():
+        process = context.Process(target=_worker_loop, args=(os.getpid(), threads, inbox, outbox))
+        process.start()
+        return process
+
+    processes = [start_worker() for _ in range(workers)]
+    done, failed, running, where = set(), {}, {}, {}  # running: task -> log; where: worker pid -> task
     pending = list(plan.tasks)
     started = time.time()
-    while pending or running:
-        for name, (process, logfile) in list(running.items()):
-            code = process.poll()
-            if code is None:
-                continue
-            del running[name]
-            if code == 0:
-                done.add(name)
-                log(f"done: {name}")
-            else:
-                failed[name] = logfile
-                log(f"error: task {name} failed (exit status {code}); log: {logfile}")
-        blocked = [t for t in pending if any(a in failed for a in t.after)]
-        while blocked:  # a task after a failed one (or after one not run) is not run
-            for t in blocked:
-                pending.remove(t)
-                failed[t.name] = None
-                log(f"not run: {t.name} (a task it waits for failed)")
+
+    def finish(name: str, code) -> None:
+        logfile = running.pop(name)
+        where.update({pid: None for pid, task in where.items() if task == name})
+        if code == 0:
+            done.add(name)
+            log(f"done: {name}")
+        else:
+            failed[name] = logfile
+            log(f"error: task {name} failed ({code if isinstance(code, str) else f'exit status {code}'}); "
+                f"log: {logfile}")
+
+    try:
+        while pending or running:
             blocked = [t for t in pending if any(a in failed for a in t.after)]
-        for t in [t for t in pending if all(a in done for a in t.after)][: max(0, workers - len(running))]:
-            pending.remove(t)
-            logfile = folder / "logs" / (t.name.replace("/", "__").replace(" ", "_").replace("*", "all") + ".log")
-            logfile.parent.mkdir(parents=True, exist_ok=True)
-            with open(logfile, "w") as out:
-                process = subprocess.Popen([sys.executable, "-m", "lottery_xai.launch", "task", str(folder), t.name],
-                                           stdout=out, stderr=subprocess.STDOUT, env=env)
-            running[t.name] = (process, logfile)
-            log(f"started: {t.name}")
-        time.sleep(poll if running else 0)
+            while blocked:  # a task after a failed one (or after one not run) is not run
+                for t in blocked:
+                    pending.remove(t)
+                    failed[t.name] = None
+                    log(f"not run: {t.name} (a task it waits for failed)")
+                blocked = [t for t in pending if any(a in failed for a in t.after)]
+            for t in [t for t in pending if all(a in done for a in t.after)][: max(0, workers - len(running))]:
+                pending.remove(t)
+                logfile = folder / "logs" / (t.name.replace("/", "__").replace(" ", "_").replace("*", "all") + ".log")
+                logfile.parent.mkdir(parents=True, exist_ok=True)
+                inbox.put((str(folder), t.name, str(logfile)))
+                running[t.name] = logfile
+                log(f"started: {t.name}")
+            if not running:
+                continue
+            try:
+                kind, name, value = outbox.get(timeout=1.0)
+            except queue.Empty:
+                for i, process in enumerate(processes):
+                    if not process.is_alive():  # a worker died: its task failed; a new worker takes its place
+                        name = where.pop(process.pid, None)
+                        if name in running:
+                            finish(name, f"its worker died with exit code {process.exitcode}")
+                        processes[i] = start_worker()
+                continue
+            if kind == "started":
+                where[value] = name
+            else:
+                finish(name, value)
+    finally:
+        for _ in processes:
+            inbox.put(None)
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.terminate()
     log(f"launch finished in {time.time() - started:.0f} s: {len(done)} tasks done, "
         f"{sum(1 for v in failed.values() if v)} failed, {sum(1 for v in failed.values() if not v)} not run")
     return 1 if failed else 0

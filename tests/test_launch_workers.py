@@ -40,3 +40,19 @@ def test_two_workers_run_chunks_of_rounds_and_write_the_tables_of_one(tiny_data,
     assert len(arrays) >= 3 and sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob(
         "activations/**/*.npy")) == arrays  # every round's activations, the same
     assert all(np.array_equal(np.load(first / a), np.load(tmp_path / "two" / a)) for a in arrays)
+
+
+def test_a_failing_task_on_a_worker_is_reported_with_its_log(tiny_data, tmp_path, capsys, monkeypatch):
+    """Step 2 without step 1's checkpoints: each chunk fails in its worker with the user error's status (2) and
+    one line in its log; the merge after them is not run and the launch exits 1."""
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
+    code, out = launch_main(["run", "--steps", "test", "--controls", "none", "--workers", "2", "--folder",
+                             str(tmp_path / "launch")], tiny_overrides(tiny_data, tmp_path / "empty"), capsys)
+    assert code == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("error: task run/test/round_")]
+    assert len(errors) == 2 and all("(exit status 2); log: " in line for line in errors), out
+    for line in errors:
+        log = line.split("; log: ", 1)[1]
+        text = open(log).read()
+        assert text.startswith("error: ") and len(text.strip().splitlines()) == 1, text
+    assert "not run: run/test/merge (a task it waits for failed)" in out
