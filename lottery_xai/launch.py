@@ -548,15 +548,7 @@ def run_local(plan: Plan, log=print) -> int:
     return 0
 
 
-def _pool_init(parent: int, threads: int) -> None:
-    """A local worker's start: it dies with the launcher (`die_with_parent`) and owns ``threads`` cores."""
-    from .workers import die_with_parent
-
-    die_with_parent(parent)
-    os.environ[THREADS_ENV] = str(threads)
-
-
-def pool_task(folder: str, name: str, logfile: str) -> int:
+def worker_task(folder: str, name: str, logfile: str) -> int:
     """Run task ``name`` of the launch in ``folder`` inside a local worker, its output (Python's and the
     libraries' own, file descriptors 1 and 2) into ``logfile``; returns its exit status as ``python -m
     lottery_xai.launch task`` would give it: 0, 2 for a user error (one line), 1 for a crash (the traceback)."""
@@ -588,17 +580,22 @@ def pool_task(folder: str, name: str, logfile: str) -> int:
 
 
 def _worker_loop(parent: int, threads: int, tasks, results) -> None:
-    """A local worker: run the tasks the launcher queues (``(folder, name, logfile)``) until it queues None,
-    then leave with ``os._exit``: Python's own exit would wait for the helpers a library keeps alive (joblib's
-    idle workers linger for 300 s), and the launch with it."""
-    _pool_init(parent, threads)
+    """A local worker, dying with the launcher (`die_with_parent`) and owning ``threads`` cores: run the tasks
+    the launcher queues (``(folder, name, logfile)``), reporting ``(pid, name, None)`` when one starts and
+    ``(pid, name, exit status)`` when it ends, until it queues None; then leave with ``os._exit``: Python's
+    own exit would wait for the helpers a library keeps alive (joblib's idle workers linger for 300 s), and
+    the launch with it."""
+    from .workers import die_with_parent
+
+    die_with_parent(parent)
+    os.environ[THREADS_ENV] = str(threads)
     while True:
         item = tasks.get()
         if item is None:
             break
         folder, name, logfile = item
-        results.put(("started", name, os.getpid()))
-        results.put(("finished", name, pool_task(folder, name, logfile)))
+        results.put((os.getpid(), name, None))
+        results.put((os.getpid(), name, worker_task(folder, name, logfile)))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -627,13 +624,12 @@ def run_workers(plan: Plan, folder: Path, workers: int, log=print) -> int:
         return process
 
     processes = [start_worker() for _ in range(workers)]
-    done, failed, running, where = set(), {}, {}, {}  # running: task -> log; where: worker pid -> task
+    done, failed, running, where = set(), {}, {}, {}  # running: task -> log; where: worker pid -> its task
     pending = list(plan.tasks)
     started = time.time()
 
     def finish(name: str, code) -> None:
         logfile = running.pop(name)
-        where.update({pid: None for pid, task in where.items() if task == name})
         if code == 0:
             done.add(name)
             log(f"done: {name}")
@@ -661,19 +657,20 @@ def run_workers(plan: Plan, folder: Path, workers: int, log=print) -> int:
             if not running:
                 continue
             try:
-                kind, name, value = outbox.get(timeout=1.0)
+                pid, name, code = outbox.get(timeout=1.0)
             except queue.Empty:
                 for i, process in enumerate(processes):
                     if not process.is_alive():  # a worker died: its task failed; a new worker takes its place
                         name = where.pop(process.pid, None)
-                        if name in running:
+                        if name is not None:
                             finish(name, f"its worker died with exit code {process.exitcode}")
                         processes[i] = start_worker()
                 continue
-            if kind == "started":
-                where[value] = name
+            if code is None:
+                where[pid] = name
             else:
-                finish(name, value)
+                where.pop(pid, None)
+                finish(name, code)
     finally:
         for _ in processes:
             inbox.put(None)
