@@ -6,7 +6,7 @@ writes the mean of each metric over the images into ``metrics/explanations.csv``
 over the images with a value -- NaN where a metric is undefined: the content heatmap skips maps without
 positive energy, as CGC's reference does, and ``content_heatmap_zero_maps`` is 1 for each of them, so
 its value is their share and value x n_images their count; energy in parts is NaN without visible
-parts -- and ``n_images`` the number of images measured; the interval is the
+parts -- and ``n_images`` the number of images with a value, the n of the mean; the interval is the
 percentile bootstrap of the mean over the images, ``stats.n_bootstrap`` resamples at
 ``stats.confidence``, seeded per round), every image's value into ``metrics/per_image.csv``
 (``round, method, metric, image_id, value``; NaN where a metric is undefined for an image), and the
@@ -231,6 +231,11 @@ def _mean(values) -> float:
     return float(torch.as_tensor(values, dtype=torch.float64).nanmean())
 
 
+def _count(values) -> int:
+    """The number of values the row's mean is over: the images (or pairs) with a value, NaNs not counted."""
+    return int(np.isfinite(_as_array(values)).sum())
+
+
 def _as_array(values) -> np.ndarray:
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=np.float64)
@@ -248,7 +253,7 @@ def _rows(r: int, weights_remaining, method: str, values: dict, cfg: Config | No
             low, high = bootstrap_ci(_as_array(v), s.n_bootstrap, s.confidence,
                                      seed=derived_seed(cfg.seed, SeedPurpose.STATS_BOOTSTRAP, r))
         rows.append({"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
-                     "value": _mean(v), "n_images": len(v), "ci_low": low, "ci_high": high})
+                     "value": _mean(v), "n_images": _count(v), "ci_low": low, "ci_high": high})
     return rows
 
 

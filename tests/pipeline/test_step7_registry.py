@@ -220,12 +220,13 @@ def test_train_channel_mean_is_the_eval_transformed_training_split_mean(tiny_dat
 
 
 def test_rows_of_the_content_heatmap_and_its_zero_map_count():
-    """The content heatmap skips all-zero maps (NaN): its row is the mean over the others (CGC's number); the
-    zero-map row's value is their share, value x n_images their count."""
+    """The content heatmap skips all-zero maps (NaN): its row is the mean over the others (CGC's number) and its
+    n_images counts those others (the n of the mean); the zero-map row's value is their share, value x n_images
+    their count."""
     values = {"content_heatmap": torch.tensor([100.0, float("nan"), 50.0, float("nan")]),
               "content_heatmap_zero_maps": torch.tensor([0.0, 1.0, 0.0, 1.0])}
     rows = {r["metric"]: r for r in _rows(0, 1.0, "gradcam", values)}
-    assert (rows["content_heatmap"]["value"], rows["content_heatmap"]["n_images"]) == (75.0, 4)
+    assert (rows["content_heatmap"]["value"], rows["content_heatmap"]["n_images"]) == (75.0, 2)
     zero = rows["content_heatmap_zero_maps"]
     assert (zero["value"], zero["n_images"], zero["value"] * zero["n_images"]) == (0.5, 4, 2.0)  # share and count
 
