@@ -65,6 +65,33 @@ def test_the_link_checker_finds_a_broken_file_and_a_broken_anchor(tmp_path):
     assert _links(page) == ["#a-title-with-code", "#same-1", "missing.md", "#nowhere"]
 
 
+def _misshapen_table_rows(text: str) -> list[tuple[int, int, int]]:
+    """(line, cells, header cells) of every table row whose number of cell separators (unescaped ``|``, also
+    inside code: GitHub splits cells there too, so an absolute value |x| or an option a | b needs ``\\|``)
+    differs from its table's header row's."""
+    bad, header = [], None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.startswith("|"):
+            header = None
+            continue
+        count = len(re.findall(r"(?<!\\)\|", line))
+        if header is None:
+            header = count
+        elif count != header:
+            bad.append((number, count, header))
+    return bad
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_row_has_its_header_cells(page):
+    bad = _misshapen_table_rows(page.read_text())
+    assert not bad, f"{page.relative_to(ROOT)}: rows with a stray | (line, separators, header's): {bad}"
+
+
+def test_the_table_checker_finds_a_stray_pipe():
+    assert _misshapen_table_rows("| a | b |\n| --- | --- |\n| |w| | `x | y` |\n| \\|w\\| | `x \\| y` |\n") == [(3, 6, 3)]
+
+
 def test_the_readme_is_a_guide_not_the_whole_documentation():
     size = len(README.read_text().encode())
     assert size <= README_LIMIT, (f"README.md is {size} bytes (at most {README_LIMIT}): move measured results, history "
