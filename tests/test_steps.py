@@ -72,6 +72,27 @@ def test_run_all_runs_each_listed_script_and_the_control(tmp_path):
                      "main_heatmap_save.py", "main_explanation_metrics.py", "main_plots.py", "main_report.py"]
 
 
+def test_the_scripts_take_python_from_PYTHON_then_the_venv_then_the_path(tmp_path):
+    """After `make run` a user can run `bash bash_script/run_seeds.sh ...` without naming the interpreter."""
+    (tmp_path / "bash_script").mkdir()
+    (tmp_path / "bash_script" / "common.sh").write_text((ROOT / "bash_script" / "common.sh").read_text())
+    (tmp_path / "c.yaml").write_text("dataset: folder\n")
+
+    def chosen(**env):
+        done = subprocess.run(["bash", "-c", 'source bash_script/common.sh c.yaml; echo "$PY"'], cwd=tmp_path,
+                              env={"PATH": "/usr/bin:/bin", **env}, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert chosen() == "python"
+    venv = tmp_path / ".venv" / "bin" / "python"
+    venv.parent.mkdir(parents=True)
+    venv.write_text("#!/bin/sh\n")
+    venv.chmod(0o755)
+    assert chosen() == ".venv/bin/python"
+    assert chosen(PYTHON="/opt/py/bin/python3") == "/opt/py/bin/python3"
+
+
 def test_folders_locks_and_fingerprints_read_the_declarations(tmp_path):
     run = RunDir(load_config(None, [f"logs={tmp_path}"]))
     assert run.fingerprints_file("occlusion_study") == run.root / "occlusion" / "fingerprints.json"
