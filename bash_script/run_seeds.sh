@@ -7,8 +7,8 @@
 # dense round 0, then every round keeps in each tensor as many randomly chosen weights as that seed's
 # ticket keeps there at the same round, the LTH control of pruning.random_sparsity=matched; add
 # --set pruning.random_sparsity=uniform for uniform random pruning instead), then main_aggregate.py (mean
-# and interval over the seeds, the null bands) and step 8 of every seed again (its consistency figures now
-# draw the null bands). Locally (the default) the steps run one after the other in one process; with
+# and interval over the seeds, the null bands) and step 8 and the report of every seed again (the consistency
+# figures now draw the null bands, the report's verdict table fills its seed-band column). Locally (the default) the steps run one after the other in one process; with
 # --launcher slurm every seed's steps are SLURM jobs (see doc/cluster.md). Every step skips finished work,
 # so a seed that has already run (e.g. make run's seed 0) costs little.
 set -euo pipefail

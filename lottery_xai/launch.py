@@ -320,7 +320,8 @@ def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_
                     after += finals.get((by_name.get(source.name, ""), "pruning"), [])
             finals[(run.label, key)] = _step_tasks(tasks, run, declared, dirs[run.label].cfg, tuple(after), split,
                                                    workers)
-    # replicates: aggregate over the seeds, then step 8 of every seed again (run_seeds.sh)
+    # replicates: aggregate over the seeds, then step 8 and the report of every seed again (run_seeds.sh): both
+    # ran before the aggregate existed, so the null bands and the report's seed-band column were missing
     if replicates and any(s.key == "test" for s in chosen):
         for runs in groups.values():
             first = runs[0]
@@ -329,9 +330,12 @@ def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_
             after = tuple(t for r in members for k in order for t in finals.get((r.label, k), []))
             name = f"{first.label}/aggregate"
             tasks.append(Task(name, first, "aggregate", options={"seeds": seeds}, after=after, gpus=False))
-            if any(s.key == "plots" for s in chosen):
-                for r in runs:
-                    tasks.append(Task(f"{r.label}/plots (replicates)", r, "plots", after=(name,), gpus=False))
+            for r in runs:
+                last = name
+                for key in ("plots", "report"):
+                    if any(s.key == key for s in chosen):
+                        tasks.append(Task(f"{r.label}/{key} (replicates)", r, key, after=(last,), gpus=False))
+                        last = f"{r.label}/{key} (replicates)"
     _check_unique(tasks)
     return Plan(launcher, tasks, [run for run, _ in entries], split, workers if split else 0)
 

@@ -99,6 +99,9 @@ def test_seeds_add_the_random_control_the_replicates_and_step_8_again(tmp_path):
     aggregate = plan.task("seed=0/aggregate")
     assert aggregate.options == {"seeds": [0, 1]} and "seed=0+random/test/merge" in aggregate.after
     assert plan.task("seed=1/plots (replicates)").after == ("seed=0/aggregate",)
+    assert "seed=1/report (replicates)" not in [t.name for t in plan.tasks]  # only the steps asked for
+    with_report = _plan(tmp_path, sweep=parse_sweep(["seed=0,1"]), step_list="pruning,test,plots,report")
+    assert with_report.task("seed=1/report (replicates)").after == ("seed=1/plots (replicates)",)
 
 
 def test_a_sweep_is_the_product_of_its_values(tmp_path):
