@@ -8,9 +8,10 @@
 # ticket keeps there at the same round, the LTH control of pruning.random_sparsity=matched; add
 # --set pruning.random_sparsity=uniform for uniform random pruning instead), then main_aggregate.py (mean
 # and interval over the seeds, the null bands) and step 8 and the report of every seed again (the consistency
-# figures now draw the null bands, the report's verdict table fills its seed-band column). Locally (the default) the steps run one after the other in one process; with
-# --launcher slurm every seed's steps are SLURM jobs (see doc/cluster.md). Every step skips finished work,
-# so a seed that has already run (e.g. make run's seed 0) costs little.
+# figures now draw the null bands, the report's verdict table fills its seed-band column). Locally (the
+# default) the steps run one after the other in one process; with --launcher slurm every seed's steps are
+# SLURM jobs (see doc/cluster.md). Every step skips finished work, so a seed that has already run (e.g. make
+# run's seed 0) costs little.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case " $* " in

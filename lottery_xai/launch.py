@@ -330,12 +330,12 @@ def build_plan(config: str | None, overrides: list[str], *, launcher: str, step_
             after = tuple(t for r in members for k in order for t in finals.get((r.label, k), []))
             name = f"{first.label}/aggregate"
             tasks.append(Task(name, first, "aggregate", options={"seeds": seeds}, after=after, gpus=False))
+            again = [key for key in ("plots", "report") if any(s.key == key for s in chosen)]
             for r in runs:
                 last = name
-                for key in ("plots", "report"):
-                    if any(s.key == key for s in chosen):
-                        tasks.append(Task(f"{r.label}/{key} (replicates)", r, key, after=(last,), gpus=False))
-                        last = f"{r.label}/{key} (replicates)"
+                for key in again:
+                    tasks.append(Task(f"{r.label}/{key} (replicates)", r, key, after=(last,), gpus=False))
+                    last = f"{r.label}/{key} (replicates)"
     _check_unique(tasks)
     return Plan(launcher, tasks, [run for run, _ in entries], split, workers if split else 0)
 

@@ -231,11 +231,6 @@ def _mean(values) -> float:
     return float(torch.as_tensor(values, dtype=torch.float64).nanmean())
 
 
-def _count(values) -> int:
-    """The number of values the row's mean is over: the images (or pairs) with a value, NaNs not counted."""
-    return int(np.isfinite(_as_array(values)).sum())
-
-
 def _as_array(values) -> np.ndarray:
     if isinstance(values, pd.Series):
         return values.to_numpy(dtype=np.float64)
@@ -247,13 +242,15 @@ def _rows(r: int, weights_remaining, method: str, values: dict, cfg: Config | No
     bootstrap interval of the mean (seeded by the round; NaN without ``cfg``)."""
     rows = []
     for name, v in values.items():
+        array = _as_array(v)
         low, high = np.nan, np.nan
         if cfg is not None:
             s = cfg.stats
-            low, high = bootstrap_ci(_as_array(v), s.n_bootstrap, s.confidence,
+            low, high = bootstrap_ci(array, s.n_bootstrap, s.confidence,
                                      seed=derived_seed(cfg.seed, SeedPurpose.STATS_BOOTSTRAP, r))
+        # n_images: the images (or pairs) with a value, the n of the mean and of its interval (NaNs not counted)
         rows.append({"round": r, "weights_remaining": weights_remaining, "method": method, "metric": name,
-                     "value": _mean(v), "n_images": _count(v), "ci_low": low, "ci_high": high})
+                     "value": _mean(v), "n_images": int(np.isfinite(array).sum()), "ci_low": low, "ci_high": high})
     return rows
 
 
