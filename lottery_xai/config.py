@@ -331,7 +331,7 @@ def ace_protocol(cfg: "Config") -> AceProtocol:
                        gradient=cfg.tcav.gradient, label=label, **chosen)
 
 
-SANITY_MEASURES = ("spearman", "spearman_abs", "ssim", "top_iou")
+SANITY_MEASURES = ("spearman", "spearman_abs", "ssim", "top_iou", "emprt")
 VERDICT_STAGES = ("all", "upper_half")
 
 
@@ -342,10 +342,11 @@ class SanityConfig:
     rounds: list = opt([0, -1], "rounds whose model is randomised (-1 = the sparsest; main_sanity_checks.py --rounds overrides)")
     n_images: int = opt(12, "step-6 images used, spread evenly over them (0 = all)", minimum=0)
     randomization: str = opt("cascading", "cascading: re-initialise the blocks from the logits down, one more per stage (Adebayo et al.'s main test); independent: one block at a time, the others trained; both", choices=["cascading", "independent", "both"])
-    measures: list = opt(["spearman", "spearman_abs", "ssim"], "similarity of each randomised model's maps with the original model's maps (spearman: signed maps, spearman_abs: absolute values, as Adebayo et al. report both; ssim, top_iou)")
-    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures; spearman_abs: the absolute values)", choices=list(SANITY_MEASURES))
+    measures: list = opt(["spearman", "spearman_abs", "ssim", "emprt"], "similarity of each randomised model's maps with the original model's maps (spearman: signed maps, spearman_abs: absolute values, as Adebayo et al. report both; ssim, top_iou), and emprt: the relative rise of the maps' entropy (Efficient MPRT, Hedström et al. 2024; a measure of change)")
+    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures; spearman_abs: the absolute values; emprt: Efficient MPRT, judged against sanity.emprt_threshold)", choices=list(SANITY_MEASURES))
     verdict_stage: str = opt("all", "the cascade's stage the verdict reads: all (every block random) or upper_half (the top floor(K/2) of the K blocks random, the 'higher layers' of Adebayo et al.'s finding on guided backprop); independent randomisation reads the block that changes the maps most", choices=list(VERDICT_STAGES))
     threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the randomised model's maps against the original's is below this, at the stage sanity.verdict_stage names", minimum=-1.0, maximum=1.0)
+    emprt_threshold: float = opt(0.0, "with sanity.verdict_measure: emprt, a method 'changes' when its mean eMPRT (the relative rise of its maps' entropy) is above this (0: the entropy rises)", minimum=-1.0)
 
 
 @dataclass

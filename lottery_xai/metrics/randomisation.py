@@ -13,6 +13,13 @@ weights it claims to explain?
   read from the sanity step's per-image table (``sanity/per_image.csv``): the similarity of each image's map
   under the randomised model with its original map, at the last cascading stage (every block random) or
   averaged over the stages; lower is better.
+- Efficient MPRT (Hedström, Weber, Lapuschkin & Höhne, "Sanity Checks Revisited: An Exploration to Repair
+  the Model Parameter Randomisation Test", 2023/2024; Quantus 0.6 ``EfficientMPRT`` with its defaults: no
+  absolute value, no normalisation, ``discrete_entropy`` with 100 bins): instead of a similarity, the
+  relative rise of the map's complexity from the original model to the fully randomised one,
+  (H(randomised map) - H(original map)) / H(original map), H = `discrete_entropy`; higher is better (the
+  map loses the trained model's structure). The sanity step records it per stage as the measure ``emprt``
+  (the cascade's last stage is eMPRT proper).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 
 from lottery_xai.errors import UserError
 from lottery_xai.metrics.base import check_eval_mode, check_maps
+from lottery_xai.metrics.complexity import discrete_entropy
 from lottery_xai.metrics.consistency import spearman, ssim
 
 AttributionFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,6 +62,15 @@ def flat_ssim(maps_a: torch.Tensor, maps_b: torch.Tensor, window: int = 7) -> to
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     index = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return index.mean(dim=1)
+
+
+def efficient_mprt(maps: torch.Tensor, original: torch.Tensor, n_bins: int = 100) -> torch.Tensor:
+    """Efficient MPRT of each image, [N] float64: the relative rise of the discrete entropy (`n_bins`
+    equal-width bins) from ``original`` (the trained model's maps [N,H,W]) to ``maps`` (the randomised
+    model's), ``(H(maps) - H(original)) / H(original)`` as Quantus 0.6 ``EfficientMPRT`` scores an instance;
+    NaN where the original map is constant (H = 0: Quantus divides by zero)."""
+    before, after = discrete_entropy(original, n_bins), discrete_entropy(maps, n_bins)
+    return torch.where(before > 0, (after - before) / torch.where(before > 0, before, 1.0), float("nan"))
 
 
 def other_classes(targets: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:

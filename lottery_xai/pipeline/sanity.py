@@ -30,7 +30,11 @@ sum over channels), plus SSIM and the rank correlation of HOG features.
   mask (pruned weights stay 0), so the randomised network is the round's architecture.
 - **Measures** (``sanity.measures``): ``spearman`` (the signed maps; the reference's "no abs"),
   ``spearman_abs`` (the Spearman correlation of the absolute values of the maps; the reference's "abs"),
-  ``ssim`` and ``top_iou``. Maps that are non-negative by construction (Grad-CAM and the other CAMs after
+  ``ssim`` and ``top_iou``; and ``emprt``, a measure of change rather than of similarity: Efficient MPRT
+  (Hedström, Weber, Lapuschkin & Höhne 2023/2024, Quantus ``EfficientMPRT`` with its defaults), the
+  relative rise of the map's discrete entropy (100-bin histogram) from the original model's map to the
+  stage's, NaN for an image whose original map is constant (left out of the mean; ``n_images`` counts the
+  images with a value). eMPRT proper is its value at the cascade's last stage (every block random). Maps that are non-negative by construction (Grad-CAM and the other CAMs after
   their ReLU, saliency = max over channels of |gradient|, the random baseline) give the same number for
   both Spearman measures; they differ for signed maps (integrated gradients, occlusion,
   gradient x activation). Differences from the reference: our maps are already one value per pixel
@@ -56,12 +60,15 @@ sum over channels), plus SSIM and the rank correlation of HOG features.
 - **Verdict** (`verdict`, `verdict_stage`; our rule, the paper gives none): a method **changes** when the
   mean ``sanity.verdict_measure`` (Spearman of the signed maps by default) of a randomised model's maps
   with the original's is below ``sanity.threshold`` (0.5); otherwise it **does not change** and its maps
-  cannot tell anything about pruning. Cascading reads the last stage (every block random;
+  cannot tell anything about pruning. With ``sanity.verdict_measure: emprt`` a method changes when its mean
+  eMPRT is above ``sanity.emprt_threshold`` (0: its maps' entropy rises under randomisation, the authors'
+  reading; doc/results.md holds its pre-registered validation). Cascading reads the last stage (every block random;
   ``sanity.verdict_stage: all``, the default) or, with ``sanity.verdict_stage: upper_half``, the stage at
   which the top ``floor(K/2)`` of the K blocks are random (the "higher layers" under which Adebayo et al.
   found guided backprop unchanged; with ``sanity.verdict_measure: ssim`` this is the candidate rule of
   doc/results.md, an option because its pre-registered validation disagreed on one of two settings);
-  independent reads the stage whose single block changes the maps most (the lowest mean), under either.
+  independent reads the stage whose single block changes the maps most (the lowest mean similarity, the
+  highest mean eMPRT), under either.
   ``verdicts.csv`` names the randomisation, the measure (``spearman`` = signed, ``spearman_abs`` =
   absolute values) and the stage and block it read.
 
@@ -91,6 +98,7 @@ from ..attribution import METHODS
 from ..config import VERDICT_STAGES, Config, configured_rounds, replace, to_dict
 from ..errors import UserError
 from ..metrics.consistency import map_agreement, spearman
+from ..metrics.randomisation import efficient_mprt
 from ..names import unknown_name
 from ..rundir import RunDir, round_name
 from ..safe_io import read_csv, save_npz, upsert_table
@@ -101,6 +109,7 @@ from .loading import load_round_model, new_model, restructured, start_step
 from .maps import configured_maps, explained_targets, map_seed
 CHANGES, NO_CHANGE, CONTROL = "changes", "does not change", "control"
 CONTROL_METHOD = "random"  # the random baseline: the control, redrawn at every stage
+RISE_MEASURES = ("emprt",)  # measures of change (higher = the maps changed more), not of similarity
 RANDOMIZATIONS = ("cascading", "independent")
 PER_IMAGE_COLUMNS = ["round", "weights_remaining", "method", "randomization", "stage", "block", "measure", "image_id",
                      "value"]
@@ -187,9 +196,12 @@ RANDOMISERS = {"cascading": cascade, "independent": independent}
 
 def similarities(maps: torch.Tensor, original: torch.Tensor, top_fraction: float) -> dict[str, torch.Tensor]:
     """Every measure of ``maps`` [N,H,W] against ``original``: `map_agreement` (spearman of the signed maps,
-    top_iou, ssim) and ``spearman_abs``, the Spearman correlation of the maps' absolute values."""
+    top_iou, ssim), ``spearman_abs``, the Spearman correlation of the maps' absolute values, and ``emprt``,
+    the relative rise of the maps' discrete entropy (`efficient_mprt`; a measure of change, not of
+    similarity: NaN for an image whose original map is constant)."""
     out = map_agreement(maps, original, top_fraction)
     out["spearman_abs"] = spearman(maps.abs(), original.abs())
+    out["emprt"] = efficient_mprt(maps, original)
     return out
 
 
@@ -218,22 +230,25 @@ def randomisation_test(model: nn.Module, images: torch.Tensor, targets: torch.Te
             "similarity": {m: torch.stack(v) for m, v in similarity.items()}}
 
 
-def verdict(similarity: float, threshold: float) -> str:
+def verdict(value: float, threshold: float, measure: str = "spearman") -> str:
     """'changes' when a randomised model's maps are less similar to the original's than ``threshold``
-    (the mean of the verdict measure over the images), else 'does not change'."""
-    return CHANGES if similarity < threshold else NO_CHANGE
+    (the mean of the verdict measure over the images), else 'does not change'. For a measure of change
+    (``emprt``, `RISE_MEASURES`): 'changes' when the mean is above ``threshold``."""
+    changed = value > threshold if measure in RISE_MEASURES else value < threshold
+    return CHANGES if changed else NO_CHANGE
 
 
 def verdict_stage(result: dict, measure: str, stage: str = "all") -> tuple[int, float]:
-    """The stage the verdict reads, and its mean ``measure``. Cascading: ``stage`` ``all``, the last stage
-    (every block random); ``upper_half``, stage ``max(1, K // 2)`` of the K blocks (the top half random, the
-    "higher layers" under which Adebayo et al. found guided backprop's maps unchanged). Independent: the
-    stage (block) with the lowest mean (the block the maps depend on most), whatever ``stage``."""
+    """The stage the verdict reads, and its mean ``measure`` (over the images that have a value). Cascading:
+    ``stage`` ``all``, the last stage (every block random); ``upper_half``, stage ``max(1, K // 2)`` of the K
+    blocks (the top half random, the "higher layers" under which Adebayo et al. found guided backprop's maps
+    unchanged). Independent: the stage (block) that changes the maps most (the lowest mean similarity, the
+    highest mean of a measure of change), whatever ``stage``."""
     if stage not in VERDICT_STAGES:
         raise UserError(f"sanity.verdict_stage must be one of {', '.join(VERDICT_STAGES)}, got {stage!r}")
-    means = result["similarity"][measure].mean(dim=1)
+    means = result["similarity"][measure].nanmean(dim=1)
     if result["randomization"] != "cascading":
-        index = int(torch.argmin(means))
+        index = int(torch.argmax(means) if measure in RISE_MEASURES else torch.argmin(means))
     else:
         index = len(means) - 1 if stage == "all" else max(1, len(means) // 2) - 1
     return index + 1, float(means[index])
@@ -295,17 +310,25 @@ def _rows(r: int, weights: float, method: str, result: dict, ids: np.ndarray, me
             key = {"round": r, "weights_remaining": weights, "method": method, "randomization": kind, "stage": k,
                    "block": block, "measure": measure}
             per_image += [{**key, "image_id": int(i), "value": float(v)} for i, v in zip(ids, values)]
-            summary.append({**key, "mean": float(values.mean()),
-                            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n_images": len(values)})
+            valid = values[np.isfinite(values)]  # emprt has no value for an image whose original map is constant
+            summary.append({**key, "mean": float(valid.mean()) if len(valid) else float("nan"),
+                            "std": float(valid.std(ddof=1)) if len(valid) > 1 else 0.0, "n_images": len(valid)})
     return per_image, summary
 
 
 def _verdict_row(r: int, weights: float, method: str, result: dict, s) -> dict:
     stage, similarity = verdict_stage(result, s.verdict_measure, s.verdict_stage)
+    threshold = verdict_threshold(s)
     return {"round": r, "weights_remaining": weights, "method": method, "randomization": result["randomization"],
             "measure": s.verdict_measure, "stage": stage, "block": result["blocks"][stage - 1],
-            "similarity": similarity, "threshold": s.threshold,
-            "verdict": CONTROL if method == CONTROL_METHOD else verdict(similarity, s.threshold)}
+            "similarity": similarity, "threshold": threshold,
+            "verdict": CONTROL if method == CONTROL_METHOD else verdict(similarity, threshold, s.verdict_measure)}
+
+
+def verdict_threshold(s) -> float:
+    """The verdict's threshold for ``sanity.verdict_measure``: ``sanity.emprt_threshold`` for eMPRT (a
+    measure of change), ``sanity.threshold`` for the similarities."""
+    return s.emprt_threshold if s.verdict_measure == "emprt" else s.threshold
 
 
 def _drop_outdated_tables(run: RunDir, log) -> bool:

@@ -213,12 +213,14 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
 
 # -- sanity checks (main_sanity_checks.py): the model-parameter randomisation test, cascading and independent
 def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: float | None = None,
-                   baseline: str = "random", path: Path | None = None, randomization: str = "cascading"):
+                   baseline: str = "random", path: Path | None = None, randomization: str = "cascading",
+                   origin: float = 1.0):
     """Similarity of each randomisation stage's maps with the original model's maps (mean over the images,
     std as error bars), one panel per round, one line per method, the control (``baseline``: random maps
-    redrawn at every stage, the chance level) dashed. Stage 0 is the original model (1 by definition);
+    redrawn at every stage, the chance level) dashed. Stage 0 is the original model (``origin`` by definition);
     cascading: stage k has the top k blocks re-initialised (x labels ``+block``); independent: only block k
-    (x labels ``block only``). ``threshold``: the verdict's line."""
+    (x labels ``block only``). ``threshold``: the verdict's line. ``origin``: the measure at stage 0 (1 for a
+    similarity; 0 for a measure of change such as eMPRT)."""
     part = summary[summary["measure"] == measure]
     if "randomization" in part.columns:
         part = part[part["randomization"] == randomization]
@@ -231,7 +233,7 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
         for method, g in g_round.groupby("method"):
             g = g.sort_values("stage")
             x = np.concatenate([[0], g["stage"].to_numpy()])
-            y = np.concatenate([[1.0], g["mean"].to_numpy(dtype=float)])
+            y = np.concatenate([[origin], g["mean"].to_numpy(dtype=float)])
             e = np.concatenate([[0.0], g["std"].fillna(0).to_numpy(dtype=float)])
             ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{method} (control)" if method == baseline else method,
                         ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
@@ -245,7 +247,7 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
         ax.set_xlabel("blocks re-initialised, from the logits down" if randomization == "cascading" else
                       "the one block re-initialised (the others trained)", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{measure} with the original maps")
+    axes[0][0].set_ylabel(f"{measure} against the original maps")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"Model-parameter randomisation test ({randomization})", fontsize=10)
     return save_figure(fig, path)

@@ -8,7 +8,8 @@ import pandas as pd
 
 from .. import steps
 from ..attribution import METHODS
-from ..pipeline.sanity import CHANGES, CONTROL_METHOD, NO_CHANGE, SUMMARY_COLUMNS, VERDICT_COLUMNS
+from ..pipeline.sanity import (CHANGES, CONTROL_METHOD, NO_CHANGE, RISE_MEASURES, SUMMARY_COLUMNS, VERDICT_COLUMNS,
+                               verdict_threshold)
 from ..rundir import RunDir, round_name
 from ..safe_io import atomic_path, load_npz, read_csv
 from ..steps import draws
@@ -37,9 +38,10 @@ def sanity_figures(run: RunDir, summary: pd.DataFrame, image: int = 0) -> list[t
         part = summary[summary["randomization"] == kind]
         for measure in part["measure"].unique():
             what = ("the top k blocks re-initialised" if kind == "cascading" else "only block k re-initialised")
-            out.append((figures.sanity_cascade(part, measure, s.threshold if measure == s.verdict_measure else None,
-                                               randomization=kind),
-                        f"{kind} randomisation ({what}): {measure} of each stage's maps with the original model's "
+            out.append((figures.sanity_cascade(part, measure, verdict_threshold(s) if measure == s.verdict_measure
+                                               else None, randomization=kind,
+                                               origin=0.0 if measure in RISE_MEASURES else 1.0),
+                        f"{kind} randomisation ({what}): {measure_label(measure)} of each stage's maps against the original model's "
                         f"(mean and std over the images; dashed: the control, random maps redrawn at every stage)",
                         "sanity_checks" if kind == "cascading" else f"sanity_checks_{kind}"))
     if not kinds or not run.heatmap_images().is_file():
@@ -121,7 +123,15 @@ def stage_label(stage: str) -> str:
 
 
 def measure_label(measure: str) -> str:
-    return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)"}.get(measure, measure)
+    return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)",
+            "emprt": "eMPRT (relative rise of the maps' entropy)"}.get(measure, measure)
+
+
+def unchanged_rule(s) -> str:
+    """The verdict's rule for 'does not change', in words (`sanity` config)."""
+    if s.verdict_measure in RISE_MEASURES:
+        return f"{measure_label(s.verdict_measure)} <= {verdict_threshold(s):g} {stage_label(s.verdict_stage)}"
+    return f"{measure_label(s.verdict_measure)} >= {verdict_threshold(s):g} {stage_label(s.verdict_stage)}"
 
 
 @part("sanity")
@@ -131,7 +141,7 @@ def sanity_section(run: RunDir, seeds: list[int] | None = None) -> dict:
                     "network are re-initialised (cascading: from the logits down, one more per stage; independent: one "
                     "block at a time, the others trained) and each stage's maps of the step-6 images are compared with the "
                     "original model's. A method whose maps stay similar "
-                    f"({measure_label(cfg.sanity.verdict_measure)} >= {cfg.sanity.threshold:g} {stage_label(cfg.sanity.verdict_stage)}; "
+                    f"({unchanged_rule(cfg.sanity)}; "
                     "independent: under every single block) does not depend on the weights and cannot tell us anything "
                     "about pruning. The control, random maps redrawn at every stage, shows the chance level of each measure.")
     tables = sanity_tables(run)

@@ -1,5 +1,7 @@
 """Sparseness and complexity (Quantus), the random-logit test (Quantus), the parameter-randomisation score read
-from the sanity table, and infidelity (Captum)."""
+from the sanity table, Efficient MPRT and its discrete entropy (Quantus), and infidelity (Captum)."""
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,9 +10,10 @@ from torchvision.models import resnet18
 
 from lottery_xai.attribution import saliency
 from lottery_xai.errors import UserError
-from lottery_xai.metrics.complexity import complexity, sparseness
+from lottery_xai.metrics.complexity import complexity, discrete_entropy, sparseness
 from lottery_xai.metrics.infidelity import gaussian_perturbation, infidelity
-from lottery_xai.metrics.randomisation import flat_ssim, other_classes, parameter_randomisation_score, random_logit
+from lottery_xai.metrics.randomisation import (efficient_mprt, flat_ssim, other_classes, parameter_randomisation_score,
+                                               random_logit)
 
 PER_MAP = {"normalise_axes": [1, 2, 3]}  # Quantus 0.6 divides by the batch's max otherwise
 
@@ -56,6 +59,53 @@ def test_sparseness_and_complexity_by_hand():
     # scale invariant, per map: another map in the batch does not matter
     both = torch.cat([one_hot, 1000 * flat])
     torch.testing.assert_close(sparseness(both)[:1], sparseness(one_hot))
+
+
+def test_discrete_entropy_by_hand_and_equals_quantus():
+    # half the pixels at 0 and half at 1: two bins of equal mass, log 2; a constant map: one bin, 0;
+    # 100 distinct values spread evenly: one per bin, log 100
+    halves = torch.cat([torch.zeros(1, 2, 4), torch.ones(1, 2, 4)], dim=1)
+    ramp = torch.arange(100, dtype=torch.float32).reshape(1, 10, 10)
+    assert discrete_entropy(halves).item() == pytest.approx(np.log(2), abs=1e-12)
+    assert discrete_entropy(torch.full((1, 3, 3), 7.0)).item() == 0.0
+    assert discrete_entropy(ramp).item() == pytest.approx(np.log(100), abs=1e-12)
+    assert discrete_entropy(halves, n_bins=3).item() == pytest.approx(np.log(2), abs=1e-12)
+    complexity_func = pytest.importorskip("quantus.functions.complexity_func")
+    g = torch.Generator().manual_seed(4)
+    signed = torch.randn(4, 17, 19, generator=g) ** 3  # heavy tails: many values near the bin edges of the middle
+    cam = torch.relu(torch.randn(3, 16, 16, generator=g))  # about half the pixels exactly 0 (a CAM after its ReLU)
+    on_edges = torch.linspace(-1, 1, 201).reshape(1, 201, 1).expand(2, 201, 3).contiguous()  # values on the edges
+    for maps in (signed, cam, on_edges, ramp, halves):
+        for bins in (100, 7):
+            expected = [complexity_func.discrete_entropy(a=m.numpy(), x=None, n_bins=bins) for m in maps]
+            np.testing.assert_allclose(discrete_entropy(maps, bins).numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_efficient_mprt_equals_quantus(net, batch):
+    """Quantus's EfficientMPRT end to end: it randomises the ResNet-18 itself (every layer, bottom up) and
+    calls the explanation function on the original model and on the fully randomised one; our score of
+    those same maps equals its per-image scores."""
+    quantus = pytest.importorskip("quantus")
+    images, targets, _ = batch
+    seen = []
+
+    def explain(model, inputs, targets, **kwargs):
+        maps = saliency(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+        seen.append(maps)
+        return maps
+
+    expected = quantus.EfficientMPRT(disable_warnings=True)(
+        model=copy.deepcopy(net),
+        x_batch=images.numpy(), y_batch=targets.numpy(), a_batch=None, explain_func=explain, device="cpu")
+    original, randomised = torch.as_tensor(seen[1]), torch.as_tensor(seen[-1])
+    assert not torch.allclose(original, randomised)
+    np.testing.assert_allclose(efficient_mprt(randomised, original).numpy(), expected, rtol=1e-10)
+    # by hand: a two-valued map (log 2) whose randomised map is a 100-value ramp (log 100)
+    halves = torch.cat([torch.zeros(1, 5, 10), torch.ones(1, 5, 10)], dim=1)
+    ramp = torch.arange(100, dtype=torch.float32).reshape(1, 10, 10)
+    assert efficient_mprt(ramp, halves).item() == pytest.approx((np.log(100) - np.log(2)) / np.log(2))
+    assert efficient_mprt(halves, halves).item() == 0.0  # unchanged maps: no rise
+    assert np.isnan(efficient_mprt(ramp, torch.ones(1, 10, 10)).item())  # a constant original: no score
 
 
 def test_random_logit_equals_quantus(net, batch):

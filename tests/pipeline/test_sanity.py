@@ -172,6 +172,9 @@ def test_a_map_that_ignores_the_weights_does_not_change():
         for measure in ("spearman", "spearman_abs", "ssim", "top_iou"):
             assert torch.allclose(result["similarity"][measure], torch.ones(1, 5, dtype=torch.float64), atol=1e-6)
         assert verdict(verdict_stage(result, "spearman")[1], 0.5) == NO_CHANGE
+        # eMPRT: the same map up to rounding, so the same histogram and no rise in entropy
+        assert torch.allclose(result["similarity"]["emprt"], torch.zeros(1, 5, dtype=torch.float64), atol=1e-6)
+        assert verdict(verdict_stage(result, "emprt")[1], 0.0, "emprt") == NO_CHANGE
         assert torch.allclose(result["maps"][1], expected / expected.flatten(1).amax(1)[:, None, None], atol=1e-6)
 
 
@@ -206,6 +209,15 @@ def test_the_control_is_redrawn_at_every_stage_and_sits_at_the_chance_level():
 
 def test_verdict_threshold_and_rounds():
     assert verdict(0.49, 0.5) == CHANGES and verdict(0.5, 0.5) == NO_CHANGE
+    # eMPRT measures change, not similarity: a rise above the threshold is a change
+    assert verdict(0.01, 0.0, "emprt") == CHANGES and verdict(0.0, 0.0, "emprt") == NO_CHANGE
+    assert verdict(-0.2, 0.0, "emprt") == NO_CHANGE
+    rise = {"emprt": torch.tensor([[0.1, float("nan")], [0.5, 0.7], [0.2, 0.0]], dtype=torch.float64)}
+    # the mean over the images with a value (NaN: a constant original map); independent: the largest rise
+    assert verdict_stage({"randomization": "cascading", "similarity": rise}, "emprt") == (3, pytest.approx(0.1))
+    assert verdict_stage({"randomization": "independent", "similarity": rise}, "emprt") == (2, pytest.approx(0.6))
+    assert verdict_stage({"randomization": "cascading", "similarity": rise}, "emprt", "upper_half") == \
+        (1, pytest.approx(0.1))
     similarity = {"spearman": torch.tensor([[0.9, 0.7], [0.2, 0.4], [0.6, 0.6]], dtype=torch.float64)}
     # cascading reads the last stage (every block random); independent the block that changes the maps most
     assert verdict_stage({"randomization": "cascading", "similarity": similarity}, "spearman") == (3, pytest.approx(0.6))
@@ -287,6 +299,35 @@ def test_gradcam_of_a_small_resnet_changes_and_the_step_resumes(sanity_run):
     sanity_step(run, CPU, rounds=[0], force=True, log=quiet)
     assert run.sanity_maps(0, "gradcam").stat().st_mtime_ns != stamp
     assert len(pd.read_csv(run.sanity_per_image())) == len(per_image)  # replaced, not appended
+
+
+def test_the_emprt_verdict_reads_the_fully_randomised_models_entropy_rise(sanity_run):
+    """``sanity.verdict_measure: emprt`` (Efficient MPRT, Hedström et al.): the verdict reads the mean over the
+    images of the relative entropy rise at the cascade's last stage, against ``sanity.emprt_threshold``; its
+    value is the formula applied to the stored maps of the original and the fully randomised model."""
+    from lottery_xai.report.sanity import sanity_section
+
+    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.rounds=[0]",
+                                          "sanity.verdict_measure=emprt"])
+    run = rd.RunDir(cfg)
+    table = sanity_step(run, CPU, log=quiet).set_index("method")
+    assert (table["measure"] == "emprt").all() and (table["threshold"] == 0.0).all() and (table["stage"] == 7).all()
+    stored = load_npz(run.sanity_maps(0, "gradcam"))["maps_cascading"]
+    before, after = [], []
+    for original, randomised in zip(stored[0], stored[-1]):  # the formula, written out with NumPy per image
+        h = [stats.entropy(np.histogram(m, bins=100)[0]) for m in (original, randomised)]
+        before.append(h[0])
+        after.append(h[1])
+    before, after = np.array(before), np.array(after)
+    expected = np.mean(((after - before) / before)[before > 0])
+    assert table.loc["gradcam", "similarity"] == pytest.approx(expected, rel=1e-6)
+    assert table.loc["gradcam", "verdict"] == (CHANGES if expected > 0 else NO_CHANGE)
+    assert table.loc["random", "verdict"] == CONTROL
+    summary = pd.read_csv(run.sanity_summary())
+    row = summary[(summary["method"] == "gradcam") & (summary["measure"] == "emprt") & (summary["stage"] == 7)]
+    assert int(row["n_images"].iloc[0]) == int((before > 0).sum())  # the images with a value
+    section = sanity_section(run)
+    assert "eMPRT (relative rise of the maps' entropy) <= 0 once every block is random" in section["intro"]
 
 
 def test_the_step_needs_step_6_and_known_methods(sanity_run, tmp_path):
