@@ -34,13 +34,14 @@ sum over channels), plus SSIM and the rank correlation of HOG features.
   (Hedström, Weber, Lapuschkin & Höhne 2023/2024, Quantus ``EfficientMPRT`` with its defaults), the
   relative rise of the map's discrete entropy (100-bin histogram) from the original model's map to the
   stage's, NaN for an image whose original map is constant (left out of the mean; ``n_images`` counts the
-  images with a value). eMPRT proper is its value at the cascade's last stage (every block random). Maps that are non-negative by construction (Grad-CAM and the other CAMs after
-  their ReLU, saliency = max over channels of |gradient|, the random baseline) give the same number for
-  both Spearman measures; they differ for signed maps (integrated gradients, occlusion,
-  gradient x activation). Differences from the reference: our maps are already one value per pixel
-  (each method's own channel reduction, e.g. integrated gradients' signed sum over channels), so "abs"
-  is |sum over channels| where the reference takes the sum of |per-channel| values; no 99th-percentile
-  clipping before ranking (the reference's visualisation clip ties the top 1 % of pixels); no HOG measure.
+  images with a value). eMPRT proper is its value at the cascade's last stage (every block random).
+  Maps that are non-negative by construction (Grad-CAM and the other CAMs after their ReLU, saliency = max
+  over channels of |gradient|, the random baseline) give the same number for both Spearman measures; they
+  differ for signed maps (integrated gradients, occlusion, gradient x activation). Differences from the
+  reference: our maps are already one value per pixel (each method's own channel reduction, e.g. integrated
+  gradients' signed sum over channels), so "abs" is |sum over channels| where the reference takes the sum of
+  |per-channel| values; no 99th-percentile clipping before ranking (the reference's visualisation clip ties
+  the top 1 % of pixels); no HOG measure.
 - **Targets**: the class the original model predicts (``heatmaps.target: true``: the true class), for
   every stage. A seeded method other than the control (e.g. integrated gradients' noise baselines) keeps
   the same seed at every stage, so that only the weights differ between stages.
@@ -57,21 +58,21 @@ sum over channels), plus SSIM and the rank correlation of HOG features.
   stages (the model does not enter it): the flat line every method's curve is read against. Its verdict
   is ``control`` (it is not judged: random maps change under any redraw, which says nothing about
   weights; Binder et al. 2022 make the point that such uninformative maps pass this test).
-- **Verdict** (`verdict`, `verdict_stage`; our rule, the paper gives none): a method **changes** when the
-  mean ``sanity.verdict_measure`` (Spearman of the signed maps by default) of a randomised model's maps
-  with the original's is below ``sanity.threshold`` (0.5); otherwise it **does not change** and its maps
-  cannot tell anything about pruning. With ``sanity.verdict_measure: emprt`` a method changes when its mean
-  eMPRT is above ``sanity.emprt_threshold`` (0: its maps' entropy rises under randomisation, the authors'
-  reading): an option, because its pre-registered validation (doc/results.md) held for 7 of 15 predictions
-  about the positive controls: it rated guided backprop's maps as changing most and Grad-CAM's as unchanged. Cascading reads the last stage (every block random;
-  ``sanity.verdict_stage: all``, the default) or, with ``sanity.verdict_stage: upper_half``, the stage at
-  which the top ``floor(K/2)`` of the K blocks are random (the "higher layers" under which Adebayo et al.
-  found guided backprop unchanged; with ``sanity.verdict_measure: ssim`` this is the candidate rule of
-  doc/results.md, an option because its pre-registered validation disagreed on one of two settings);
-  independent reads the stage whose single block changes the maps most (the lowest mean similarity, the
-  highest mean eMPRT), under either.
-  ``verdicts.csv`` names the randomisation, the measure (``spearman`` = signed, ``spearman_abs`` =
-  absolute values) and the stage and block it read.
+- **Verdict** (`verdict`, `verdict_stage`; our rule, the paper gives none): a method **changes** when the mean
+  ``sanity.verdict_measure`` (Spearman of the signed maps by default) of a randomised model's maps with the
+  original's is below ``sanity.threshold`` (0.5); otherwise it **does not change** and its maps cannot tell
+  anything about pruning. With ``sanity.verdict_measure: emprt`` a method changes when its mean eMPRT is above
+  ``sanity.emprt_threshold`` (0: its maps' entropy rises under randomisation, the authors' reading): an
+  option, because its pre-registered validation (doc/results.md) held for 7 of 15 predictions about the
+  positive controls: it rated guided backprop's maps as changing most and Grad-CAM's as unchanged. Cascading
+  reads the last stage (every block random; ``sanity.verdict_stage: all``, the default) or, with
+  ``sanity.verdict_stage: upper_half``, the stage at which the top ``floor(K/2)`` of the K blocks are random
+  (the "higher layers" under which Adebayo et al. found guided backprop unchanged; with
+  ``sanity.verdict_measure: ssim`` this is the candidate rule of doc/results.md, an option because its
+  pre-registered validation disagreed on one of two settings); independent reads the stage whose single block
+  changes the maps most (the lowest mean similarity, the highest mean eMPRT), under either. ``verdicts.csv``
+  names the randomisation, the measure (``spearman`` = signed, ``spearman_abs`` = absolute values) and the
+  stage and block it read.
 
 Outputs: ``sanity/per_image.csv`` (every image, randomisation, stage and measure), ``sanity/summary.csv``
 (means), ``sanity/verdicts.csv`` and ``sanity/round_XX/{method}.npz`` (the maps of every stage, float32,

@@ -41,8 +41,9 @@ def sanity_figures(run: RunDir, summary: pd.DataFrame, image: int = 0) -> list[t
             out.append((figures.sanity_cascade(part, measure, verdict_threshold(s) if measure == s.verdict_measure
                                                else None, randomization=kind,
                                                origin=0.0 if measure in RISE_MEASURES else 1.0),
-                        f"{kind} randomisation ({what}): {measure_label(measure)} of each stage's maps against the original model's "
-                        f"(mean and std over the images; dashed: the control, random maps redrawn at every stage)",
+                        f"{kind} randomisation ({what}): {measure_label(measure)} of each stage's maps against the "
+                        "original model's (mean and std over the images; dashed: the control, random maps redrawn "
+                        "at every stage)",
                         "sanity_checks" if kind == "cascading" else f"sanity_checks_{kind}"))
     if not kinds or not run.heatmap_images().is_file():
         return out
