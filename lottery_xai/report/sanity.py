@@ -177,7 +177,8 @@ def sanity_section(run: RunDir, seeds: list[int] | None = None) -> dict:
                                values="mean").reset_index()
     blocks = summary.drop_duplicates("stage").set_index("stage")["block"]
     wide.columns = [c if not isinstance(c, (int, np.integer)) else f"{int(c)}: {blocks[c]}" for c in wide.columns]
-    s["blocks"].append({"kind": "details", "summary": "similarity at every stage (mean over the images; cascading: "
-                        "that block and every one above it random; independent: that block alone random)",
+    s["blocks"].append({"kind": "details", "summary": "every measure at every stage (mean over the images; cascading: "
+                        "that block and every one above it random; independent: that block alone random; emprt is "
+                        "the rise of the maps' entropy, 0 = unchanged, the others similarities, 1 = unchanged)",
                         "blocks": [frame_block(wide)]})
     return s
