@@ -130,9 +130,9 @@ def measure_label(measure: str) -> str:
 
 def unchanged_rule(s) -> str:
     """The verdict's rule for 'does not change', in words (`sanity` config)."""
-    if s.verdict_measure in RISE_MEASURES:
-        return f"{measure_label(s.verdict_measure)} <= {verdict_threshold(s):g} {stage_label(s.verdict_stage)}"
-    return f"{measure_label(s.verdict_measure)} >= {verdict_threshold(s):g} {stage_label(s.verdict_stage)}"
+    at_most = s.verdict_measure in RISE_MEASURES  # a measure of change: unchanged up to the threshold
+    return (f"{measure_label(s.verdict_measure)} {'<=' if at_most else '>='} {verdict_threshold(s):g} "
+            f"{stage_label(s.verdict_stage)}")
 
 
 @part("sanity")

@@ -312,7 +312,8 @@ def test_the_emprt_verdict_reads_the_fully_randomised_models_entropy_rise(sanity
     run = rd.RunDir(cfg)
     table = sanity_step(run, CPU, log=quiet)  # the run's verdict table: other tests' rounds and methods too
     table = table[(table["round"] == 0) & (table["randomization"] == "cascading")].set_index("method")
-    assert len(table) == 2 and (table["measure"] == "emprt").all() and (table["threshold"] == 0.0).all() and (table["stage"] == 7).all()
+    assert len(table) == 2 and (table["measure"] == "emprt").all()
+    assert (table["threshold"] == 0.0).all() and (table["stage"] == 7).all()
     stored = load_npz(run.sanity_maps(0, "gradcam"))["maps_cascading"]
     before, after = [], []
     for original, randomised in zip(stored[0], stored[-1]):  # the formula, written out with NumPy per image
