@@ -338,13 +338,14 @@ VERDICT_STAGES = ("all", "upper_half")
 @dataclass
 class SanityConfig:
     """The model-parameter randomisation test (main_sanity_checks.py; Adebayo et al. 2018)."""
-    methods: list = opt([], "attribution methods tested by the randomisation test ([] = heatmaps.methods)")
+    methods: list = opt([], "attribution methods tested by the randomisation test ([] = heatmaps.methods); sanity.controls are tested besides them")
+    controls: list = opt(["guided_backprop", "guided_gradcam", "smoothgrad"], "methods whose outcome Adebayo et al. 2018 reported, tested besides sanity.methods so that the verdict is checked against known answers: guided backprop and guided Grad-CAM, found unchanged under randomisation (the positive controls), and SmoothGrad, found to change; a control that does not apply to the model (guided backprop needs nn.ReLU modules, guided Grad-CAM a layer with a spatial output) is left out with a log line; [] = none")
     rounds: list = opt([0, -1], "rounds whose model is randomised (-1 = the sparsest; main_sanity_checks.py --rounds overrides)")
     n_images: int = opt(12, "step-6 images used, spread evenly over them (0 = all)", minimum=0)
     randomization: str = opt("cascading", "cascading: re-initialise the blocks from the logits down, one more per stage (Adebayo et al.'s main test); independent: one block at a time, the others trained; both", choices=["cascading", "independent", "both"])
     measures: list = opt(["spearman", "spearman_abs", "ssim", "emprt"], "similarity of each randomised model's maps with the original model's maps (spearman: signed maps, spearman_abs: absolute values, as Adebayo et al. report both; ssim, top_iou), and emprt: the relative rise of the maps' entropy (Efficient MPRT, Hedström et al. 2024; a measure of change)")
-    verdict_measure: str = opt("spearman", "measure the verdict reads (one of sanity.measures; spearman_abs: the absolute values; emprt: Efficient MPRT, judged against sanity.emprt_threshold)", choices=list(SANITY_MEASURES))
-    verdict_stage: str = opt("all", "the cascade's stage the verdict reads: all (every block random) or upper_half (the top floor(K/2) of the K blocks random, the 'higher layers' of Adebayo et al.'s finding on guided backprop); independent randomisation reads the block that changes the maps most", choices=list(VERDICT_STAGES))
+    verdict_measure: str = opt("ssim", "measure the verdict reads (one of sanity.measures; ssim: the structural similarity, Adebayo et al.'s third measure; spearman: the signed maps, with verdict_stage all this tool's earlier default; spearman_abs: the absolute values; emprt: Efficient MPRT, judged against sanity.emprt_threshold)", choices=list(SANITY_MEASURES))
+    verdict_stage: str = opt("upper_half", "the cascade's stage the verdict reads: upper_half (the top floor(K/2) of the K blocks random, the 'higher layers' under which Adebayo et al. found guided backprop's maps unchanged) or all (every block random); independent randomisation reads the block that changes the maps most; eMPRT is always read with every block random, as defined", choices=list(VERDICT_STAGES))
     threshold: float = opt(0.5, "a method 'changes' when the mean verdict_measure of the randomised model's maps against the original's is below this, at the stage sanity.verdict_stage names", minimum=-1.0, maximum=1.0)
     emprt_threshold: float = opt(0.0, "with sanity.verdict_measure: emprt, a method 'changes' when its mean eMPRT (the relative rise of its maps' entropy) is above this (0: the entropy rises)", minimum=-1.0)
 
@@ -762,6 +763,7 @@ def _check_sanity(cfg: Config) -> None:
     """The randomisation test's lists (method names are checked against the registry by its step)."""
     s = cfg.sanity
     _check_names("sanity.methods", s.methods, empty=None)  # [] = heatmaps.methods
+    _check_names("sanity.controls", s.controls, empty=None)  # [] = none
     _check_names("sanity.measures", s.measures, empty="name at least one of " + ", ".join(SANITY_MEASURES),
                  known=SANITY_MEASURES)
     if s.verdict_measure not in s.measures:

@@ -134,7 +134,7 @@ def step_passes(cfg: Config, step: str, sizes: dict, cell: bool = False) -> floa
         return explained * (len(methods) * per_map + transforms + 2)
     if step == "sanity":
         images = min(cfg.sanity.n_images or explained, explained)
-        chosen = list(cfg.sanity.methods) or methods
+        chosen = list(dict.fromkeys([*(cfg.sanity.methods or methods), *cfg.sanity.controls]))
         stages = 8 * (2 if cfg.sanity.randomization == "both" else 1)  # about one stage per block of a ResNet
         return images * stages * sum(_method_passes(cfg, m) for m in chosen)
     if step == "occlusion_study":

@@ -9,7 +9,7 @@ import pandas as pd
 from .. import steps
 from ..attribution import METHODS
 from ..pipeline.sanity import (CHANGES, CONTROL_METHOD, NO_CHANGE, RISE_MEASURES, SUMMARY_COLUMNS, VERDICT_COLUMNS,
-                               verdict_threshold)
+                               read_stage, verdict_threshold)
 from ..rundir import RunDir, round_name
 from ..safe_io import atomic_path, load_npz, read_csv
 from ..steps import draws
@@ -132,7 +132,7 @@ def unchanged_rule(s) -> str:
     """The verdict's rule for 'does not change', in words (`sanity` config)."""
     at_most = s.verdict_measure in RISE_MEASURES  # a measure of change: unchanged up to the threshold
     return (f"{measure_label(s.verdict_measure)} {'<=' if at_most else '>='} {verdict_threshold(s):g} "
-            f"{stage_label(s.verdict_stage)}")
+            f"{stage_label(read_stage(s))}")
 
 
 @part("sanity")
@@ -170,7 +170,7 @@ def sanity_section(run: RunDir, seeds: list[int] | None = None) -> dict:
         s["blocks"].append({"kind": "text", "text": "Positive controls: guided backprop and guided Grad-CAM are the "
                             "methods Adebayo et al. 2018 found not to change when the weights are randomised; a test "
                             "that flags them, and passes the methods they found to change, can be trusted with the "
-                            "others (add them with --set 'sanity.methods=[...]')."})
+                            "others (sanity.controls tests them besides sanity.methods)."})
         s["blocks"].append({"kind": "sentences", "entries": controls})
     s["blocks"] += [figure_block(fig, caption) for fig, caption, _ in sanity_figures(run, summary)]
     wide = summary.pivot_table(index=["round", "method", "randomization", "measure"], columns="stage",

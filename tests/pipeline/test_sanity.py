@@ -5,6 +5,7 @@ import pytest
 import torch
 import torchvision
 from scipy import stats
+from skimage.metrics import structural_similarity
 from torch import nn
 
 from lottery_xai import rundir as rd
@@ -246,28 +247,46 @@ def test_verdict_threshold_and_rounds():
     assert image_subset(8, 0).tolist() == list(range(8)) and image_subset(8, 3).tolist() == [0, 4, 7]
 
 
+def _ssim_with_skimage(maps: np.ndarray, original: np.ndarray) -> float:
+    """The mean over images of scikit-image's SSIM (Wang et al.'s Gaussian window) of two map stacks [N, H, W],
+    each map first divided by its largest absolute value, the data range that of the pair (the sanity
+    check's SSIM, written with the peer library)."""
+    values = []
+    for a, b in zip(maps.astype(np.float64), original.astype(np.float64)):
+        a, b = a / max(np.abs(a).max(), 1e-300), b / max(np.abs(b).max(), 1e-300)
+        both = np.concatenate([a.ravel(), b.ravel()])
+        values.append(structural_similarity(a, b, data_range=(both.max() - both.min()) or 1.0, gaussian_weights=True,
+                                            sigma=1.5, use_sample_covariance=False))
+    return float(np.mean(values))
+
+
 def test_gradcam_of_a_small_resnet_changes_and_the_step_resumes(sanity_run):
-    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.randomization=both",
+    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.controls=[]",
+                                          "sanity.randomization=both",
                                           "sanity.measures=[spearman,spearman_abs,ssim,top_iou]"])
     run = rd.RunDir(cfg)
     table = sanity_step(run, CPU, log=quiet)
     assert list(table["round"]) == [0] * 4 + [2] * 4
     assert list(table["method"]) == ["gradcam", "gradcam", "random", "random"] * 2
     assert list(table["randomization"]) == ["cascading", "independent"] * 4
-    assert (table["measure"] == "spearman").all()  # the verdict's measure: the signed maps' Spearman
+    assert (table["measure"] == "ssim").all()  # the default verdict's measure: the SSIM of the maps
     verdicts = table.set_index(["round", "method", "randomization"])
     assert (verdicts.loc[(slice(None), "gradcam", slice(None)), "verdict"] == CHANGES).all()
     assert (verdicts.loc[(slice(None), "gradcam", slice(None)), "similarity"] < 0.5).all()
     # the control: random maps redrawn at every stage, at the chance level, not judged
     assert (verdicts.loc[(slice(None), "random", slice(None)), "verdict"] == CONTROL).all()
     assert (verdicts.loc[(slice(None), "random", slice(None)), "similarity"].abs() < 0.2).all()
-    # cascading reads the last stage (all 7 blocks random); independent the block with the lowest mean
+    # cascading reads the stage with the upper half of the 7 blocks random (fc, layer4, layer3); independent the
+    # block with the lowest mean
     cascading = table[table["randomization"] == "cascading"]
-    assert (cascading["stage"] == 7).all() and (cascading["block"] == "conv1").all()
+    assert (cascading["stage"] == 3).all() and (cascading["block"] == "layer3").all()
+    for t in cascading.itertuples():  # the verdict's number, recomputed from the stored maps with scikit-image
+        stored = load_npz(run.sanity_maps(int(t.round), t.method))["maps_cascading"]
+        assert t.similarity == pytest.approx(_ssim_with_skimage(stored[3], stored[0]), abs=1e-6)
     summary = pd.read_csv(run.sanity_summary())
     for t in table[table["randomization"] == "independent"].itertuples():
         part = summary[(summary["round"] == t.round) & (summary["method"] == t.method)
-                       & (summary["randomization"] == "independent") & (summary["measure"] == "spearman")]
+                       & (summary["randomization"] == "independent") & (summary["measure"] == "ssim")]
         lowest = part.loc[part["mean"].idxmin()]
         assert (t.stage, t.block, t.similarity) == (lowest["stage"], lowest["block"], pytest.approx(lowest["mean"]))
     # Grad-CAM's maps are non-negative (ReLU): the Spearman of their absolute values is the signed one
@@ -307,7 +326,7 @@ def test_the_emprt_verdict_reads_the_fully_randomised_models_entropy_rise(sanity
     value is the formula applied to the stored maps of the original and the fully randomised model."""
     from lottery_xai.report.sanity import sanity_section
 
-    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.rounds=[0]",
+    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam,random]", "sanity.controls=[]", "sanity.rounds=[0]",
                                           "sanity.verdict_measure=emprt"])
     run = rd.RunDir(cfg)
     table = sanity_step(run, CPU, log=quiet)  # the run's verdict table: other tests' rounds and methods too
@@ -345,7 +364,7 @@ def test_the_step_needs_step_6_and_known_methods(sanity_run, tmp_path):
 
 
 def test_other_settings_recompute_the_units(sanity_run):
-    base = sanity_run + ["sanity.methods=[random]", "sanity.rounds=[0]"]
+    base = sanity_run + ["sanity.methods=[random]", "sanity.controls=[]", "sanity.rounds=[0]"]
     cfg = load_config(None, base)
     run = rd.RunDir(cfg)
     sanity_step(rd.RunDir(cfg), CPU, log=quiet)
@@ -369,7 +388,7 @@ def test_other_settings_recompute_the_units(sanity_run):
 
 @pytest.mark.parametrize("override, key", [("sanity.measures=[spearman,foo]", "sanity.measures"),
                                            ("sanity.randomization=top_down", "sanity.randomization"),
-                                           ("sanity.verdict_measure=ssim", None), ("sanity.rounds=[]", "sanity.rounds"),
+                                           ("sanity.verdict_measure=emprt", None), ("sanity.rounds=[]", "sanity.rounds"),
                                            ("sanity.threshold=2", "sanity.threshold"),
                                            ("sanity.verdict_stage=middle", "sanity.verdict_stage")])
 def test_bad_sanity_settings_are_one_line_errors(override, key):
@@ -379,26 +398,53 @@ def test_bad_sanity_settings_are_one_line_errors(override, key):
 
 
 def test_positive_controls_and_the_reports_sentences(sanity_run):
-    """Adebayo et al. 2018's findings as the test's controls: guided backprop barely changes when the weights are
-    randomised (it reconstructs the image: similarity 0.57 at the last stage on this toy run, above the 0.5
-    threshold), SmoothGrad changes. Guided Grad-CAM is guided backprop times Grad-CAM, and on this two-epoch toy
-    network the randomised model's Grad-CAM changes (0.07) and is often all zero after its ReLU, so the product
-    changes too: the report must then say that the test does NOT agree with the paper, not hide it."""
+    """Adebayo et al. 2018's findings as the test's controls (``sanity.controls``, tested besides the methods
+    asked for by default): with the default verdict (SSIM once the upper half of the blocks is random: fc, layer4
+    and layer3) guided backprop does not change on this toy run (0.76: it reconstructs the image), SmoothGrad
+    changes (0.15). Guided Grad-CAM is guided backprop times Grad-CAM, whose factor changes at once on this
+    two-epoch toy network (0.10), so the product changes too (0.21): the report must then say that the test
+    does NOT agree with the paper, not hide it."""
     from lottery_xai.report.sanity import expected_outcome, positive_control
 
-    cfg = load_config(None, sanity_run + ["sanity.methods=[guided_backprop,guided_gradcam,smoothgrad,gradcam]",
-                                          "sanity.rounds=[0]", "heatmaps.noise_samples=8"])
-    table = sanity_step(rd.RunDir(cfg), CPU, log=quiet).set_index(["round", "method"])
-    assert table.loc[(0, "guided_backprop"), "verdict"] == NO_CHANGE
-    assert table.loc[(0, "smoothgrad"), "verdict"] == CHANGES
+    cfg = load_config(None, sanity_run + ["sanity.methods=[gradcam]", "sanity.rounds=[0]", "heatmaps.noise_samples=8"])
+    table = sanity_step(rd.RunDir(cfg), CPU, log=quiet)
+    table = table[table["round"] == 0].set_index("method")  # the run's table: other tests' methods too
+    assert {"guided_backprop", "guided_gradcam", "smoothgrad", "gradcam"} <= set(table.index)
+    assert table.loc["guided_backprop", "verdict"] == NO_CHANGE
+    assert table.loc["smoothgrad", "verdict"] == CHANGES
     # guided Grad-CAM follows its Grad-CAM factor here: below the guided backprop it multiplies
-    assert table.loc[(0, "guided_gradcam"), "similarity"] < table.loc[(0, "guided_backprop"), "similarity"]
+    assert table.loc["guided_gradcam", "similarity"] < table.loc["guided_backprop", "similarity"]
     sentences = {s["method"]: s for s in positive_control(table.reset_index())}
     for method in ("guided_backprop", "guided_gradcam", "smoothgrad", "gradcam"):  # each one a control or a pass
         expected = NO_CHANGE if method.startswith("guided") else CHANGES
-        agrees = table.loc[(0, method), "verdict"] == expected
+        agrees = table.loc[method, "verdict"] == expected
         assert sentences[method]["cls"] == ("good" if agrees else "bad")
         assert ("the test agrees" if agrees else "the test does NOT agree") in sentences[method]["text"]
     assert sentences["guided_backprop"]["cls"] == "good" and sentences["smoothgrad"]["cls"] == "good"
     assert expected_outcome("guided_backprop") == f"{NO_CHANGE} (positive control)"
     assert expected_outcome("smoothgrad") == CHANGES and expected_outcome("occlusion") == ""
+
+
+def test_a_control_that_does_not_apply_is_left_out_and_an_asked_method_is_not(sanity_run, monkeypatch):
+    """A control whose method cannot explain the model (here guided Grad-CAM, made to fail as it does on a network
+    without a spatial layer) is left out with a log line and the others run; the same method asked for in
+    sanity.methods stops the step with its one-line error."""
+    import lottery_xai.pipeline.sanity as sanity
+
+    real = sanity.configured_maps
+
+    def maps(cfg, method, *args, **kwargs):
+        if method == "guided_gradcam":
+            raise UserError("found no layer with a spatial output to explain; pass layer='<module name>'")
+        return real(cfg, method, *args, **kwargs)
+
+    monkeypatch.setattr(sanity, "configured_maps", maps)
+    cfg = load_config(None, sanity_run + ["sanity.methods=[random]", "sanity.controls=[guided_gradcam,guided_backprop]",
+                                          "sanity.rounds=[0]", "sanity.n_images=2"])
+    lines = []
+    table = sanity_step(rd.RunDir(cfg), CPU, force=True, log=lines.append)
+    assert set(table.loc[table["round"] == 0, "method"]) >= {"random", "guided_backprop"}
+    assert any(line.startswith("sanity: the control guided_gradcam is left out: it does not apply") for line in lines)
+    with pytest.raises(UserError, match="no layer with a spatial output"):
+        sanity_step(rd.RunDir(load_config(None, sanity_run + ["sanity.methods=[guided_gradcam]", "sanity.rounds=[0]",
+                                                             "sanity.n_images=2"])), CPU, log=quiet)
