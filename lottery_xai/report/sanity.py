@@ -124,8 +124,8 @@ def stage_label(stage: str) -> str:
 
 
 def measure_label(measure: str) -> str:
-    return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)",
-            "emprt": "eMPRT (relative rise of the maps' entropy)"}.get(measure, measure)
+    return {"spearman": "Spearman (signed maps)", "spearman_abs": "Spearman (absolute values)", "ssim": "SSIM",
+            "top_iou": "top-k IoU", "emprt": "eMPRT (relative rise of the maps' entropy)"}.get(measure, measure)
 
 
 def unchanged_rule(s) -> str:
