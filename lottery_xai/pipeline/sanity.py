@@ -259,8 +259,14 @@ def verdict_stage(result: dict, measure: str, stage: str = "all") -> tuple[int, 
     if result["randomization"] != "cascading":
         index = int(torch.argmax(means) if measure in RISE_MEASURES else torch.argmin(means))
     else:
-        index = len(means) - 1 if stage == "all" else max(1, len(means) // 2) - 1
+        index = cascade_stage(stage, len(means)) - 1
     return index + 1, float(means[index])
+
+
+def cascade_stage(stage: str, blocks: int) -> int:
+    """The cascade's stage (1..``blocks``) that ``sanity.verdict_stage`` ``stage`` names: ``all``, the last;
+    ``upper_half``, ``max(1, blocks // 2)``."""
+    return blocks if stage == "all" else max(1, blocks // 2)
 
 
 # ---------------------------------------------------------------- the step

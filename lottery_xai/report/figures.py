@@ -212,15 +212,22 @@ def roar_curves(table: pd.DataFrame, path: Path | None = None, baseline: str = "
 
 
 # -- sanity checks (main_sanity_checks.py): the model-parameter randomisation test, cascading and independent
+# tab10 without its grey (the control's), then tab20's light shades: one colour per method, up to 19
+METHOD_COLOURS = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + \
+    [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i % 2 and i != 15]
+
+
 def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: float | None = None,
                    baseline: str = "random", path: Path | None = None, randomization: str = "cascading",
-                   origin: float = 1.0):
+                   origin: float = 1.0, stage: int | None = None, label: str | None = None):
     """Similarity of each randomisation stage's maps with the original model's maps (mean over the images,
     std as error bars), one panel per round, one line per method, the control (``baseline``: random maps
     redrawn at every stage, the chance level) dashed. Stage 0 is the original model (``origin`` by definition);
     cascading: stage k has the top k blocks re-initialised (x labels ``+block``); independent: only block k
     (x labels ``block only``). ``threshold``: the verdict's line. ``origin``: the measure at stage 0 (1 for a
-    similarity; 0 for a measure of change such as eMPRT)."""
+    similarity; 0 for a measure of change such as eMPRT). ``stage``: the stage the verdict reads (a vertical line).
+    ``label``: the measure's name on the y axis (default ``measure``). Methods take the tab10 colours but grey,
+    the control's."""
     part = summary[summary["measure"] == measure]
     if "randomization" in part.columns:
         part = part[part["randomization"] == randomization]
@@ -230,24 +237,30 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
     for ax, r in zip(axes[0], rounds):
         g_round = part[part["round"] == r]
         blocks: list[str] = []
+        methods = sorted(set(part["method"]) - {baseline})
         for method, g in g_round.groupby("method"):
             g = g.sort_values("stage")
             x = np.concatenate([[0], g["stage"].to_numpy()])
             y = np.concatenate([[origin], g["mean"].to_numpy(dtype=float)])
             e = np.concatenate([[0.0], g["std"].fillna(0).to_numpy(dtype=float)])
             ax.errorbar(x, y, yerr=e, marker="o", capsize=2, label=f"{method} (control)" if method == baseline else method,
-                        ls="--" if method == baseline else "-", color="grey" if method == baseline else None)
+                        ls="--" if method == baseline else "-",
+                        color="grey" if method == baseline else METHOD_COLOURS[methods.index(method) % len(METHOD_COLOURS)])
             blocks = blocks if len(blocks) >= len(g) else list(g["block"])
         ax.set_xticks(range(len(blocks) + 1))
         labels = [f"+{b}" for b in blocks] if randomization == "cascading" else [f"{b} only" for b in blocks]
         ax.set_xticklabels(["original"] + labels, rotation=45, ha="right", fontsize=8)
         if threshold is not None:
             ax.axhline(threshold, color="black", lw=0.8, ls=":")
+        if stage is not None:
+            ax.axvline(stage, color="black", lw=0.8, ls=":")
+            ax.annotate("verdict", (stage, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
+                        textcoords="offset points", fontsize=7)
         ax.set_title(f"round {r} ({_pct(g_round['weights_remaining'].iloc[0]):.1f}% weights)", fontsize=9)
         ax.set_xlabel("blocks re-initialised, from the logits down" if randomization == "cascading" else
                       "the one block re-initialised (the others trained)", fontsize=8)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"{measure} against the original maps")
+    axes[0][0].set_ylabel(f"{label or measure} against the original maps")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"Model-parameter randomisation test ({randomization})", fontsize=10)
     return save_figure(fig, path)

@@ -9,7 +9,7 @@ import pandas as pd
 from .. import steps
 from ..attribution import METHODS
 from ..pipeline.sanity import (CHANGES, CONTROL_METHOD, NO_CHANGE, RISE_MEASURES, SUMMARY_COLUMNS, VERDICT_COLUMNS,
-                               read_stage, verdict_threshold)
+                               cascade_stage, read_stage, verdict_threshold)
 from ..rundir import RunDir, round_name
 from ..safe_io import atomic_path, load_npz, read_csv
 from ..steps import draws
@@ -38,12 +38,14 @@ def sanity_figures(run: RunDir, summary: pd.DataFrame, image: int = 0) -> list[t
         part = summary[summary["randomization"] == kind]
         for measure in part["measure"].unique():
             what = ("the top k blocks re-initialised" if kind == "cascading" else "only block k re-initialised")
-            out.append((figures.sanity_cascade(part, measure, verdict_threshold(s) if measure == s.verdict_measure
-                                               else None, randomization=kind,
-                                               origin=0.0 if measure in RISE_MEASURES else 1.0),
+            verdict = measure == s.verdict_measure
+            stage = cascade_stage(read_stage(s), int(part["stage"].max())) if verdict and kind == "cascading" else None
+            out.append((figures.sanity_cascade(part, measure, verdict_threshold(s) if verdict else None,
+                                               randomization=kind, origin=0.0 if measure in RISE_MEASURES else 1.0,
+                                               stage=stage, label=measure_label(measure)),
                         f"{kind} randomisation ({what}): {measure_label(measure)} of each stage's maps against the "
                         "original model's (mean and std over the images; dashed: the control, random maps redrawn "
-                        "at every stage)",
+                        "at every stage" + ("; dotted: the verdict's threshold and stage" if verdict else "") + ")",
                         "sanity_checks" if kind == "cascading" else f"sanity_checks_{kind}"))
     if not kinds or not run.heatmap_images().is_file():
         return out

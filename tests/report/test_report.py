@@ -88,6 +88,32 @@ def test_the_report_holds_every_section_and_nothing_external(reported):
     assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>x</b>" not in text
     assert "Null bands not computed: run bash bash_script/run_seeds.sh" in plain
     assert run.sanity_figure("sanity_checks").is_file() and run.sanity_figure("sanity_maps_round_02").is_file()
+    # the default verdict in words, and the controls that sanity.controls adds to the methods asked for
+    assert "SSIM >= 0.5 once the upper half of the blocks is random, from the logits down" in plain
+    assert "Positive controls: guided backprop and guided Grad-CAM" in plain
+    assert {"guided_backprop", "guided_gradcam", "smoothgrad"} <= set(verdicts["method"])
+
+
+def test_the_sanity_figure_marks_the_verdicts_threshold_and_stage(reported):
+    """The cascade's figure of the verdict's measure draws the threshold (0.5) and the stage it reads: 3 of the
+    small ResNet's 7 blocks (fc, layer4, layer3), each method in its own colour and the control grey."""
+    from matplotlib.colors import to_hex
+
+    from lottery_xai.report.sanity import sanity_figures, sanity_tables
+
+    cfg, _ = reported
+    run = rd.RunDir(cfg)
+    summary = sanity_tables(run)[1]
+    figure = sanity_figures(run, summary[summary["measure"] == "ssim"])[0][0]
+    ax = figure.axes[0]
+    straight = [(tuple(line.get_xdata()), tuple(line.get_ydata())) for line in ax.lines
+                if line.get_linestyle() == ":"]
+    assert ((0, 1), (0.5, 0.5)) in straight and ((3, 3), (0, 1)) in straight
+    legend = {t.get_text(): to_hex(h.lines[0].get_color() if hasattr(h, "lines") else h.get_color())
+              for t, h in zip(figure.axes[-1].get_legend().get_texts(), figure.axes[-1].get_legend().legend_handles)}
+    assert legend["random (control)"] == "#808080"
+    methods = [c for m, c in legend.items() if m != "random (control)"]
+    assert len(set(methods)) == len(methods) and "#7f7f7f" not in methods
 
 
 def test_a_rerun_skips_an_up_to_date_report(reported):
