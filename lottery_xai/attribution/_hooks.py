@@ -54,8 +54,13 @@ def layer_gradient(
 def as_grid(model: nn.Module, tensor: torch.Tensor, layer: str = "") -> torch.Tensor:
     """A layer's output (or its gradient) as a map [N, C, h, w]: a transformer's tokens reshaped to the patch grid
     as pytorch-grad-cam's ``reshape_transform`` does (the class and distillation tokens dropped), anything of a
-    CNN unchanged (:func:`lottery_xai.tokens.to_grid`)."""
-    return to_grid(tensor, token_layout(model), layer)
+    CNN unchanged (:func:`lottery_xai.tokens.to_grid`). A one-line UserError when the layer's output is not
+    a map (e.g. a fully connected layer's [N, C]): the CAM methods need a convolutional or token layer."""
+    grid = to_grid(tensor, token_layout(model), layer)
+    if grid.dim() != 4:
+        raise UserError(f"layer {layer!r} outputs {list(tensor.shape)}, not a spatial map [N, C, h, w]: the CAM methods "
+                        "need a convolutional (or a transformer's token) layer; choose one, or a method without a layer")
+    return grid
 
 
 def find_default_layer(model: nn.Module, images: torch.Tensor) -> str:

@@ -103,3 +103,13 @@ def test_a_model_without_relu_modules_is_refused(batch):
         guided_backprop(model, images)
     with pytest.raises(UserError, match="interpolation"):
         guided_gradcam(SmallResNet(5).eval(), images, interpolation="bicubic")
+
+
+def test_a_layer_without_a_spatial_output_is_a_one_line_error(batch):
+    """Grad-CAM (and guided Grad-CAM with it) of a fully connected layer: a UserError naming the layer and its
+    [N, C] output, not an IndexError from the spatial mean (the sanity check leaves such a control out)."""
+    images, _ = batch
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    for method in (gradcam, guided_gradcam):
+        with pytest.raises(UserError, match=r"layer '1' outputs \[\d+, 8\], not a spatial map"):
+            method(model, images, layer="1")
