@@ -234,10 +234,10 @@ def sanity_cascade(summary: pd.DataFrame, measure: str = "spearman", threshold: 
     rounds = sorted(part["round"].unique())
     fig, axes = plt.subplots(1, max(1, len(rounds)), figsize=(5.2 * max(1, len(rounds)), 4), squeeze=False,
                              sharey=True)
+    methods = sorted(set(part["method"]) - {baseline})  # one colour per method, the same in every panel
     for ax, r in zip(axes[0], rounds):
         g_round = part[part["round"] == r]
         blocks: list[str] = []
-        methods = sorted(set(part["method"]) - {baseline})
         for method, g in g_round.groupby("method"):
             g = g.sort_values("stage")
             x = np.concatenate([[0], g["stage"].to_numpy()])
