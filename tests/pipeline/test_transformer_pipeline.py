@@ -92,6 +92,7 @@ def test_round_models_load_and_explain_on_the_token_grid(transformer_run):
     assert maps.shape == (2, side, side)
 
 
+@pytest.mark.parametrize("transformer_run", ["vit"], indirect=True)  # one family is enough for ACE
 def test_ace_on_patch_grid_superpixels(transformer_run):
     """ACE on the ViT's token features, its superpixels snapped to the 8-pixel patches: every patch of the
     index is a union of whole tokens."""
@@ -100,8 +101,6 @@ def test_ace_on_patch_grid_superpixels(transformer_run):
     from lottery_xai.rundir import RunDir
 
     family, run, *_ = transformer_run
-    if family != "vit":
-        pytest.skip("one family is enough for ACE")
     ace = RunDir(replace(run.cfg, **{"ace.superpixels": "patch_grid", "ace.images_per_class": 3,
                                      "ace.n_segments": [4, 8], "ace.n_clusters": 2, "ace.min_patches": 0,
                                      "ace.max_patches": 4, "ace.n_random": 2}))
