@@ -121,19 +121,26 @@ def check_logits(logits, n: int) -> None:
         raise UserError(f"the model must return logits [N, K] with N = {n}, got {shape}")
 
 
-def resolve_targets(targets: TargetsLike, logits: torch.Tensor) -> torch.Tensor:
-    """Targets as a long tensor [N] on the logits' device; None means each image's predicted class."""
-    n, num_classes = logits.shape
-    if targets is None:
-        return logits.detach().argmax(dim=1)
+def as_target_tensor(targets: int | Sequence[int] | torch.Tensor, n: int, device) -> torch.Tensor:
+    """Given targets (one int for every image, or one per image) as a long tensor [n] on `device`; their
+    range is checked by `resolve_targets` once the class count is known."""
     if isinstance(targets, int):
-        targets = torch.full((n,), targets, dtype=torch.long, device=logits.device)
-    targets = torch.as_tensor(targets, device=logits.device)
+        targets = torch.full((n,), targets, dtype=torch.long, device=device)
+    targets = torch.as_tensor(targets, device=device)
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise UserError(f"targets must be class indices (integers), got dtype {targets.dtype}")
     targets = targets.long().reshape(-1)
     if targets.numel() != n:
         raise UserError(f"targets must hold one class index per image ({n}), got {targets.numel()}")
+    return targets
+
+
+def resolve_targets(targets: TargetsLike, logits: torch.Tensor) -> torch.Tensor:
+    """Targets as a long tensor [N] on the logits' device; None means each image's predicted class."""
+    n, num_classes = logits.shape
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    targets = as_target_tensor(targets, n, logits.device)
     low, high = int(targets.min()), int(targets.max())  # one sync per call, outside any loop
     if low < 0 or high >= num_classes:
         raise UserError(f"targets must lie in [0, {num_classes - 1}] (the model has {num_classes} classes), got {low}..{high}")

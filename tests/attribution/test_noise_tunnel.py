@@ -11,6 +11,7 @@ from lottery_xai.attribution.noise_tunnel import (
     noise_tunnel,
     smoothgrad,
     smoothgrad_sq,
+    standard_normal_rows,
     vargrad,
 )
 from lottery_xai.errors import UserError
@@ -144,6 +145,13 @@ def test_any_base_method_and_options(net, batch):
         noise_tunnel(net, images, targets, base="gradient_times_input")
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 8), (1, 28, 28), (3, 5, 5), (1, 1, 8)])
+def test_noise_rows_are_one_randn_call_per_row(shape):
+    """The documented draws, whether they come from one call (row sizes that are multiples of 16) or one per row."""
+    torch.testing.assert_close(standard_normal_rows(7, shape, torch.Generator().manual_seed(3), "cpu"),
+                               documented_noise(7, shape, 3), rtol=0, atol=0)
+
+
 def test_user_errors(net, batch):
     images, targets = batch
     with pytest.raises(UserError, match="kind"):
@@ -152,6 +160,11 @@ def test_user_errors(net, batch):
         noise_tunnel(net, images, targets, samples=0)
     with pytest.raises(UserError, match="channels"):
         noise_tunnel(net, images, targets, channels="mean")
+    for base in ("gradient", "gradient_x_input", "guided_backprop", "integrated_gradients"):
+        with pytest.raises(UserError, match=r"targets must lie in \[0, 4\]"):  # given targets: no clean forward
+            noise_tunnel(net, images, [0, 1, 5], base=base, samples=2)
+    with pytest.raises(UserError, match="one class index per image"):
+        noise_tunnel(net, images, [0, 1], samples=2)
     train_mode = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(2)).train()
     with pytest.raises(UserError, match="training mode"):
         smoothgrad(train_mode, images, None)
