@@ -182,7 +182,7 @@ def noise_tunnel(
             logits = torch.cat([model(chunk) for chunk in images.split(batch_size)])
         check_logits(logits, n)
         targets = resolve_targets(None, logits)
-    else:  # given: their range is checked by the base method against the first copies' logits
+    else:  # given: the base method checks their range against the logits of each batch of copies
         targets = as_target_tensor(targets, n, images.device)
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
 
